@@ -1,0 +1,22 @@
+"""Capture named local variables (attention maps above all) out of deep models.
+
+>>> from getlocal import get_local
+>>> @get_local('attn')
+... def softmax_scores(x):
+...     attn = [v / sum(x) for v in x]
+...     return len(attn)
+>>> with get_local.capture():
+...     softmax_scores([1, 3])
+2
+>>> get_local.cache['softmax_scores']
+[[0.25, 0.75]]
+"""
+from ._core import GetLocal
+from ._errors import GetLocalError
+from ._store import Call
+
+__version__ = "0.1.0"
+
+get_local = GetLocal()
+
+__all__ = ["get_local", "GetLocal", "GetLocalError", "Call", "__version__"]

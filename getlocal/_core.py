@@ -1,0 +1,306 @@
+"""``get_local``: the decorator, the switch, and the registry of instrumented functions."""
+import contextlib
+import inspect
+import threading
+import types
+import warnings
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+from . import _rewrite
+from ._errors import GetLocalError
+from ._store import UNBOUND, Call, Store
+
+_UNSUPPORTED_FLAGS = (
+    (inspect.CO_GENERATOR, "a generator function"),
+    (inspect.CO_COROUTINE, "a coroutine function (async def)"),
+    (inspect.CO_ASYNC_GENERATOR, "an async generator function"),
+    (inspect.CO_ITERABLE_COROUTINE, "a generator-based coroutine"),
+)
+
+
+class _Target:
+    """One function that get_local knows about, and the two code objects it switches between."""
+
+    __slots__ = ("func", "names", "key", "original", "twin", "__weakref__")
+
+    def __init__(self, func, names, key):
+        self.func = weakref.ref(func)
+        self.names: Tuple[str, ...] = names
+        self.key = key
+        self.original = func.__code__
+        self.twin = None
+
+
+class GetLocal:
+    """Capture named locals of functions into ``get_local.cache``.
+
+    >>> from getlocal import get_local
+    >>> @get_local('attn')
+    ... def forward(x):
+    ...     attn = x * 2
+    ...     return attn + 1
+    >>> with get_local.capture(convert='raw'):
+    ...     forward(3)
+    7
+    >>> get_local.cache['forward']
+    [6]
+
+    Decorating never wraps: it returns the object it was given. While capture
+    is off the function runs its original code (zero cost); ``activate()``
+    swaps in an instrumented twin of its code object, in place, so every
+    reference to the function (class attributes, registries) is captured, and
+    ``deactivate()`` swaps the original back.
+    """
+
+    def __init__(self):
+        self._store = Store()
+        self._targets: "weakref.WeakKeyDictionary[types.FunctionType, _Target]" = weakref.WeakKeyDictionary()
+        self._keys: Dict[str, "weakref.ref[_Target]"] = {}
+        self._active = False
+        self._lock = threading.RLock()
+
+    # -- the decorator -----------------------------------------------------
+
+    def __call__(self, *names: str):
+        """``@get_local('attn')`` or ``get_local('q', 'k', 'attn')(existing_function)``."""
+        if not names:
+            raise GetLocalError("get_local() needs the names of the locals to capture, e.g. @get_local('attn')")
+        if len(names) == 1 and callable(names[0]) and not isinstance(names[0], str):
+            raise GetLocalError(
+                f"get_local was used without names on {_describe(names[0])}; write @get_local('attn') "
+                "with the local(s) to capture"
+            )
+        for name in names:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise GetLocalError(f"get_local({name!r}): each name must be a local variable name, such as 'attn'")
+        names = tuple(dict.fromkeys(names))
+
+        def decorate(obj):
+            self.watch(obj, names)
+            return obj
+
+        return decorate
+
+    def watch(self, obj, names: Tuple[str, ...]) -> str:
+        """Register ``obj`` (instrumenting it now if capture is on); return its cache key."""
+        func = _innermost_function(obj)
+        code = func.__code__
+        for flag, what in _UNSUPPORTED_FLAGS:
+            if code.co_flags & flag:
+                raise GetLocalError(
+                    f"get_local{names!r} cannot capture {func.__qualname__}: it is {what}, whose locals "
+                    "live on after each yield/await; capture them in a plain function it calls"
+                )
+        known = _local_names(code)
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise GetLocalError(
+                f"{func.__qualname__} has no local {', '.join(repr(n) for n in missing)}; "
+                f"its locals are {', '.join(known) or '(none)'}"
+            )
+        with self._lock:
+            target = self._targets.get(func)
+            if target is None:
+                target = _Target(func, names, self._new_key(func))
+                self._targets[func] = target
+                self._keys[target.key] = weakref.ref(target)
+            elif not set(names) <= set(target.names):
+                self._set_code(func, target, target.original)
+                target.names += tuple(n for n in names if n not in target.names)
+                target.twin = None
+            if self._active:
+                self._instrument(func, target)
+            return target.key
+
+    def _new_key(self, func) -> str:
+        """The function's ``__qualname__``; ``qualname@module`` if a live function already has it."""
+        base = func.__qualname__
+        candidates = [base, f"{base}@{func.__module__}"]
+        candidates += [f"{base}@{func.__module__}#{i}" for i in range(2, 10_000)]
+        for key in candidates:
+            ref = self._keys.get(key)
+            if ref is None or ref() is None or ref().func() is None:
+                return key
+        raise GetLocalError(f"too many live functions named {base}")  # pragma: no cover
+
+    # -- switching -----------------------------------------------------------
+
+    def activate(
+        self,
+        convert: Union[str, Callable[[Any], Any]] = "numpy",
+        *,
+        max_calls: Optional[int] = None,
+        max_bytes: Optional[int] = None,
+    ) -> None:
+        """Start capturing, into ``get_local.cache``.
+
+        ``convert``: ``'numpy'`` (tensors detached, on the CPU, float16 and
+        bfloat16 up-cast to float32, as numpy arrays), ``'cpu'`` (detached
+        CPU tensors, dtype kept), ``'device'`` (detached, where they are),
+        ``'raw'`` (the object itself, autograd graph kept), or a callable
+        applied to each captured value. ``max_calls`` bounds the entries of
+        each key and ``max_bytes`` the array/tensor bytes of the whole cache;
+        past a bound the oldest entries are dropped (with one warning).
+        """
+        with self._lock:
+            self._store.configure(convert, max_calls, max_bytes)
+            self._active = True
+            for func, target in list(self._targets.items()):
+                self._instrument(func, target)
+
+    def deactivate(self) -> None:
+        """Stop capturing: every instrumented function gets its original code object back."""
+        with self._lock:
+            self._active = False
+            for func, target in list(self._targets.items()):
+                self._set_code(func, target, target.original)
+
+    def is_active(self) -> bool:
+        return self._active
+
+    @contextlib.contextmanager
+    def capture(self, convert="numpy", *, max_calls=None, max_bytes=None):
+        """Capture inside a ``with`` block (yields the cache), then restore the previous state."""
+        with self._lock:
+            before = (self._active, self._store.mode, self._store.max_calls, self._store.max_bytes)
+            self.activate(convert, max_calls=max_calls, max_bytes=max_bytes)
+        try:
+            yield self.cache
+        finally:
+            with self._lock:
+                was_active, mode, calls, size = before
+                self._store.configure(mode, calls, size)
+                if not was_active:
+                    self.deactivate()
+
+    def remove(self, obj) -> None:
+        """Forget one function: its original code comes back and its key is freed."""
+        func = _innermost_function(obj)
+        with self._lock:
+            target = self._targets.pop(func, None)
+            if target is None:
+                raise GetLocalError(f"{func.__qualname__} is not instrumented by get_local; nothing to remove")
+            self._set_code(func, target, target.original)
+            self._keys.pop(target.key, None)
+
+    def _instrument(self, func, target: _Target) -> None:
+        if target.twin is None:
+            try:
+                target.twin = _rewrite.instrument(target.original, target.names, _recorder(self._store, target), UNBOUND)[0]
+            except Exception as exc:  # a bytecode bug must not break the user's model
+                warnings.warn(
+                    f"getlocal: could not instrument {target.key}: {exc!r}; it runs uncaptured",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                return
+        self._set_code(func, target, target.twin)
+
+    @staticmethod
+    def _set_code(func, target: _Target, code) -> None:
+        if func.__code__ is code:
+            return
+        if func.__code__ not in (target.original, target.twin):
+            warnings.warn(
+                f"getlocal: {target.key}.__code__ was replaced by someone else; leaving it alone",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return
+        func.__code__ = code
+
+    # -- reading -------------------------------------------------------------
+
+    @property
+    def cache(self) -> Dict[str, List[Any]]:
+        """``{key: [entry of call 1, entry of call 2, ...]}``; an entry is the value, or
+        ``{name: value}`` when several names are captured."""
+        return self._store.cache
+
+    @property
+    def calls(self) -> Dict[str, List[Call]]:
+        """``{key: [Call, ...]}``, one per entry of ``cache[key]``: its global call index and owner."""
+        return self._store.calls()
+
+    @property
+    def skipped(self) -> Dict[str, Dict[str, int]]:
+        """``{key: {name: n}}``: calls that returned while the captured local was unbound."""
+        return self._store.skipped
+
+    def clear(self) -> None:
+        """Empty the cache (keeps what is instrumented and whether capture is on)."""
+        self._store.clear()
+
+    def key_of(self, obj) -> str:
+        """The cache key of a decorated function (``qualname``, or ``qualname@module`` for a namesake)."""
+        target = self._targets.get(_innermost_function(obj))
+        if target is None:
+            raise GetLocalError(f"{_describe(obj)} is not decorated with get_local")
+        return target.key
+
+    def functions(self) -> Dict[str, Callable]:
+        """``{key: function}`` for every live function get_local knows about."""
+        return {t.key: f for f, t in list(self._targets.items())}
+
+    def __repr__(self):
+        state = "active" if self._active else "inactive"
+        return f"<get_local {state}, {len(self._targets)} functions, {len(self.cache)} keys in cache>"
+
+
+def _recorder(store: Store, target: _Target):
+    """The function the instrumented code calls before it returns (see _rewrite)."""
+    record = store.recorder(target.key, target.names)
+    if _rewrite.strategy(target.original, target.names) == "fast":
+        return _compile_safe(record)
+    names, owner_name = target.names, _rewrite.first_argument(target.original)
+
+    def from_locals(frame_locals):
+        record(frame_locals.get(owner_name) if owner_name else None,
+               *[frame_locals.get(n, UNBOUND) for n in names])
+    return _compile_safe(from_locals)
+
+
+def _compile_safe(record):
+    """Keep torch.compile from tracing into the recorder: it runs eagerly, on real tensors."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return disable(record) if disable is not None else record
+
+
+def _local_names(code) -> List[str]:
+    names = list(code.co_varnames)
+    names += [n for n in code.co_cellvars + code.co_freevars if n not in names]
+    return names
+
+
+def _describe(obj) -> str:
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return f"{type(obj).__name__} {name}"
+
+
+def _innermost_function(obj) -> types.FunctionType:
+    """The Python function whose code runs when ``obj`` is called."""
+    if inspect.isclass(obj):
+        raise GetLocalError(
+            f"get_local was applied to the class {obj.__qualname__}; decorate the method that holds the "
+            f"local instead, e.g. put @get_local(...) on {obj.__qualname__}.forward"
+        )
+    seen = obj
+    for _ in range(100):
+        if isinstance(obj, (staticmethod, classmethod, types.MethodType)):
+            obj = obj.__func__
+        elif isinstance(obj, types.FunctionType) and not hasattr(obj, "__wrapped__"):
+            return obj
+        elif hasattr(obj, "__wrapped__"):
+            obj = obj.__wrapped__
+        elif isinstance(obj, types.FunctionType):  # pragma: no cover - handled above
+            return obj
+        else:
+            break
+    hint = ""
+    if callable(seen) and hasattr(type(seen), "forward"):
+        hint = f"; to capture a module's locals decorate its class's method: get_local(...)({type(seen).__qualname__}.forward)"
+    raise GetLocalError(f"get_local can only capture Python functions and methods, not {_describe(seen)}{hint}")

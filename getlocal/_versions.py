@@ -1,0 +1,66 @@
+"""Every difference between CPython versions that the rewriter depends on.
+
+Nothing else in getlocal looks at ``sys.version_info``: the rest imports the
+flags and the small instruction builders below.
+"""
+import sys
+from typing import List
+
+from bytecode import Instr
+
+PY310 = sys.version_info >= (3, 10)
+PY311 = sys.version_info >= (3, 11)
+PY312 = sys.version_info >= (3, 12)
+PY313 = sys.version_info >= (3, 13)
+
+# 3.12 (gh-101632) added RETURN_CONST: `return <constant>` (and the implicit
+# `return None`) no longer passes through RETURN_VALUE.
+RETURN_OPCODES = frozenset({"RETURN_VALUE", "RETURN_CONST"} if PY312 else {"RETURN_VALUE"})
+
+# Opcodes that unbind a local. A captured name that one of them touches cannot
+# be pre-bound to a sentinel without changing what the user's code sees.
+DELETE_OPCODES = frozenset({"DELETE_FAST", "DELETE_DEREF"})
+
+
+def call(func: object, args: List[List[Instr]], lineno: int, keep: bool = False) -> List[Instr]:
+    """Instructions that call ``func(*args)`` and discard the result.
+
+    Each item of ``args`` is the instruction list that pushes one argument.
+
+    The stack is left exactly as it was, so the sequence can sit in front of
+    any return instruction, with the return value still on the stack. With
+    ``keep`` the result stays on the stack instead (to be an argument).
+    """
+    n = len(args)
+    if PY313:
+        # 3.13 (gh-116166) pushes the callable first, then NULL for "no self".
+        head = [Instr("LOAD_CONST", func, lineno=lineno), Instr("PUSH_NULL", lineno=lineno)]
+        tail = [Instr("CALL", n, lineno=lineno)]
+    elif PY312:
+        # 3.12 (gh-102859) dropped PRECALL; NULL still goes below the callable.
+        head = [Instr("PUSH_NULL", lineno=lineno), Instr("LOAD_CONST", func, lineno=lineno)]
+        tail = [Instr("CALL", n, lineno=lineno)]
+    elif PY311:
+        # 3.11 (bpo-44207, PEP 659) split a call into PRECALL + CALL after a NULL.
+        head = [Instr("PUSH_NULL", lineno=lineno), Instr("LOAD_CONST", func, lineno=lineno)]
+        tail = [Instr("PRECALL", n, lineno=lineno), Instr("CALL", n, lineno=lineno)]
+    else:
+        head = [Instr("LOAD_CONST", func, lineno=lineno)]
+        tail = [Instr("CALL_FUNCTION", n, lineno=lineno)]
+    pop = [] if keep else [Instr("POP_TOP", lineno=lineno)]
+    return head + [instr for arg in args for instr in arg] + tail + pop
+
+
+def body_start(instrs: list) -> int:
+    """Index of the first instruction of the function body proper.
+
+    From 3.11 (bpo-45923) the code starts with a prologue (COPY_FREE_VARS,
+    MAKE_CELL, RESUME) that creates the cells; code that binds a cell must come
+    after it. Before 3.11 the cells exist before the first instruction.
+    """
+    if not PY311:
+        return 0
+    for i, instr in enumerate(instrs):
+        if getattr(instr, "name", None) == "RESUME":
+            return i + 1
+    return 0
