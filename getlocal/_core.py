@@ -7,7 +7,7 @@ import warnings
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from . import _rewrite
+from . import _compile, _rewrite
 from ._errors import GetLocalError
 from ._store import UNBOUND, Call, Store
 
@@ -22,7 +22,7 @@ _UNSUPPORTED_FLAGS = (
 class _Target:
     """One function that get_local knows about, and the two code objects it switches between."""
 
-    __slots__ = ("func", "names", "key", "original", "twin", "__weakref__")
+    __slots__ = ("func", "names", "key", "original", "twin", "dynamo_flag", "__weakref__")
 
     def __init__(self, func, names, key):
         self.func = weakref.ref(func)
@@ -30,6 +30,7 @@ class _Target:
         self.key = key
         self.original = func.__code__
         self.twin = None
+        self.dynamo_flag = False  # whether we set torch.compile's skip flag on func
 
 
 class GetLocal:
@@ -208,6 +209,11 @@ class GetLocal:
                 stacklevel=4,
             )
             return
+        if code is target.twin:
+            target.dynamo_flag = _compile.skip(func, code) or target.dynamo_flag
+        elif target.dynamo_flag:
+            _compile.unskip(func)
+            target.dynamo_flag = False
         func.__code__ = code
 
     # -- reading -------------------------------------------------------------
@@ -252,22 +258,13 @@ def _recorder(store: Store, target: _Target):
     """The function the instrumented code calls before it returns (see _rewrite)."""
     record = store.recorder(target.key, target.names)
     if _rewrite.strategy(target.original, target.names) == "fast":
-        return _compile_safe(record)
+        return _compile.shield(record)
     names, owner_name = target.names, _rewrite.first_argument(target.original)
 
     def from_locals(frame_locals):
         record(frame_locals.get(owner_name) if owner_name else None,
                *[frame_locals.get(n, UNBOUND) for n in names])
-    return _compile_safe(from_locals)
-
-
-def _compile_safe(record):
-    """Keep torch.compile from tracing into the recorder: it runs eagerly, on real tensors."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    disable = getattr(getattr(torch, "compiler", None), "disable", None)
-    return disable(record) if disable is not None else record
+    return _compile.shield(from_locals)
 
 
 def _local_names(code) -> List[str]:
