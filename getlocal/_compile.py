@@ -10,6 +10,7 @@ own error naming the skipped function. torch is only used if already imported.
 import sys
 
 _FLAG = "_torchdynamo_disable"
+_REASON = "_torchdynamo_disable_msg"  # Dynamo quotes it in its graph-break error
 
 
 def _dynamo():
@@ -35,8 +36,13 @@ def skip(func, twin) -> bool:
     if func.__dict__.get(_FLAG):
         return False
     setattr(func, _FLAG, True)
+    setattr(func, _REASON, (
+        f"getlocal is capturing locals of {func.__qualname__}, so it runs eagerly; "
+        "call get_local.deactivate() (or get_local.remove on it) to compile it with fullgraph=True"
+    ))
     return True
 
 
 def unskip(func) -> None:
     func.__dict__.pop(_FLAG, None)
+    func.__dict__.pop(_REASON, None)

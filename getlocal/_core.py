@@ -171,7 +171,8 @@ class GetLocal:
         finally:
             with self._lock:
                 was_active, mode, calls, size = before
-                self._store.configure(mode, calls, size)
+                # What was captured inside the block is kept even if the old bounds were tighter.
+                self._store.configure(mode, calls, size, trim=False)
                 if not was_active:
                     self.deactivate()
 
@@ -188,7 +189,8 @@ class GetLocal:
     def _instrument(self, func, target: _Target) -> None:
         if target.twin is None:
             try:
-                target.twin = _rewrite.instrument(target.original, target.names, _recorder(self._store, target), UNBOUND)[0]
+                fast, from_locals = _recorders(self._store, target)
+                target.twin = _rewrite.instrument(target.original, target.names, fast, from_locals)[0]
             except Exception as exc:  # a bytecode bug must not break the user's model
                 warnings.warn(
                     f"getlocal: could not instrument {target.key}: {exc!r}; it runs uncaptured",
@@ -254,17 +256,16 @@ class GetLocal:
         return f"<get_local {state}, {len(self._targets)} functions, {len(self.cache)} keys in cache>"
 
 
-def _recorder(store: Store, target: _Target):
-    """The function the instrumented code calls before it returns (see _rewrite)."""
+def _recorders(store: Store, target: _Target):
+    """The two calls the instrumented code makes before it returns (see _rewrite)."""
     record = store.recorder(target.key, target.names)
-    if _rewrite.strategy(target.original, target.names) == "fast":
-        return _compile.shield(record)
     names, owner_name = target.names, _rewrite.first_argument(target.original)
 
     def from_locals(frame_locals):
         record(frame_locals.get(owner_name) if owner_name else None,
                *[frame_locals.get(n, UNBOUND) for n in names])
-    return _compile.shield(from_locals)
+
+    return _compile.shield(record), _compile.shield(from_locals)
 
 
 def _local_names(code) -> List[str]:

@@ -1,30 +1,41 @@
 """Build the instrumented twin of a code object.
 
-In front of every return instruction the twin calls a recorder with the
-function's first argument (its ``self`` or ``module``) and the values of the
-captured locals, then returns exactly what the original returned. The original
-code object is never modified.
+In front of every return instruction the twin calls a recorder, then returns
+exactly what the original returned; the original code object is untouched.
 
-Two ways to hand the values over:
+A captured local may be unbound when the function returns (assigned on one
+branch only, deleted, a free variable not yet assigned by the enclosing
+function). Loading it would raise (before 3.12) or push NULL and crash the
+interpreter (3.12+), so each return point gets one of two calls:
 
-* ``fast``: captured plain locals are bound to a sentinel at the top of the
-  body, so loading them at a return can never fail, whichever path ran (an
-  unbound local is an exception before 3.12 and a NULL on the stack, i.e. a
-  crash, from 3.12 on). Cells are loaded with LOAD_DEREF, so the recorder gets
-  the value and not the cell.
-* ``locals``: when the function deletes a captured name (``del x``, or the
-  implicit delete at the end of ``except ... as x``) or captures a free
-  variable, pre-binding would change what the user's code sees; the twin then
-  passes the ``locals()`` snapshot, in which unbound names are simply absent.
+* ``fast(owner, value_1, ..., value_n)`` where a definite-assignment analysis
+  (the same one CPython 3.12 runs to choose LOAD_FAST over LOAD_FAST_CHECK)
+  proves that every captured name is bound there. Cells are loaded with
+  LOAD_DEREF, so the recorder gets the value and not the cell.
+* ``from_locals(locals())`` everywhere else: the snapshot simply lacks the
+  names that are unbound. It costs a dict of all locals, so it is only used
+  where the analysis cannot prove the cheap path safe.
+
+The user's own instructions are never changed, so what the function returns,
+raises, and sees of its own locals stays exactly the same.
 """
 import builtins
 import inspect
 from types import CodeType
-from typing import Sequence, Tuple
+from typing import Dict, FrozenSet, Sequence, Tuple
 
-from bytecode import Bytecode, CellVar, FreeVar, Instr
+from bytecode import Bytecode, CellVar, ControlFlowGraph, FreeVar, Instr, TryBegin
 
 from . import _versions
+
+_STORES = {"STORE_FAST", "STORE_DEREF"}
+# 3.13 fused pairs of local accesses into single instructions (gh-113305).
+_STORE_PAIRS = {"STORE_FAST_STORE_FAST": (0, 1), "STORE_FAST_LOAD_FAST": (0,)}
+# LOAD_FAST_AND_CLEAR (3.12, PEP 709 inlined comprehensions) may later store
+# NULL back into the name, so a name it touches is never proven bound.
+_UNBINDS = set(_versions.DELETE_OPCODES) | {"LOAD_FAST_AND_CLEAR"}
+# Before 3.11 a try block is entered by an instruction that jumps to its handler.
+_SETUPS = {"SETUP_FINALLY", "SETUP_WITH", "SETUP_ASYNC_WITH"}
 
 
 def first_argument(code: CodeType):
@@ -34,21 +45,77 @@ def first_argument(code: CodeType):
     return None
 
 
-def strategy(code: CodeType, names: Sequence[str]) -> str:
-    """``'fast'`` or ``'locals'`` (see the module docstring)."""
-    watched = set(names)
-    owner = first_argument(code)
-    if owner is not None:
-        watched.add(owner)
-    if watched & set(code.co_freevars):
-        return "locals"
-    for instr in Bytecode.from_code(code):
-        if isinstance(instr, Instr) and instr.name in _versions.DELETE_OPCODES:
-            arg = instr.arg
-            name = arg.name if isinstance(arg, (CellVar, FreeVar)) else arg
-            if name in watched:
-                return "locals"
-    return "fast"
+def _parameters(code: CodeType) -> Tuple[str, ...]:
+    n = code.co_argcount + code.co_kwonlyargcount
+    n += bool(code.co_flags & inspect.CO_VARARGS) + bool(code.co_flags & inspect.CO_VARKEYWORDS)
+    return code.co_varnames[:n]
+
+
+def _arg_name(arg):
+    return arg.name if isinstance(arg, (CellVar, FreeVar)) else arg
+
+
+def _transfer(instr: Instr, state: FrozenSet[str]) -> FrozenSet[str]:
+    name = instr.name
+    if name in _STORES:
+        return state | {_arg_name(instr.arg)}
+    if name in _STORE_PAIRS:
+        return state | {instr.arg[i] for i in _STORE_PAIRS[name]}
+    if name in _UNBINDS:
+        return state - {_arg_name(instr.arg)}
+    return state
+
+
+def bound_at_returns(cfg: ControlFlowGraph, code: CodeType, tracked: Sequence[str]) -> Dict[int, FrozenSet[str]]:
+    """``{id(return instruction): names of `tracked` definitely bound there}``.
+
+    A forward must-analysis over the control-flow graph: a name is bound at a
+    point if every path from the entry stores it and no later instruction on
+    that path unbinds it. An exception handler is entered with the state at
+    the start of its try block (names only get bound inside it), minus every
+    name that the function unbinds anywhere.
+    """
+    tracked = set(tracked)
+    unbound_somewhere = set()
+    for block in cfg:
+        for instr in block:
+            if isinstance(instr, Instr) and instr.name in _UNBINDS:
+                unbound_somewhere.add(_arg_name(instr.arg))
+    entry = frozenset(tracked & set(_parameters(code)))
+    state_in: Dict[int, FrozenSet[str]] = {id(cfg[0]): entry}
+    pending = [cfg[0]]
+
+    def flow(block, state):
+        old = state_in.get(id(block))
+        new = state if old is None else old & state
+        if new != old:
+            state_in[id(block)] = new
+            pending.append(block)
+
+    def walk(block, on_return=None):
+        state = state_in[id(block)]
+        for instr in block:
+            if isinstance(instr, TryBegin):
+                flow(instr.target, state - unbound_somewhere)
+                continue
+            if not isinstance(instr, Instr):
+                continue
+            if on_return is not None and instr.name in _versions.RETURN_OPCODES:
+                on_return[id(instr)] = state & tracked
+            state = _transfer(instr, state)
+            if instr.has_jump():
+                flow(instr.arg, state - unbound_somewhere if instr.name in _SETUPS else state)
+        last = next((i for i in reversed(list(block)) if isinstance(i, Instr)), None)
+        if block.next_block is not None and (last is None or not last.is_final()):
+            flow(block.next_block, state)
+
+    while pending:
+        walk(pending.pop())
+    at_returns: Dict[int, FrozenSet[str]] = {}
+    for block in cfg:
+        if id(block) in state_in:
+            walk(block, at_returns)
+    return at_returns
 
 
 def _load(code: CodeType, name: str, lineno: int) -> Instr:
@@ -57,49 +124,27 @@ def _load(code: CodeType, name: str, lineno: int) -> Instr:
     return Instr("LOAD_FAST", name, lineno=lineno)
 
 
-def _parameters(code: CodeType) -> Tuple[str, ...]:
-    n = code.co_argcount + code.co_kwonlyargcount
-    n += bool(code.co_flags & inspect.CO_VARARGS) + bool(code.co_flags & inspect.CO_VARKEYWORDS)
-    return code.co_varnames[:n]
-
-
-def instrument(code: CodeType, names: Sequence[str], recorder, sentinel) -> Tuple[CodeType, str]:
-    """Return ``(twin, strategy)``.
-
-    ``fast``: the twin calls ``recorder(owner, value_1, ..., value_n)`` with
-    ``sentinel`` standing for an unbound local. ``locals``: it calls
-    ``recorder(locals_dict)``.
-    """
-    how = strategy(code, names)
-    twin = Bytecode.from_code(code)
-    items = list(twin)
-
-    if how == "fast":
-        parameters = set(_parameters(code))
-        start = _versions.body_start(items)
-        lineno = code.co_firstlineno
-        prebind = []
-        for name in names:
-            if name in parameters:
-                continue
-            if name in code.co_cellvars:
-                prebind += [Instr("LOAD_CONST", sentinel, lineno=lineno),
-                            Instr("STORE_DEREF", CellVar(name), lineno=lineno)]
-            else:
-                prebind += [Instr("LOAD_CONST", sentinel, lineno=lineno),
-                            Instr("STORE_FAST", name, lineno=lineno)]
-        items[start:start] = prebind
-
+def instrument(code: CodeType, names: Sequence[str], fast, from_locals) -> Tuple[CodeType, Dict[str, int]]:
+    """Return the twin and how many return points use each call (``{'fast': n, 'locals': m}``)."""
     owner = first_argument(code)
-    twin.clear()
-    for item in items:
-        if isinstance(item, Instr) and item.name in _versions.RETURN_OPCODES:
-            lineno = item.lineno
-            if how == "fast":
-                args = [[_load(code, owner, lineno) if owner else Instr("LOAD_CONST", None, lineno=lineno)]]
-                args += [[_load(code, name, lineno)] for name in names]
-            else:
-                args = [_versions.call(builtins.locals, [], lineno, keep=True)]
-            twin.extend(_versions.call(recorder, args, lineno))
-        twin.append(item)
-    return twin.to_code(), how
+    needed = set(names) | ({owner} if owner else set())
+    cfg = ControlFlowGraph.from_bytecode(Bytecode.from_code(code))
+    bound = bound_at_returns(cfg, code, [n for n in needed if n not in code.co_freevars])
+    used = {"fast": 0, "locals": 0}
+    for block in cfg:
+        items = list(block)
+        block.clear()
+        for item in items:
+            if isinstance(item, Instr) and item.name in _versions.RETURN_OPCODES:
+                lineno = item.lineno
+                if needed <= bound.get(id(item), frozenset()):  # absent: unreachable
+                    args = [[_load(code, owner, lineno) if owner else Instr("LOAD_CONST", None, lineno=lineno)]]
+                    args += [[_load(code, name, lineno)] for name in names]
+                    block.extend(_versions.call(fast, args, lineno))
+                    used["fast"] += 1
+                else:
+                    args = [_versions.call(builtins.locals, [], lineno, keep=True)]
+                    block.extend(_versions.call(from_locals, args, lineno))
+                    used["locals"] += 1
+            block.append(item)
+    return cfg.to_code(), used

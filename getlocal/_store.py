@@ -51,17 +51,24 @@ class Store:
         self._bytes = 0
         self.configure("numpy", None, None)
 
-    def configure(self, convert, max_calls, max_bytes):
+    def configure(self, convert, max_calls, max_bytes, trim=True):
         for name, limit in (("max_calls", max_calls), ("max_bytes", max_bytes)):
             if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
                 raise GetLocalError(f"activate({name}={limit!r}): give a positive integer, or None for no limit")
         self.convert = converter(convert)
         self.mode = convert
+        # Plain values skip conversion in the named modes; a user's callable sees everything.
+        self.plain = frozenset() if callable(convert) else _PLAIN_TYPES
         self.max_calls = max_calls
         self.max_bytes = max_bytes
         self.bounded = max_calls is not None or max_bytes is not None
         self._warned = set()
+        if max_calls is not None and trim:  # a new bound applies to what is already held
+            for values, calls in self._meta.values():
+                del values[:-max_calls], calls[:-max_calls]
         self._rebuild_order()
+        if max_bytes is not None and trim:
+            self._trim_bytes()
 
     def _rebuild_order(self):
         """Recount the bytes of what the cache holds, oldest first (only with max_bytes)."""
@@ -83,7 +90,7 @@ class Store:
         """
         cache_get, meta_get, counter = self.cache.get, self._meta.get, self._counter
         acquire, release = self._lock.acquire, self._lock.release
-        convert_one, skip, lists, plain = self._convert_one, self._skip, self._lists, _PLAIN_TYPES
+        convert_one, skip, lists = self._convert_one, self._skip, self._lists
         ref_type = weakref.ref
         single = len(names) == 1
         name0 = names[0]
@@ -93,7 +100,7 @@ class Store:
                 entry = values[0]
                 if entry is UNBOUND:
                     return skip(key, name0)
-                if type(entry) not in plain:
+                if type(entry) not in self.plain:
                     entry = convert_one(key, name0, entry)
                     if entry is UNBOUND:
                         return None
@@ -103,7 +110,7 @@ class Store:
                     if value is UNBOUND:
                         skip(key, name)
                         continue
-                    if type(value) not in plain:
+                    if type(value) not in self.plain:
                         value = convert_one(key, name, value)
                         if value is UNBOUND:
                             continue
@@ -129,7 +136,7 @@ class Store:
 
     def _bound(self, key, slot, index, entry):
         values, calls = slot
-        if self.max_calls is not None and len(values) > self.max_calls:
+        while self.max_calls is not None and len(values) > self.max_calls:
             self._warn_once("max_calls", f"max_calls={self.max_calls} reached for {key!r}")
             dropped = values[0]
             del values[0], calls[0]

@@ -49,18 +49,3 @@ def call(func: object, args: List[List[Instr]], lineno: int, keep: bool = False)
         tail = [Instr("CALL_FUNCTION", n, lineno=lineno)]
     pop = [] if keep else [Instr("POP_TOP", lineno=lineno)]
     return head + [instr for arg in args for instr in arg] + tail + pop
-
-
-def body_start(instrs: list) -> int:
-    """Index of the first instruction of the function body proper.
-
-    From 3.11 (bpo-45923) the code starts with a prologue (COPY_FREE_VARS,
-    MAKE_CELL, RESUME) that creates the cells; code that binds a cell must come
-    after it. Before 3.11 the cells exist before the first instruction.
-    """
-    if not PY311:
-        return 0
-    for i, instr in enumerate(instrs):
-        if getattr(instr, "name", None) == "RESUME":
-            return i + 1
-    return 0

@@ -1,0 +1,257 @@
+"""Labelled attention maps and token layouts: what the adapters return.
+
+>>> import numpy as np
+>>> from getlocal.maps import AttentionMap, AttentionMaps, Segment, TokenLayout
+>>> prompt = TokenLayout([Segment('bos', 0, 1), Segment('image', 1, 5, grid=(2, 2)), Segment('text', 5, 7)])
+>>> m = AttentionMap(np.full((1, 2, 7, 7), 1 / 7), tower='llm', layer=0, path='model.layers.0.self_attn',
+...                  step=0, phase='prefill', call=0, queries=prompt, keys=prompt)
+>>> m.between('text', 'image').shape              # [batch, heads, text queries, image keys]
+(1, 2, 2, 4)
+>>> m.keys.to_grid(m.between('text', 'image').mean(axis=(0, 1, 2))).shape
+(2, 2)
+>>> AttentionMaps([m]).select(tower='llm', phase='prefill')[0].layer
+0
+
+Everything here is plain data: arrays (numpy, or torch tensors when capture
+ran with ``convert='cpu'``/``'device'``) and labels that ``meta()`` /
+``to_dict()`` turn into JSON-ready dicts, so results can be saved and loaded
+without the model. Nothing imports torch.
+"""
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ._errors import GetLocalError
+
+#: Token kinds that the adapters write. ``image`` segments carry a ``grid``
+#: (and a ``camera`` when a sequence holds several images).
+KINDS = ("cls", "register", "image", "bos", "text", "generated", "state", "action", "context")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Positions ``[start, stop)`` of one run of tokens of one ``kind``."""
+
+    kind: str
+    start: int
+    stop: int
+    camera: Optional[str] = None
+    grid: Optional[Tuple[int, int]] = None
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def slice(self) -> slice:
+        return slice(self.start, self.stop)
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = {"kind": self.kind, "start": self.start, "stop": self.stop}
+        if self.camera is not None:
+            out["camera"] = self.camera
+        if self.grid is not None:
+            out["grid"] = list(self.grid)
+        return out
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Which positions of a sequence are image patches, class/register tokens, text, ...
+
+    Segments are ordered and contiguous from position 0; ``len(layout)`` is the
+    sequence length. Use ``image()`` / ``indices()`` to index an attention
+    axis and ``to_grid()`` to put per-patch values back onto the image grid.
+    """
+
+    segments: Tuple[Segment, ...]
+
+    def __init__(self, segments: Sequence[Segment]):
+        segments = tuple(s for s in segments if len(s) > 0)
+        position = 0
+        for s in segments:
+            if s.start != position:
+                raise GetLocalError(f"TokenLayout segments must be contiguous from 0; {s} starts at {s.start}, expected {position}")
+            position = s.stop
+        object.__setattr__(self, "segments", segments)
+
+    def __len__(self) -> int:
+        return self.segments[-1].stop if self.segments else 0
+
+    @property
+    def cameras(self) -> Tuple[Optional[str], ...]:
+        """The camera of each image segment, in order."""
+        return tuple(s.camera for s in self.segments if s.kind == "image")
+
+    def find(self, kind: Optional[str] = None, camera: Optional[str] = None) -> List[Segment]:
+        """The segments of ``kind`` (any kind if None), of ``camera`` if given."""
+        return [s for s in self.segments if (kind is None or s.kind == kind) and (camera is None or s.camera == camera)]
+
+    def indices(self, kind: str, camera: Optional[str] = None) -> np.ndarray:
+        """Positions of every token of ``kind`` (e.g. ``'text'``), as an index array."""
+        found = self.find(kind, camera)
+        if not found:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.arange(s.start, s.stop) for s in found])
+
+    def image(self, camera: Optional[str] = None) -> slice:
+        """The slice of the image patches (of ``camera`` when the sequence has several images)."""
+        return self._image_segment(camera).slice
+
+    def grid(self, camera: Optional[str] = None) -> Tuple[int, int]:
+        """``(rows, cols)`` of the image patches."""
+        return self._image_segment(camera).grid
+
+    def to_grid(self, values, camera: Optional[str] = None):
+        """Reshape the last axis onto the image grid: ``(..., n_patches)`` -> ``(..., rows, cols)``.
+
+        The last axis may also be the whole sequence; the image tokens are then taken out first.
+        """
+        seg = self._image_segment(camera)
+        n = values.shape[-1]
+        if n == len(self) and n != len(seg):
+            values = values[..., seg.slice]
+        elif n != len(seg):
+            raise GetLocalError(
+                f"to_grid: the last axis has {n} entries; give the {len(seg)} image tokens of "
+                f"{seg.camera or 'the image'} (layout.image()) or the whole sequence of {len(self)}"
+            )
+        return values.reshape(values.shape[:-1] + tuple(seg.grid))
+
+    def window(self, start: int, stop: int) -> "TokenLayout":
+        """The layout of positions ``[start, stop)``, renumbered from 0 (e.g. the queries of a decode step)."""
+        out = []
+        for s in self.segments:
+            a, b = max(s.start, start), min(s.stop, stop)
+            if a < b:
+                grid = s.grid if (a, b) == (s.start, s.stop) else None
+                out.append(Segment(s.kind, a - start, b - start, s.camera, grid))
+        return TokenLayout(out)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"segments": [s.to_dict() for s in self.segments]}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "TokenLayout":
+        return cls([Segment(d["kind"], d["start"], d["stop"], d.get("camera"),
+                            tuple(d["grid"]) if d.get("grid") is not None else None)
+                    for d in data["segments"]])
+
+    def __repr__(self):
+        parts = []
+        for s in self.segments:
+            extra = f" {s.camera}" if s.camera else ""
+            extra += f" {s.grid[0]}x{s.grid[1]}" if s.grid else ""
+            parts.append(f"{s.kind}{extra} {s.start}:{s.stop}")
+        return f"TokenLayout({', '.join(parts)})"
+
+    def _image_segment(self, camera):
+        found = self.find("image", camera)
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            have = ", ".join(repr(c) for c in self.cameras) or "none"
+            raise GetLocalError(f"this sequence has no image tokens for camera={camera!r} (cameras: {have})")
+        raise GetLocalError(
+            f"this sequence has {len(found)} images; say which: camera= one of {', '.join(repr(c) for c in self.cameras)}"
+        )
+
+
+@dataclass
+class AttentionMap:
+    """One post-softmax attention map ``[batch, heads, queries, keys]`` and where it came from.
+
+    ``tower``: which network (``'dinov2'``, ``'siglip'``, ``'llm'`` for OpenVLA;
+    ``'vision'``, ``'language'``, ``'expert'`` for PaliGemma / Pi0). ``layer``:
+    the layer index in that tower; ``path``: the attention module's name in
+    ``model.named_modules()``. ``step``: which forward pass of the whole model
+    (0, 1, ...) and ``phase`` its kind (``'prefill'``, ``'decode'``,
+    ``'prefix'``, ``'denoise'``, ``'encode'``). ``call``: the global call
+    index (``getlocal.Call.index``), which orders all maps. ``queries`` /
+    ``keys``: the token layouts of the two last axes.
+    """
+
+    array: Any
+    tower: str
+    layer: int
+    path: str
+    step: int
+    phase: str
+    call: int
+    queries: TokenLayout
+    keys: TokenLayout
+    camera: Optional[str] = None  # set when a whole vision call saw one camera only
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    def between(self, query: str, key: str, camera: Optional[str] = None):
+        """The block of the map from query tokens of kind ``query`` to key tokens of kind ``key``.
+
+        ``camera`` picks the image when ``key`` (or ``query``) is ``'image'`` and there are several.
+        Returns ``array[..., query positions, :][..., key positions]``.
+        """
+        q = self.queries.indices(query, camera if query == "image" else None)
+        k = self.keys.indices(key, camera if key == "image" else None)
+        return self.array[..., q, :][..., k]
+
+    def meta(self) -> Dict[str, Any]:
+        """Every label, JSON-ready (the array is left out)."""
+        return {
+            "tower": self.tower, "layer": self.layer, "path": self.path, "step": self.step,
+            "phase": self.phase, "call": self.call, "shape": list(self.shape), "camera": self.camera,
+            "queries": self.queries.to_dict(), "keys": self.keys.to_dict(),
+        }
+
+    def __repr__(self):
+        return (f"AttentionMap({self.tower} layer {self.layer}, step {self.step} {self.phase}, "
+                f"shape {self.shape}, path {self.path!r})")
+
+
+@dataclass
+class AttentionMaps(Sequence):
+    """The maps of one capture, in call order, with ``select()`` to filter them.
+
+    ``layouts``: ``{tower: TokenLayout}`` of each tower's full sequence (for the
+    language model: prompt plus every generated/action token seen).
+    """
+
+    maps: List[AttentionMap] = field(default_factory=list)
+    layouts: Dict[str, TokenLayout] = field(default_factory=dict)
+
+    def __getitem__(self, i):
+        return self.maps[i]
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    def __iter__(self) -> Iterator[AttentionMap]:
+        return iter(self.maps)
+
+    def select(self, *, tower: Optional[Union[str, Sequence[str]]] = None, layer=None, step=None,
+               phase=None, path=None) -> "AttentionMaps":
+        """The maps whose labels match; each argument is a value or a list of accepted values."""
+        wanted = {"tower": tower, "layer": layer, "step": step, "phase": phase, "path": path}
+        wanted = {k: (set(v) if isinstance(v, (list, tuple, set, frozenset, range)) else {v})
+                  for k, v in wanted.items() if v is not None}
+        maps = [m for m in self.maps if all(getattr(m, k) in v for k, v in wanted.items())]
+        return AttentionMaps(maps, self.layouts)
+
+    @property
+    def towers(self) -> List[str]:
+        return list(dict.fromkeys(m.tower for m in self.maps))
+
+    @property
+    def steps(self) -> List[Tuple[int, str]]:
+        """``[(step, phase), ...]`` in order."""
+        return list(dict.fromkeys((m.step, m.phase) for m in self.maps))
+
+    def meta(self) -> Dict[str, Any]:
+        """Every label of every map plus the layouts, JSON-ready (arrays left out, in the same order)."""
+        return {"maps": [m.meta() for m in self.maps],
+                "layouts": {k: v.to_dict() for k, v in self.layouts.items()}}
+
+    def __repr__(self):
+        counts = ", ".join(f"{t}: {len(self.select(tower=t))}" for t in self.towers)
+        return f"AttentionMaps({len(self)} maps, {len(self.steps)} steps; {counts})"

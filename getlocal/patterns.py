@@ -1,0 +1,833 @@
+"""Measure the attention patterns people usually judge by eye.
+
+Three patterns recur in vision transformers (and in the language models of
+VLA policies): a query attends to itself (a *diagonal*), to its spatial
+neighbours (*stripes*: on a flattened ``h x w`` patch grid the neighbours sit
+at offsets ``+-1``, ``+-w`` and ``+-w+-1``), or every query attends to the
+same few keys (*vertical* lines: attention sinks, register or high-norm
+tokens). This module scores each head for each pattern, adds the mean
+attention distance and the normalised entropy, labels the head, and gathers a
+model's layers into one :class:`PatternTable`.
+
+Maps are ``[H, Q, K]`` or ``[B, H, Q, K]`` arrays (numpy or torch, any float
+dtype, bfloat16 included); a ``[B, ...]`` map is scored per batch item and the
+per-head scores are averaged over the batch. ``Q < K`` is a decode map: query
+``i`` sits at key position ``K - Q + i``. Only numpy is imported here.
+
+>>> import numpy as np
+>>> from getlocal import patterns
+>>> attn = np.eye(196)[None]                       # one head attending to itself
+>>> patterns.classify_heads(attn, grid=(14, 14))
+['diagonal']
+"""
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+#: A head is labelled after its largest pattern score when that score reaches
+#: these values; otherwise it is ``"mixed"``. 0.5 means "the pattern holds the
+#: majority of the attention mass": a choice of this library, not of a paper.
+DIAGONAL_THRESHOLD = 0.5
+STRIPE_THRESHOLD = 0.5
+VERTICAL_THRESHOLD = 0.5
+#: A key is a sink when the mean attention it receives exceeds this
+#: (the epsilon = 0.3 of Gu et al., ICLR 2025, "When Attention Sink Emerges in
+#: Language Models", Sec. 3).
+SINK_THRESHOLD = 0.3
+#: The "top keys" of the vertical score are this fraction of all keys: about
+#: the share of high-norm outlier tokens that Darcet et al., ICLR 2024
+#: ("Vision Transformers Need Registers", Sec. 2) find in large ViTs.
+TOP_KEY_FRACTION = 0.02
+
+LABELS = ("diagonal", "stripe", "vertical", "mixed")
+_NEIGHBOURS_8 = tuple((dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0))
+
+
+# --------------------------------------------------------------------------- input
+
+
+def _as_array(value, name: str = "attn") -> np.ndarray:
+    """A float numpy array from numpy, torch (any dtype, any device) or array-likes."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        value = value.detach()
+        if value.device.type != "cpu":
+            value = value.cpu()
+        if value.dtype in (torch.float16, torch.bfloat16):  # numpy has no bfloat16
+            value = value.float()
+        value = value.numpy()
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # pragma: no cover - depends on the foreign object
+        raise ValueError(f"{name} must be an array (numpy or torch); got {type(value).__name__}") from exc
+    if arr.dtype == np.float16:
+        arr = arr.astype(np.float32)
+    elif not np.issubdtype(arr.dtype, np.floating):
+        if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+            raise ValueError(f"{name} must hold numbers; got dtype {arr.dtype}")
+        arr = arr.astype(np.float64)
+    return arr
+
+
+def _attention(attn, name: str = "attn") -> np.ndarray:
+    """``attn`` as a checked ``[B, H, Q, K]`` float array."""
+    arr = _as_array(attn, name)
+    if arr.ndim == 3:
+        arr = arr[None]
+    elif arr.ndim != 4:
+        raise ValueError(
+            f"{name} must be [H, Q, K] or [B, H, Q, K]; got shape {tuple(arr.shape)}; "
+            f"add a head axis with attn[None] for a single [Q, K] map"
+        )
+    q, k = arr.shape[-2:]
+    if 0 in arr.shape:
+        raise ValueError(f"{name} is empty: shape {tuple(arr.shape)}")
+    if q > k:
+        raise ValueError(
+            f"{name} has more queries (Q={q}) than keys (K={k}); maps are [..., Q, K] with "
+            f"query i at key position K - Q + i; transpose the last two axes if they are swapped"
+        )
+    lowest = arr.min()
+    if not np.isfinite(lowest) or not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} holds NaN or inf; pass attention probabilities (after softmax)")
+    if lowest < 0:
+        raise ValueError(
+            f"{name} must be non-negative attention probabilities; got a minimum of {float(lowest):.4g}; "
+            f"pass the map after softmax, not the scores (logits)"
+        )
+    return arr
+
+
+def _image_positions(image_tokens, k: int, name: str = "image_tokens"):
+    """Key positions of the image tokens: a ``slice`` when contiguous, else an int array."""
+    if image_tokens is None:
+        return slice(0, k)
+    if isinstance(image_tokens, tuple) and len(image_tokens) == 2 and all(
+        isinstance(v, (int, np.integer)) for v in image_tokens
+    ):
+        image_tokens = slice(int(image_tokens[0]), int(image_tokens[1]))
+    if isinstance(image_tokens, slice):
+        start, stop, step = image_tokens.indices(k)
+        if step == 1:
+            if stop <= start:
+                raise ValueError(f"{name}={image_tokens!r} selects no token of the {k} keys")
+            return slice(start, stop)
+        image_tokens = np.arange(start, stop, step)
+    idx = np.asarray(image_tokens)
+    if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(
+            f"{name} must be a slice, a (start, stop) pair or a 1-D array of token positions; got {image_tokens!r}"
+        )
+    idx = np.where(idx < 0, idx + k, idx)
+    if idx.min() < 0 or idx.max() >= k:
+        raise ValueError(f"{name} has positions outside the {k} keys of the map: {image_tokens!r}")
+    if np.unique(idx).size != idx.size:
+        raise ValueError(f"{name} repeats token positions: {image_tokens!r}")
+    if np.all(np.diff(idx) == 1):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
+
+
+def _count(positions) -> int:
+    return positions.stop - positions.start if isinstance(positions, slice) else positions.size
+
+
+def _grid(grid, n: int, image_tokens=None) -> Tuple[int, int]:
+    """The ``(h, w)`` grid of ``n`` image tokens, inferred when ``n`` is a square."""
+    if grid is None:
+        side = math.isqrt(n)
+        if side * side != n:
+            hint = ""
+            if image_tokens is None and math.isqrt(n - 1) ** 2 == n - 1:
+                hint = f" (if token 0 is a class token, pass image_tokens=slice(1, {n}))"
+            raise ValueError(
+                f"grid=None but the {n} image tokens are not a square number, so the grid cannot be "
+                f"inferred; pass grid=(h, w) with h * w == {n}{hint}"
+            )
+        return side, side
+    try:
+        h, w = (int(v) for v in grid)
+    except (TypeError, ValueError):
+        raise ValueError(f"grid must be a pair (h, w) of positive ints; got {grid!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"grid must be a pair (h, w) of positive ints; got {grid!r}")
+    if h * w != n:
+        raise ValueError(
+            f"grid={grid!r} has {h * w} cells but image_tokens selects {n} tokens; "
+            f"pass a grid with h * w == {n} or fix image_tokens"
+        )
+    return h, w
+
+
+def _image_block(a: np.ndarray, image_tokens, grid):
+    """The image-query x image-key block of a ``[B, H, Q, K]`` map.
+
+    Returns ``(block, cells, (h, w))``: ``block[..., i, j]`` is the attention of
+    the image query in grid cell ``cells[i]`` to the image key in cell ``j``.
+    A decode map (``Q < K``) holds only the image queries that it contains.
+    """
+    q, k = a.shape[-2:]
+    shift = k - q
+    keys = _image_positions(image_tokens, k)
+    n = _count(keys)
+    hw = _grid(grid, n, image_tokens)
+    if isinstance(keys, slice):
+        first = max(keys.start, shift)
+        cells = np.arange(first - keys.start, n)
+        block = a[..., first - shift : keys.stop - shift, keys]
+    else:
+        seen = keys >= shift
+        cells = np.flatnonzero(seen)
+        block = a[..., keys[seen][:, None] - shift, keys[None, :]]
+    return block, cells, hw
+
+
+@functools.lru_cache(maxsize=16)
+def _distances(h: int, w: int) -> np.ndarray:
+    r, c = np.divmod(np.arange(h * w), w)
+    d = np.hypot(r[:, None] - r[None, :], c[:, None] - c[None, :])
+    d.setflags(write=False)
+    return d
+
+
+def _visible_keys(q: int, k: int, causal: bool) -> np.ndarray:
+    """How many keys each query row can see."""
+    if not causal:
+        return np.full(q, k)
+    return np.arange(k - q + 1, k + 1)
+
+
+def _visible_queries(q: int, k: int, causal: bool) -> np.ndarray:
+    """How many query rows can see each key."""
+    if not causal:
+        return np.full(k, q)
+    return q - np.clip(np.arange(k) - (k - q), 0, None)
+
+
+def _head_mean(x: np.ndarray) -> np.ndarray:
+    """Per-head values from ``[B, H, ...]`` per-item values: the batch mean."""
+    return x.mean(axis=0)
+
+
+# --------------------------------------------------------------------------- diagonal
+
+
+def self_mass(attn) -> np.ndarray:
+    """Attention each head keeps on the query itself: ``mean_q A[q, K - Q + q]``.
+
+    Returns ``[H]``; 1 for an identity map, ``1/K`` for uniform attention.
+    For a decode map (``Q < K``) query ``q`` sits at key position ``K - Q + q``.
+
+    >>> import numpy as np
+    >>> self_mass(np.eye(4)[None]).tolist()
+    [1.0]
+    """
+    a = _attention(attn)
+    q, k = a.shape[-2:]
+    return _head_mean(np.diagonal(a, offset=k - q, axis1=-2, axis2=-1).mean(-1))
+
+
+def offset_profile(attn, *, max_offset: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """The 1-D offset profile ``S(d) = mean_q A[q, K - Q + q + d]``.
+
+    The mean runs over the queries whose key ``K - Q + q + d`` exists, so the
+    ends of the profile are not diluted by missing pairs. ``S(0)`` is
+    :func:`self_mass`; stripes on a flattened ``h x w`` grid show up at
+    ``d = +-1, +-w, +-w+-1``. Returns ``(offsets, S)`` with ``S`` of shape
+    ``[H, len(offsets)]``; offsets run from ``-max_offset`` to ``max_offset``
+    (all of ``-(K-1) .. Q-1`` when ``max_offset`` is None), NaN where no pair exists.
+
+    >>> import numpy as np
+    >>> d, s = offset_profile(np.eye(3, k=1)[None], max_offset=1)
+    >>> d.tolist(), s[0].tolist()
+    ([-1, 0, 1], [0.0, 0.0, 1.0])
+    """
+    a = _attention(attn)
+    q, k = a.shape[-2:]
+    if max_offset is None:
+        offsets = np.arange(-(k - 1), q)
+    else:
+        if int(max_offset) < 0:
+            raise ValueError(f"max_offset must be >= 0; got {max_offset!r}")
+        offsets = np.arange(-int(max_offset), int(max_offset) + 1)
+    out = np.full((a.shape[1], offsets.size), np.nan)
+    for j, d in enumerate(offsets):
+        diag = np.diagonal(a, offset=k - q + int(d), axis1=-2, axis2=-1)
+        if diag.shape[-1]:
+            out[:, j] = _head_mean(diag.mean(-1))
+    return offsets, out
+
+
+# --------------------------------------------------------------------------- stripes
+
+
+def _neighbour_sums(block, cells, hw, radius):
+    """Per-offset sums and pair counts of ``block`` over the in-grid neighbours."""
+    h, w = hw
+    r, c = np.divmod(cells, w)
+    sums = np.zeros(block.shape[:2] + (2 * radius + 1, 2 * radius + 1))
+    counts = np.zeros((2 * radius + 1, 2 * radius + 1), dtype=np.int64)
+    rows = np.arange(cells.size)
+    for dr in range(-radius, radius + 1):
+        for dc in range(-radius, radius + 1):
+            rr, cc = r + dr, c + dc
+            # never wrap across row ends: a neighbour off the grid does not exist
+            ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+            if not ok.any():
+                continue
+            picked = block[..., rows[ok], rr[ok] * w + cc[ok]]
+            sums[:, :, dr + radius, dc + radius] = picked.sum(-1)
+            counts[dr + radius, dc + radius] = ok.sum()
+    return sums, counts
+
+
+def neighbour_map(attn, *, image_tokens=None, grid=None, radius: int = 2) -> np.ndarray:
+    """Query-centred mean map ``M[dr, dc] = mean_q A[q, cell(q) + (dr, dc)]``.
+
+    For each head, the attention an image patch gives to the patch ``dr`` rows
+    and ``dc`` columns away, averaged over the image queries whose neighbour is
+    inside the grid (neighbours never wrap across row ends). Returns
+    ``[H, 2r+1, 2r+1]`` with ``M[:, radius, radius]`` the self term; NaN where
+    no query has that neighbour. ``image_tokens`` picks the image tokens
+    (``slice(1, 197)``, ``(1, 197)`` or an index array; all keys when None);
+    ``grid=(h, w)`` is inferred when their number is a perfect square.
+
+    >>> import numpy as np
+    >>> m = neighbour_map(np.eye(16, k=1)[None], grid=(4, 4), radius=1)
+    >>> float(m[0, 1, 2])          # every query that has a right neighbour looks at it
+    1.0
+    """
+    a = _attention(attn)
+    radius = int(radius)
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0; got {radius}")
+    block, cells, hw = _image_block(a, image_tokens, grid)
+    if cells.size == 0:
+        return np.full((a.shape[1], 2 * radius + 1, 2 * radius + 1), np.nan)
+    sums, counts = _neighbour_sums(block, cells, hw, radius)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _head_mean(sums / np.where(counts, counts, np.nan))
+
+
+def neighbour_mass(attn, *, image_tokens=None, grid=None) -> np.ndarray:
+    """Attention each image query gives its 8 grid neighbours, mean over queries.
+
+    ``mean_q sum_{k in N8(q)} A[q, k]`` with ``N8(q)`` the in-grid cells at
+    ``(dr, dc)`` in ``{-1, 0, 1}^2 \\ {(0, 0)}`` (edge and corner patches have
+    fewer). It is the stripe score: 1 for a head that attends only to its
+    4- or 8-neighbours. Returns ``[H]`` (NaN when the map has no image query).
+
+    >>> import numpy as np
+    >>> neighbour_mass(np.eye(16, k=1)[None], grid=(4, 4)).tolist()
+    [0.75]
+    """
+    a = _attention(attn)
+    block, cells, hw = _image_block(a, image_tokens, grid)
+    return _neighbour_mass(block, cells, hw)
+
+
+def _neighbour_mass(block, cells, hw):
+    if cells.size == 0:
+        return np.full(block.shape[1], np.nan)
+    sums, _ = _neighbour_sums(block, cells, hw, 1)
+    sums[:, :, 1, 1] = 0
+    return _head_mean(sums.sum((-2, -1)) / cells.size)
+
+
+def dominant_offsets(attn, *, image_tokens=None, grid=None, radius: int = 2, top: int = 4) -> List[List[Tuple[int, int]]]:
+    """The grid offsets ``(dr, dc)`` each head favours, strongest first.
+
+    An offset counts when its :func:`neighbour_map` value ``M[dr, dc]`` is more
+    than twice the uniform level ``1 / N`` (``N`` image tokens); ``(0, 0)`` is
+    left out (that is :func:`self_mass`). At most ``top`` offsets per head.
+
+    >>> import numpy as np
+    >>> dominant_offsets(np.eye(16, k=1)[None], grid=(4, 4))
+    [[(0, 1)]]
+    """
+    m = neighbour_map(attn, image_tokens=image_tokens, grid=grid, radius=radius)
+    n = _count(_image_positions(image_tokens, _as_array(attn).shape[-1]))
+    return _dominant(m, n, int(radius), int(top))
+
+
+def _dominant(m, n, radius, top):
+    out = []
+    for head in m:
+        flat = np.where(np.isnan(head), -np.inf, head).ravel()
+        flat[radius * (2 * radius + 2)] = -np.inf  # the centre (0, 0)
+        order = np.argsort(-flat, kind="stable")[:top]
+        out.append([(int(i // (2 * radius + 1) - radius), int(i % (2 * radius + 1) - radius)) for i in order if flat[i] > 2.0 / n])
+    return out
+
+
+# --------------------------------------------------------------------------- vertical lines
+
+
+def received_attention(attn, *, causal: bool = False) -> np.ndarray:
+    """Mean attention each key receives from the queries that can see it.
+
+    ``r[k] = sum_q A[q, k] / #{q : q sees k}``; with ``causal=True`` query
+    ``q`` sees keys up to ``K - Q + q``, so early keys are not favoured for
+    being visible to more queries. Returns ``[H, K]``.
+
+    >>> import numpy as np
+    >>> a = np.zeros((1, 3, 3)); a[0, :, 0] = 1
+    >>> received_attention(a).tolist()
+    [[1.0, 0.0, 0.0]]
+    """
+    a = _attention(attn)
+    q, k = a.shape[-2:]
+    return _head_mean(a.sum(-2) / _visible_queries(q, k, causal))
+
+
+def top_key_mass(attn, *, fraction: float = TOP_KEY_FRACTION, causal: bool = False) -> np.ndarray:
+    """Attention mass held by the top ``fraction`` of keys (the vertical score).
+
+    The top keys are the ``max(1, ceil(fraction * K))`` keys with the largest
+    :func:`received_attention`; the score is ``mean_q sum_{k in top} A[q, k]``.
+    It is 1 when every query attends to the same column, ``ceil(0.02 K) / K``
+    for uniform attention. ``fraction`` defaults to 2 %, the share of
+    high-norm tokens reported by Darcet et al., ICLR 2024. Returns ``[H]``.
+
+    >>> import numpy as np
+    >>> a = np.zeros((1, 5, 5)); a[0, :, 3] = 1
+    >>> top_key_mass(a).tolist()
+    [1.0]
+    """
+    a = _attention(attn)
+    return _top_key_mass(a, a.sum(-2), fraction, causal)
+
+
+def _top_key_mass(a, colsum, fraction, causal):
+    q, k = a.shape[-2:]
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1]; got {fraction!r}")
+    n_top = max(1, math.ceil(fraction * k))
+    received = colsum / _visible_queries(q, k, causal)
+    top = np.argpartition(received, k - n_top, axis=-1)[..., k - n_top :]
+    return _head_mean(np.take_along_axis(colsum, top, -1).sum(-1) / q)
+
+
+def sink_keys(attn, *, threshold: float = SINK_THRESHOLD, causal: bool = False) -> List[np.ndarray]:
+    """Key positions whose :func:`received_attention` exceeds ``threshold``, per head.
+
+    The default 0.3 is the sink criterion of Gu et al., ICLR 2025 ("When
+    Attention Sink Emerges in Language Models"). Returns one int array per head.
+
+    >>> import numpy as np
+    >>> a = np.full((1, 4, 4), 0.1); a[0, :, 0] = 0.7
+    >>> [s.tolist() for s in sink_keys(a)]
+    [[0]]
+    """
+    r = received_attention(attn, causal=causal)
+    return [np.flatnonzero(row > threshold) for row in r]
+
+
+def _row_entropy(a):
+    """Entropy (nats) of each row after normalising it to sum 1; and the row sums."""
+    s = a.sum(-1)
+    xlogx = np.zeros_like(a)
+    np.log(a, out=xlogx, where=a > 0)
+    xlogx *= a
+    safe = np.where(s > 0, s, 1)
+    ent = np.log(safe) - xlogx.sum(-1) / safe
+    return np.clip(ent, 0, None), s
+
+
+def _nmi(a, ent, s):
+    """Normalised mutual information between query and key, per ``[B, H]``."""
+    q = a.shape[-2]
+    inv = 1.0 / np.where(s > 0, s, 1)
+    # the key marginal of the row-normalised map with uniform queries, without
+    # materialising the normalised map
+    pk = np.einsum("bhqk,bhq->bhk", a, inv.astype(a.dtype, copy=False)) / q
+    pk_log = np.zeros_like(pk)
+    np.log(pk, out=pk_log, where=pk > 0)
+    h_k = -(pk * pk_log).sum(-1)
+    mi = np.clip(h_k - ent.mean(-1), 0, None)
+    denom = np.sqrt(np.log(q) * h_k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, np.minimum(mi / np.where(denom > 0, denom, 1), 1.0), 0.0)
+
+
+def query_key_nmi(attn) -> np.ndarray:
+    """Normalised mutual information between query and key (query dependence).
+
+    Read the map as a joint distribution ``p(q, k) = A'[q, k] / Q`` (``A'``
+    row-normalised, queries uniform): ``I = H(K) - mean_q H(A'[q])`` and
+    ``NMI = I / sqrt(H(Q) H(K))`` with ``H(Q) = ln Q`` (the geometric-mean
+    normalisation of Strehl & Ghosh, JMLR 2002); 0 when either entropy is 0.
+    0 means the same key distribution for every query (a vertical head),
+    1 means each query has its own key (an identity map). Returns ``[H]``.
+
+    >>> import numpy as np
+    >>> query_key_nmi(np.eye(8)[None]).tolist()
+    [1.0]
+    """
+    a = _attention(attn)
+    ent, s = _row_entropy(a)
+    return _head_mean(_nmi(a, ent, s))
+
+
+# --------------------------------------------------------------------------- spread
+
+
+def mean_attention_distance(attn, *, image_tokens=None, grid=None, patch_size: Optional[float] = None) -> np.ndarray:
+    """Mean attention distance on the patch grid (Dosovitskiy et al., ICLR 2021, Fig. 7).
+
+    ``mean_q sum_k A'[q, k] ||cell(q) - cell(k)||`` over the image queries and
+    keys, with ``A'`` the image block renormalised per query (so a class token
+    or text tokens do not shrink it) and distances between patch centres in
+    patches; multiplied by ``patch_size`` when given, it is in pixels as in the
+    ViT paper. 0 for an identity map, 1 for a head on its 4-neighbours, 7.281
+    for uniform attention on 14 x 14 patches (8.326 on 16 x 16). Returns ``[H]``.
+
+    >>> import numpy as np
+    >>> round(float(mean_attention_distance(np.full((1, 196, 196), 1 / 196))[0]), 3)
+    7.281
+    """
+    a = _attention(attn)
+    block, cells, hw = _image_block(a, image_tokens, grid)
+    dist = _distance(block, cells, hw)
+    return dist * patch_size if patch_size is not None else dist
+
+
+def _distance(block, cells, hw):
+    if cells.size == 0:
+        return np.full(block.shape[1], np.nan)
+    d = _distances(*hw)[cells]
+    weighted = np.einsum("bhqk,qk->bhq", block, d.astype(block.dtype, copy=False))
+    s = block.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_query = np.where(s > 0, weighted / np.where(s > 0, s, 1), np.nan)
+    return _head_mean(np.nanmean(per_query, -1)) if np.isnan(per_query).any() else _head_mean(per_query.mean(-1))
+
+
+def attention_entropy(attn, *, causal: bool = False, normalize: bool = True) -> np.ndarray:
+    """Mean entropy of the query rows, normalised by the log of the visible keys.
+
+    ``mean_q H(A'[q]) / ln n(q)`` with ``H(p) = -sum p ln p`` (nats), ``A'`` the
+    row-normalised map and ``n(q)`` the keys query ``q`` can see (``K``, or
+    ``K - Q + q + 1`` with ``causal=True``); queries that see a single key
+    have no choice and are left out (NaN if no query sees two keys).
+    1 is uniform attention over the visible keys, 0 one-hot. ``normalize=False`` gives the mean
+    entropy in nats (``ln 196`` for uniform attention over 196 keys). Returns ``[H]``.
+
+    >>> import numpy as np
+    >>> attention_entropy(np.full((1, 4, 4), 0.25)).tolist()
+    [1.0]
+    """
+    a = _attention(attn)
+    ent, _ = _row_entropy(a)
+    return _entropy(ent, a.shape[-2], a.shape[-1], causal, normalize)
+
+
+def _entropy(ent, q, k, causal, normalize):
+    if not normalize:
+        return _head_mean(ent.mean(-1))
+    log_n = np.log(_visible_keys(q, k, causal).astype(np.float64))
+    seen = log_n > 0
+    if not seen.any():
+        return np.full(ent.shape[1], np.nan)
+    # a query that sees a single key has no choice to measure: left out
+    return _head_mean((ent[..., seen] / log_n[seen]).mean(-1))
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _label(diag, stripe, vert) -> str:
+    scores = {"diagonal": diag, "stripe": stripe, "vertical": vert}
+    limits = {"diagonal": DIAGONAL_THRESHOLD, "stripe": STRIPE_THRESHOLD, "vertical": VERTICAL_THRESHOLD}
+    best = max((n for n in scores if not np.isnan(scores[n])), key=lambda n: scores[n] - limits[n])
+    return best if scores[best] >= limits[best] else "mixed"
+
+
+def head_scores(
+    attn,
+    *,
+    image_tokens=None,
+    grid=None,
+    causal: bool = False,
+    patch_size: Optional[float] = None,
+    radius: int = 2,
+) -> Dict[str, Any]:
+    """Every score of every head of one layer, computed in one pass.
+
+    Returns a dict of per-head values: ``self_mass``, ``neighbour_mass``,
+    ``top_key_mass``, ``nmi``, ``distance`` (patches), ``distance_px``,
+    ``entropy`` (nats), ``entropy_norm`` (arrays ``[H]``); ``sinks`` and
+    ``offsets`` (lists per head); ``label`` (list of str, see
+    :func:`classify_heads`). Grid scores are computed when ``image_tokens`` or
+    ``grid`` is given or when ``K`` is a perfect square, and are NaN otherwise.
+
+    >>> import numpy as np
+    >>> s = head_scores(np.eye(196)[None])
+    >>> s["label"], float(s["self_mass"][0]), float(s["distance"][0])
+    (['diagonal'], 1.0, 0.0)
+    """
+    a = _attention(attn)
+    return _scores(a, image_tokens, grid, bool(causal), patch_size, int(radius))
+
+
+def _wants_grid(k, image_tokens, grid):
+    return image_tokens is not None or grid is not None or math.isqrt(k) ** 2 == k
+
+
+def _scores(a, image_tokens, grid, causal, patch_size, radius):
+    nb, nh, q, k = a.shape
+    diag = _head_mean(np.diagonal(a, offset=k - q, axis1=-2, axis2=-1).mean(-1))
+    colsum = a.sum(-2)
+    received = _head_mean(colsum / _visible_queries(q, k, causal))
+    top = _top_key_mass(a, colsum, TOP_KEY_FRACTION, causal)
+    ent, s = _row_entropy(a)
+    nmi = _head_mean(_nmi(a, ent, s))
+    out = {
+        "self_mass": diag,
+        "neighbour_mass": np.full(nh, np.nan),
+        "top_key_mass": top,
+        "nmi": nmi,
+        "distance": np.full(nh, np.nan),
+        "distance_px": np.full(nh, np.nan),
+        "entropy": _entropy(ent, q, k, causal, False),
+        "entropy_norm": _entropy(ent, q, k, causal, True),
+        "sinks": [np.flatnonzero(r > SINK_THRESHOLD) for r in received],
+        "offsets": [[] for _ in range(nh)],
+    }
+    if _wants_grid(k, image_tokens, grid):
+        block, cells, hw = _image_block(a, image_tokens, grid)
+        if cells.size:
+            sums, counts = _neighbour_sums(block, cells, hw, radius)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                m = _head_mean(sums / np.where(counts, counts, np.nan))
+            ring = sums[:, :, radius - 1 : radius + 2, radius - 1 : radius + 2].sum((-2, -1)) - sums[:, :, radius, radius]
+            out["neighbour_mass"] = _head_mean(ring / cells.size) if radius >= 1 else _neighbour_mass(block, cells, hw)
+            out["offsets"] = _dominant(m, hw[0] * hw[1], radius, 4)
+            out["distance"] = _distance(block, cells, hw)
+            if patch_size is not None:
+                out["distance_px"] = out["distance"] * patch_size
+    out["label"] = [_label(*v) for v in zip(diag, out["neighbour_mass"], top)]
+    return out
+
+
+def classify_heads(attn, *, image_tokens=None, grid=None, causal: bool = False) -> List[str]:
+    """One label per head: ``"diagonal"``, ``"stripe"``, ``"vertical"`` or ``"mixed"``.
+
+    The scores are :func:`self_mass` (diagonal), :func:`neighbour_mass`
+    (stripe; only with a grid, see :func:`head_scores`) and
+    :func:`top_key_mass` (vertical). A head takes the label whose score exceeds
+    its threshold by the most, provided it reaches it: ``DIAGONAL_THRESHOLD``,
+    ``STRIPE_THRESHOLD`` and ``VERTICAL_THRESHOLD`` are all 0.5, i.e. the
+    pattern holds the majority of the attention (a choice of this library, not
+    of a paper). Otherwise the head is ``"mixed"``.
+
+    >>> import numpy as np
+    >>> a = np.zeros((1, 196, 196)); a[0, :, 0] = 1
+    >>> classify_heads(a)
+    ['vertical']
+    """
+    return head_scores(attn, image_tokens=image_tokens, grid=grid, causal=causal)["label"]
+
+
+# --------------------------------------------------------------------------- per-layer table
+
+_FLOAT_COLUMNS = ("self_mass", "neighbour_mass", "top_key_mass", "nmi", "distance", "distance_px", "entropy", "entropy_norm")
+
+
+def _plain_key(key):
+    if isinstance(key, (bool, np.bool_)):
+        return bool(key)
+    if isinstance(key, (int, np.integer)):
+        return int(key)
+    if isinstance(key, (float, np.floating, str)):
+        return key if isinstance(key, str) else float(key)
+    if isinstance(key, tuple):
+        return [_plain_key(v) for v in key]
+    return str(key)
+
+
+def _plain_float(x):
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+class PatternTable:
+    """Per-head pattern scores of a model's layers (what :func:`summarize` returns).
+
+    ``table[name]`` is a ``[layers, max heads]`` float array of one score
+    (NaN where a layer has fewer heads); ``table.labels`` the matching array of
+    labels; ``table.sinks[i][h]`` and ``table.offsets[i][h]`` the sink keys and
+    dominant grid offsets of head ``h`` of the ``i``-th layer; ``table.layers``
+    the layer names in order. ``print(table)`` shows one line per layer;
+    ``to_records()`` gives plain, JSON-serialisable dicts.
+
+    >>> import numpy as np
+    >>> t = summarize([np.eye(196)[None]] * 2)
+    >>> t.labels.tolist()
+    [['diagonal'], ['diagonal']]
+    """
+
+    columns = _FLOAT_COLUMNS
+
+    def __init__(self, layers: Sequence, scores: Sequence[Dict[str, Any]], options: Dict[str, Any]):
+        self.layers = list(layers)
+        self.num_heads = [len(s["label"]) for s in scores]
+        self.options = dict(options)
+        width = max(self.num_heads) if self.num_heads else 0
+        self._data = {}
+        for name in _FLOAT_COLUMNS:
+            arr = np.full((len(scores), width), np.nan)
+            for i, s in enumerate(scores):
+                arr[i, : len(s[name])] = s[name]
+            self._data[name] = arr
+        self.labels = np.full((len(scores), width), "", dtype=object)
+        for i, s in enumerate(scores):
+            self.labels[i, : len(s["label"])] = s["label"]
+        self.sinks = [[[int(v) for v in keys] for keys in s["sinks"]] for s in scores]
+        self.offsets = [[[tuple(o) for o in offs] for offs in s["offsets"]] for s in scores]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name == "label":
+            return self.labels
+        if name not in self._data:
+            raise KeyError(f"{name!r} is not a score; the scores are {', '.join(_FLOAT_COLUMNS)} and 'label'")
+        return self._data[name]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __repr__(self) -> str:
+        heads = sorted(set(self.num_heads))
+        h = heads[0] if len(heads) == 1 else heads
+        return f"PatternTable({len(self)} layers x {h} heads, grid={self.options.get('grid')})"
+
+    def to_records(self, level: str = "head") -> List[Dict[str, Any]]:
+        """Plain dicts, one per head (``level="head"``) or per layer (``"layer"``).
+
+        Layer records hold the label counts, the head means of the scores and
+        the union of the sink keys. NaN becomes None so ``json.dumps`` writes
+        strict JSON.
+
+        >>> import numpy as np
+        >>> summarize([np.eye(4)[None]]).to_records()[0]["label"]
+        'diagonal'
+        """
+        if level not in ("head", "layer"):
+            raise ValueError(f"level must be 'head' or 'layer'; got {level!r}")
+        out = []
+        for i, layer in enumerate(self.layers):
+            n = self.num_heads[i]
+            if level == "head":
+                for h in range(n):
+                    rec = {"layer": _plain_key(layer), "head": h, "label": self.labels[i, h]}
+                    rec.update({c: _plain_float(self._data[c][i, h]) for c in _FLOAT_COLUMNS})
+                    rec["sinks"] = list(self.sinks[i][h])
+                    rec["offsets"] = [list(o) for o in self.offsets[i][h]]
+                    out.append(rec)
+            else:
+                rec = {"layer": _plain_key(layer), "heads": n}
+                labels = list(self.labels[i, :n])
+                rec.update({lab: labels.count(lab) for lab in LABELS})
+                for c in _FLOAT_COLUMNS:
+                    row = self._data[c][i, :n]
+                    rec[c] = None if np.all(np.isnan(row)) else _plain_float(np.nanmean(row))
+                rec["sinks"] = sorted({k for keys in self.sinks[i] for k in keys})
+                out.append(rec)
+        return out
+
+    def __str__(self) -> str:
+        head = ("layer", "heads", "diag", "stripe", "vert", "mixed", "self", "nbr8", "top2%", "nmi", "dist", "H/lnN", "sinks")
+        rows = []
+        for rec in self.to_records("layer"):
+            sinks = rec["sinks"]
+            shown = ",".join(str(k) for k in sinks[:4]) + (",..." if len(sinks) > 4 else "")
+            layer = rec["layer"]
+            rows.append(
+                (
+                    str(tuple(layer) if isinstance(layer, list) else layer),
+                    str(rec["heads"]),
+                    *(str(rec[lab]) for lab in LABELS),
+                    *("-" if rec[c] is None else f"{rec[c]:.3f}" for c in ("self_mass", "neighbour_mass", "top_key_mass", "nmi")),
+                    "-" if rec["distance"] is None else f"{rec['distance']:.2f}",
+                    "-" if rec["entropy_norm"] is None else f"{rec['entropy_norm']:.3f}",
+                    shown or "-",
+                )
+            )
+        widths = [max(len(r[j]) for r in [head] + rows) for j in range(len(head))]
+        lines = ["  ".join(c.rjust(wd) for c, wd in zip(r, widths)) for r in [head] + rows]
+        return "\n".join(lines)
+
+
+def summarize(
+    layers,
+    *,
+    image_tokens=None,
+    grid=None,
+    causal: bool = False,
+    patch_size: Optional[float] = None,
+    radius: int = 2,
+) -> PatternTable:
+    """Score every head of every layer and return one :class:`PatternTable`.
+
+    ``layers`` is a sequence of layer maps (a list such as
+    ``get_local.cache['Attention.forward']``; layer names are 0, 1, ...) or a
+    dict ``{layer name: map}``; each map is ``[H, Q, K]`` or ``[B, H, Q, K]``.
+    The keyword arguments are those of :func:`head_scores` and apply to all
+    layers; ``causal=True`` for decoder (language-model) maps.
+
+    >>> import numpy as np
+    >>> maps = [np.full((6, 197, 197), 1 / 197) for _ in range(12)]
+    >>> t = summarize(maps, image_tokens=slice(1, 197), patch_size=16)
+    >>> round(float(t["distance_px"][0, 0]), 1)
+    116.5
+    """
+    if isinstance(layers, dict):
+        names, maps = list(layers), list(layers.values())
+    elif isinstance(layers, (list, tuple)):
+        names, maps = list(range(len(layers))), list(layers)
+    else:
+        shape = getattr(layers, "shape", None)
+        raise ValueError(
+            f"layers must be a list of layer maps or a dict {{layer: map}}; got {type(layers).__name__}"
+            + (f" of shape {tuple(shape)}" if shape is not None else "")
+            + "; pass [attn] for one layer, or list(maps) for a stacked [L, H, Q, K] array"
+        )
+    scores = []
+    options = {"image_tokens": image_tokens, "grid": grid, "causal": bool(causal), "patch_size": patch_size}
+    for name, m in zip(names, maps):
+        a = _attention(m, name=f"layers[{name!r}]")
+        k = a.shape[-1]
+        if options["grid"] is None and _wants_grid(k, image_tokens, grid):
+            options["grid"] = _grid(None, _count(_image_positions(image_tokens, k)), image_tokens)
+        scores.append(_scores(a, image_tokens, grid, bool(causal), patch_size, int(radius)))
+    return PatternTable(names, scores, options)
+
+
+__all__ = [
+    "PatternTable",
+    "summarize",
+    "head_scores",
+    "classify_heads",
+    "self_mass",
+    "offset_profile",
+    "neighbour_map",
+    "neighbour_mass",
+    "dominant_offsets",
+    "received_attention",
+    "top_key_mass",
+    "sink_keys",
+    "query_key_nmi",
+    "mean_attention_distance",
+    "attention_entropy",
+    "LABELS",
+    "DIAGONAL_THRESHOLD",
+    "STRIPE_THRESHOLD",
+    "VERTICAL_THRESHOLD",
+    "SINK_THRESHOLD",
+    "TOP_KEY_FRACTION",
+]

@@ -1,0 +1,671 @@
+"""Draw attention maps: heads, patch grids, overlays on the image, patterns by depth.
+
+Single-panel helpers take ``ax=`` (the current Axes when None) and return the
+Axes; multi-panel helpers return the Figure. Maps are numpy or torch arrays of
+any float dtype (bfloat16 included): ``[Q, K]``, ``[H, Q, K]`` or
+``[1, H, Q, K]``. Images are numpy, torch (``HWC`` or ``CHW``) or PIL,
+grayscale, RGB or RGBA. Nothing here calls ``plt.show()``.
+
+>>> import numpy as np
+>>> import matplotlib.pyplot as plt
+>>> from getlocal import plot
+>>> fig, ax = plt.subplots()
+>>> ax = plot.attention_map(np.eye(8)[None], ax=ax)
+>>> ax.get_xlabel()
+'key'
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import ListedColormap, Normalize
+from matplotlib.patches import Patch, Rectangle
+
+from .patterns import LABELS, _as_array, _count, _grid, _image_positions
+
+#: Colours of the pattern labels in :func:`label_map`.
+LABEL_COLORS = {"diagonal": "#1f77b4", "stripe": "#2ca02c", "vertical": "#d62728", "mixed": "#c7c7c7"}
+
+
+# --------------------------------------------------------------------------- input
+
+
+def _maps(attn, name: str = "attn") -> np.ndarray:
+    """``attn`` as a ``[H, Q, K]`` float array."""
+    arr = _as_array(attn, name)
+    if arr.ndim == 2:
+        arr = arr[None]
+    elif arr.ndim == 4:
+        if arr.shape[0] != 1:
+            raise ValueError(
+                f"{name} has a batch of {arr.shape[0]} maps (shape {tuple(arr.shape)}); "
+                f"plot one item at a time, e.g. {name}[0]"
+            )
+        arr = arr[0]
+    elif arr.ndim != 3:
+        raise ValueError(f"{name} must be [Q, K], [H, Q, K] or [1, H, Q, K]; got shape {tuple(arr.shape)}")
+    if 0 in arr.shape:
+        raise ValueError(f"{name} is empty: shape {tuple(arr.shape)}")
+    return arr
+
+
+def _image(image, name: str = "image") -> np.ndarray:
+    """An ``[H, W]`` or ``[H, W, C]`` array that ``imshow`` draws as the picture."""
+    if hasattr(image, "mode") and hasattr(image, "size") and not hasattr(image, "shape"):  # PIL
+        image = np.asarray(image)
+    arr = _as_array(image, name) if not (isinstance(image, np.ndarray) and image.dtype == np.uint8) else image
+    while arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # CHW, as torch and torchvision hold images
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise ValueError(
+            f"{name} must be grayscale [H, W], RGB or RGBA [H, W, 3|4] (or [3|4, H, W]); got shape {tuple(arr.shape)}"
+        )
+    if arr.dtype != np.uint8:
+        arr = arr.astype(np.float32, copy=False)
+        top = float(arr.max()) if arr.size else 0.0
+        if top > 1.0:  # a float picture in 0..255
+            arr = np.clip(arr / 255.0, 0, 1)
+        else:
+            arr = np.clip(arr, 0, 1)
+    return arr
+
+
+def _show_image(ax, img, **kwargs):
+    h, w = img.shape[:2]
+    kwargs.setdefault("extent", (0, w, h, 0))
+    if img.ndim == 2:
+        kwargs.setdefault("cmap", "gray")
+        kwargs.setdefault("vmin", 0)
+        kwargs.setdefault("vmax", 255 if img.dtype == np.uint8 else 1)
+    return ax.imshow(img, **kwargs)
+
+
+def _resize(a: np.ndarray, shape) -> np.ndarray:
+    """Bilinear resize of a 2-D array with pixel centres at half-integers (as PIL)."""
+    h, w = a.shape
+    H, W = shape
+
+    def axis(n_in, n_out):
+        x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        lo = np.floor(x).astype(int)
+        hi = np.minimum(lo + 1, n_in - 1)
+        return lo, hi, x - lo
+
+    y0, y1, wy = axis(h, H)
+    x0, x1, wx = axis(w, W)
+    top = a[y0][:, x0] * (1 - wx) + a[y0][:, x1] * wx
+    bottom = a[y1][:, x0] * (1 - wx) + a[y1][:, x1] * wx
+    return top * (1 - wy)[:, None] + bottom * wy[:, None]
+
+
+def _heat_on_picture(heat: np.ndarray, size, pad_to_square: bool) -> np.ndarray:
+    """Upsample a grid heat map to the picture's ``(H, W)``, undoing a letterbox.
+
+    With ``pad_to_square`` the model saw the picture scaled so its longer side
+    filled a square and the shorter side padded symmetrically (openpi's
+    ``resize_with_pad``): the heat map covers that square, so it is upsampled
+    to a square of the longer side and the padded band is cropped away.
+    """
+    h, w = size
+    if not pad_to_square:
+        return _resize(heat, (h, w))
+    side = max(h, w)
+    full = _resize(heat, (side, side))
+    top, left = (side - h) // 2, (side - w) // 2
+    return full[top : top + h, left : left + w]
+
+
+def _cell(cell, grid, name="cell"):
+    """``(row, col)`` of a cell given as ``(row, col)`` or as a flat index."""
+    h, w = grid
+    if isinstance(cell, (int, np.integer)):
+        if not -h * w <= cell < h * w:
+            raise ValueError(f"{name}={cell} is outside the {h} x {w} grid ({h * w} cells)")
+        return divmod(int(cell) % (h * w), w)
+    try:
+        r, c = (int(v) for v in cell)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a flat cell index or a (row, col) pair; got {cell!r}") from None
+    if not (0 <= r < h and 0 <= c < w):
+        raise ValueError(f"{name}={cell!r} is outside the {h} x {w} grid; rows are 0..{h - 1}, columns 0..{w - 1}")
+    return r, c
+
+
+def _reduce(name, reduce):
+    if reduce not in ("mean", "max"):
+        raise ValueError(f"{name} must be 'mean' or 'max'; got {reduce!r}")
+    return np.mean if reduce == "mean" else np.max
+
+
+# --------------------------------------------------------------------------- maps
+
+
+def attention_map(attn, *, head: Optional[int] = None, ax=None, cbar: bool = True, cbar_kws: Optional[dict] = None, **kwargs):
+    """Draw one head's ``[Q, K]`` map with a colour bar.
+
+    ``attn`` is ``[Q, K]``, or ``[H, Q, K]`` / ``[1, H, Q, K]`` with ``head``
+    picking the head (the mean over heads when None). Draws into ``ax`` (the
+    current Axes if None) and returns it; ``**kwargs`` go to ``ax.imshow``,
+    ``cbar_kws`` to ``fig.colorbar``.
+
+    >>> import numpy as np
+    >>> fig, ax = plt.subplots()
+    >>> ax = attention_map(np.eye(4), ax=ax, cmap="magma")
+    >>> ax.images[0].get_array().shape
+    (4, 4)
+    """
+    maps = _maps(attn)
+    if head is None:
+        m = maps.mean(0)
+    else:
+        if not -maps.shape[0] <= head < maps.shape[0]:
+            raise ValueError(f"head={head} but attn has {maps.shape[0]} heads")
+        m = maps[head]
+    ax = plt.gca() if ax is None else ax
+    kwargs.setdefault("interpolation", "nearest")
+    im = ax.imshow(m, **kwargs)
+    ax.set_xlabel("key")
+    ax.set_ylabel("query")
+    if cbar:
+        ax.figure.colorbar(im, ax=ax, **(cbar_kws or {}))
+    return ax
+
+
+def layer_heads(attn, *, ncols: Optional[int] = None, average: bool = True, cbar: bool = True, panel_size: float = 2.2, **kwargs):
+    """Draw every head of a layer in a grid, plus their mean; returns the Figure.
+
+    Works for any number of heads (one head gives a single row). All panels
+    share one colour scale and one colour bar so heads can be compared.
+    ``ncols`` defaults to at most 4 panels a row; ``**kwargs`` go to each
+    ``ax.imshow``.
+
+    >>> import numpy as np
+    >>> fig = layer_heads(np.random.default_rng(0).random((3, 5, 5)))
+    >>> len([a for a in fig.axes if a.images])
+    4
+    """
+    maps = _maps(attn)
+    panels = list(maps) + ([maps.mean(0)] if average else [])
+    titles = [f"head {i}" for i in range(len(maps))] + (["mean"] if average else [])
+    ncols = min(len(panels), 4) if ncols is None else int(ncols)
+    if ncols < 1:
+        raise ValueError(f"ncols must be >= 1; got {ncols}")
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols + (0.8 if cbar else 0), panel_size * nrows), squeeze=False)
+    kwargs.setdefault("vmin", float(min(p.min() for p in panels)))
+    kwargs.setdefault("vmax", float(max(p.max() for p in panels)))
+    kwargs.setdefault("interpolation", "nearest")
+    im = None
+    for ax, panel, title in zip(axes.flat, panels, titles):
+        im = ax.imshow(panel, **kwargs)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    if cbar:
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
+    return fig
+
+
+# --------------------------------------------------------------------------- patch grids
+
+
+def patch_grid(image, *, grid, cells=(), ax=None, color: str = "red", alpha: float = 0.5, line_kws: Optional[dict] = None, **kwargs):
+    """Draw the picture with its patch grid and fill the chosen cells.
+
+    ``grid=(h, w)`` patches; ``cells`` is a cell or a list of cells, each a
+    ``(row, col)`` pair or a flat index ``row * w + col``, filled with
+    ``color`` at ``alpha``. ``line_kws`` styles the grid lines
+    (``ax.axhline``/``axvline``); ``**kwargs`` go to ``ax.imshow`` of the
+    picture. Returns the Axes.
+
+    >>> import numpy as np
+    >>> fig, ax = plt.subplots()
+    >>> ax = patch_grid(np.zeros((28, 28)), grid=(2, 2), cells=[(0, 1)], ax=ax)
+    >>> len(ax.patches)
+    1
+    """
+    img = _image(image)
+    h, w = _grid(grid, _grid_cells(grid), None)
+    if isinstance(cells, (int, np.integer)) or (isinstance(cells, tuple) and len(cells) == 2 and all(isinstance(v, (int, np.integer)) for v in cells)):
+        cells = [cells]
+    cells = [_cell(c, (h, w), "cells") for c in cells]
+    ax = plt.gca() if ax is None else ax
+    _show_image(ax, img, **kwargs)
+    H, W = img.shape[:2]
+    line = {"color": "white", "linewidth": 0.5, "alpha": 0.7, **(line_kws or {})}
+    for i in range(1, h):
+        ax.axhline(i * H / h, **line)
+    for j in range(1, w):
+        ax.axvline(j * W / w, **line)
+    for r, c in cells:
+        ax.add_patch(Rectangle((c * W / w, r * H / h), W / w, H / h, facecolor=color, alpha=alpha, edgecolor=color, linewidth=1))
+    ax.set_xlim(0, W)
+    ax.set_ylim(H, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax
+
+
+def _grid_cells(grid):
+    try:
+        h, w = (int(v) for v in grid)
+    except (TypeError, ValueError):
+        raise ValueError(f"grid must be a pair (h, w) of positive ints; got {grid!r}") from None
+    return h * w
+
+
+def _overlay(ax, img, heat, *, pad_to_square=False, alpha=0.5, cbar=True, cbar_kws=None, image_kws=None, **kwargs):
+    H, W = img.shape[:2]
+    _show_image(ax, img, **(image_kws or {}))
+    up = _heat_on_picture(heat, (H, W), pad_to_square)
+    kwargs.setdefault("cmap", "jet")
+    kwargs.setdefault("vmin", 0.0)
+    kwargs.setdefault("vmax", float(heat.max()) if heat.max() > 0 else 1.0)
+    im = ax.imshow(up, alpha=alpha, extent=(0, W, H, 0), interpolation="nearest", **kwargs)
+    ax.set_xlim(0, W)
+    ax.set_ylim(H, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if cbar:
+        ax.figure.colorbar(im, ax=ax, **(cbar_kws or {}))
+    return im
+
+
+def grid_to_grid(
+    attn,
+    image,
+    *,
+    query,
+    grid=None,
+    image_tokens=None,
+    cls_token: Optional[int] = None,
+    head: Optional[int] = None,
+    alpha: float = 0.6,
+    cell_kws: Optional[dict] = None,
+    figsize=None,
+    **kwargs,
+):
+    """The attention of one query patch drawn over the picture; returns the Figure.
+
+    Left: the picture with the query cell filled red. Right: that patch's
+    attention to every image patch, upsampled and overlaid on the picture.
+    With ``cls_token`` (the class token's position, usually 0) a middle panel
+    shows the weight the query gives the class token in its own cell, coloured
+    on the overlay's scale and written out as its real value.
+    ``query`` is a ``(row, col)`` cell or a flat cell index; ``head`` picks a
+    head (the mean over heads when None); ``image_tokens`` and ``grid`` as in
+    :mod:`getlocal.patterns`; ``cell_kws`` go to :func:`patch_grid`;
+    ``**kwargs`` go to ``ax.imshow`` of the overlay.
+
+    >>> import numpy as np
+    >>> a = np.full((197, 197), 1 / 197)
+    >>> fig = grid_to_grid(a, np.zeros((224, 224, 3)), query=(3, 4), image_tokens=slice(1, 197), cls_token=0)
+    >>> [t.get_text() for t in fig.axes[1].texts]
+    ['0.00508']
+    """
+    maps = _maps(attn)
+    q, k = maps.shape[-2:]
+    positions = _image_positions(image_tokens, k)
+    n = _count(positions)
+    hw = _grid(grid, n, image_tokens)
+    r, c = _cell(query, hw, "query")
+    keys = np.arange(k)[positions]
+    row = int(keys[r * hw[1] + c]) - (k - q)
+    if row < 0:
+        raise ValueError(f"query={query!r} is image token {keys[r * hw[1] + c]}, which is not among the {q} queries of this decode map")
+    if head is None:
+        weights = maps[:, row, :].mean(0)
+    else:
+        if not -maps.shape[0] <= head < maps.shape[0]:
+            raise ValueError(f"head={head} but attn has {maps.shape[0]} heads")
+        weights = maps[head, row, :]
+    heat = weights[keys].reshape(hw)
+    img = _image(image)
+
+    with_cls = cls_token is not None
+    if with_cls and not -k <= cls_token < k:
+        raise ValueError(f"cls_token={cls_token} is outside the {k} keys of the map")
+    ratios = [1, 0.25, 1.25] if with_cls else [1, 1.25]
+    fig, axes = plt.subplots(1, len(ratios), figsize=figsize or (3.2 * sum(ratios), 3.2), gridspec_kw={"width_ratios": ratios})
+    patch_grid(img, grid=hw, cells=[(r, c)], ax=axes[0], **(cell_kws or {}))
+    axes[0].set_title(f"query patch ({r}, {c})", fontsize=9)
+    kwargs.setdefault("cmap", "jet")
+    vmax = kwargs.setdefault("vmax", float(heat.max()) if heat.max() > 0 else 1.0)
+    vmin = kwargs.setdefault("vmin", 0.0)
+    _overlay(axes[-1], img, heat, alpha=alpha, cbar=True, cbar_kws={"extend": "max"} if with_cls and weights[cls_token] > vmax else None, **kwargs)
+    axes[-1].set_title("attention to patches", fontsize=9)
+    if with_cls:
+        value = float(weights[cls_token])
+        cax = axes[1]
+        # coloured on the overlay's scale (clipped at its top), the number is exact
+        cax.imshow([[value]], cmap=kwargs["cmap"], norm=Normalize(vmin, vmax, clip=True))
+        cax.text(0, 0, f"{value:.3g}", ha="center", va="center", fontsize=9, color="white",
+                 bbox={"facecolor": "black", "alpha": 0.5, "linewidth": 0, "pad": 1})
+        cax.set_title("CLS", fontsize=9)
+        cax.set_xticks([])
+        cax.set_yticks([])
+    return fig
+
+
+# --------------------------------------------------------------------------- VLA overlays
+
+
+def query_heatmap(attn, *, image_tokens, queries, grid=None, reduce: str = "mean", heads=None) -> np.ndarray:
+    """The attention from chosen query tokens to the image tokens, as an ``[h, w]`` grid.
+
+    Rows ``queries`` of the map (an int, a slice or a list of query indices;
+    for a prefill map these are token positions, for a decode map the rows of
+    the new tokens) are averaged, then the heads (``heads`` picks some, all
+    when None) are reduced by ``reduce`` (``'mean'`` or ``'max'``). The image
+    tokens' weights are laid out on ``grid`` (inferred when square).
+
+    >>> import numpy as np
+    >>> a = np.zeros((2, 10, 10)); a[:, 9, 1 + 2] = 1
+    >>> query_heatmap(a, image_tokens=slice(1, 5), queries=9, grid=(2, 2)).tolist()
+    [[0.0, 0.0], [1.0, 0.0]]
+    """
+    fn = _reduce("reduce", reduce)
+    maps = _maps(attn)
+    nh, q, k = maps.shape
+    positions = _image_positions(image_tokens, k)
+    hw = _grid(grid, _count(positions), image_tokens)
+    rows = np.arange(q)
+    try:
+        picked = np.atleast_1d(rows[queries])
+    except (IndexError, TypeError):
+        raise ValueError(f"queries={queries!r} does not index the {q} query rows of the map") from None
+    if picked.size == 0:
+        raise ValueError(f"queries={queries!r} selects no query row of the {q} in the map")
+    if heads is not None:
+        try:
+            maps = maps[np.atleast_1d(np.arange(nh)[heads])]
+        except (IndexError, TypeError):
+            raise ValueError(f"heads={heads!r} does not index the {nh} heads of the map") from None
+    per_head = maps[:, picked, :].mean(1)[:, positions]
+    return fn(per_head, axis=0).reshape(hw)
+
+
+def image_attention(
+    image,
+    attn,
+    *,
+    image_tokens,
+    queries,
+    grid=None,
+    reduce: str = "mean",
+    heads=None,
+    pad_to_square: bool = False,
+    ax=None,
+    alpha: float = 0.5,
+    cbar: bool = True,
+    cbar_kws: Optional[dict] = None,
+    image_kws: Optional[dict] = None,
+    **kwargs,
+):
+    """Overlay the attention of chosen queries (text, action tokens) on the picture.
+
+    The heat map is :func:`query_heatmap`, upsampled bilinearly to the
+    picture. Pass ``pad_to_square=True`` when the model's preprocessing
+    letterboxed the picture (scaled the longer side to the square and padded
+    the shorter side symmetrically, like openpi's ``resize_with_pad``): the
+    padded band is cropped so the heat map lines up with the original
+    picture. Without it the heat map is stretched to the picture, which is
+    right for a plain resize. ``**kwargs`` go to ``ax.imshow`` of the heat map
+    (``cmap``, ``vmin``, ``vmax``), ``image_kws`` to that of the picture,
+    ``cbar_kws`` to the colour bar. Returns the Axes.
+
+    >>> import numpy as np
+    >>> a = np.full((1, 20, 20), 0.05)
+    >>> fig, ax = plt.subplots()
+    >>> ax = image_attention(np.zeros((60, 90, 3)), a, image_tokens=slice(4, 20), queries=[18, 19],
+    ...                      pad_to_square=True, ax=ax)
+    >>> ax.images[-1].get_array().shape
+    (60, 90)
+    """
+    heat = query_heatmap(attn, image_tokens=image_tokens, queries=queries, grid=grid, reduce=reduce, heads=heads)
+    ax = plt.gca() if ax is None else ax
+    _overlay(ax, _image(image), heat, pad_to_square=pad_to_square, alpha=alpha, cbar=cbar, cbar_kws=cbar_kws, image_kws=image_kws, **kwargs)
+    return ax
+
+
+def _per_camera(value, n, name):
+    if isinstance(value, (list, tuple)) and not (name == "grids" and len(value) == 2 and all(isinstance(v, (int, np.integer)) for v in value)):
+        if len(value) != n:
+            raise ValueError(f"{name} has {len(value)} entries for {n} cameras; give one per camera")
+        return list(value)
+    return [value] * n
+
+
+def camera_attention(
+    images: Sequence,
+    attn,
+    *,
+    image_tokens: Sequence,
+    queries,
+    grids=None,
+    reduce: str = "mean",
+    heads=None,
+    pad_to_square=False,
+    per_head: bool = False,
+    titles: Optional[Sequence[str]] = None,
+    alpha: float = 0.5,
+    panel_size: float = 3.2,
+    **kwargs,
+):
+    """Several cameras side by side, each with its attention overlay; returns the Figure.
+
+    ``images`` and ``image_tokens`` hold one entry per camera (e.g. exterior
+    and wrist views, each with its own token range); ``grids`` and
+    ``pad_to_square`` are one value for all or one per camera. All panels
+    share one colour scale. With ``per_head=True`` the result is a list of
+    Figures, one per head (of ``heads``, all when None). Other arguments as in
+    :func:`image_attention`; ``**kwargs`` go to each overlay's ``ax.imshow``.
+
+    >>> import numpy as np
+    >>> a = np.full((2, 40, 40), 0.025)
+    >>> fig = camera_attention([np.zeros((48, 64)), np.zeros((32, 32))], a,
+    ...                        image_tokens=[slice(0, 16), slice(16, 32)], queries=-1)
+    >>> len([ax for ax in fig.axes if ax.images])
+    2
+    """
+    images = list(images)
+    n = len(images)
+    if n == 0:
+        raise ValueError("images is empty; give one picture per camera")
+    if not isinstance(image_tokens, (list, tuple)) or len(image_tokens) != n or (n == 2 and all(isinstance(v, (int, np.integer)) for v in image_tokens)):
+        raise ValueError(f"image_tokens must be a list with one slice or index array per camera ({n} cameras); got {image_tokens!r}")
+    grids = _per_camera(grids, n, "grids")
+    pads = _per_camera(pad_to_square, n, "pad_to_square")
+    titles = list(titles) if titles is not None else [f"camera {i}" for i in range(n)]
+    if per_head:
+        nh = _maps(attn).shape[0]
+        chosen = np.atleast_1d(np.arange(nh)[heads]) if heads is not None else np.arange(nh)
+        return [
+            camera_attention(images, attn, image_tokens=image_tokens, queries=queries, grids=grids, reduce=reduce,
+                             heads=[int(h)], pad_to_square=pads, titles=[f"{t}, head {int(h)}" for t in titles],
+                             alpha=alpha, panel_size=panel_size, **kwargs)
+            for h in chosen
+        ]
+    heats = [query_heatmap(attn, image_tokens=t, queries=queries, grid=g, reduce=reduce, heads=heads) for t, g in zip(image_tokens, grids)]
+    kwargs.setdefault("vmin", 0.0)
+    kwargs.setdefault("vmax", max(float(h.max()) for h in heats) or 1.0)
+    pictures = [_image(im, f"images[{i}]") for i, im in enumerate(images)]
+    ratios = [p.shape[1] / p.shape[0] for p in pictures]
+    fig, axes = plt.subplots(1, n, figsize=(panel_size * sum(ratios) + 0.8, panel_size), squeeze=False, gridspec_kw={"width_ratios": ratios})
+    im = None
+    for ax, pic, heat, pad, title in zip(axes[0], pictures, heats, pads, titles):
+        im = _overlay(ax, pic, heat, pad_to_square=bool(pad), alpha=alpha, cbar=False, **kwargs)
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    return fig
+
+
+# --------------------------------------------------------------------------- patterns by depth
+
+
+def _depth_axis(ax, table):
+    ax.set_xticks(range(len(table.layers)))
+    ax.set_xticklabels([str(layer) for layer in table.layers], fontsize=7, rotation=90 if len(table.layers) > 16 else 0)
+    ax.set_xlabel("layer")
+
+
+def label_map(table, *, ax=None, legend_kws: Optional[dict] = None, **kwargs):
+    """A layer x head map of the head labels of a :class:`~getlocal.patterns.PatternTable`.
+
+    Layers run down, heads across; colours are :data:`LABEL_COLORS`.
+    ``**kwargs`` go to ``ax.imshow``, ``legend_kws`` to ``ax.legend``. Returns the Axes.
+
+    >>> import numpy as np
+    >>> from getlocal.patterns import summarize
+    >>> fig, ax = plt.subplots()
+    >>> ax = label_map(summarize([np.eye(16)[None]]), ax=ax)
+    >>> ax.images[0].get_array().tolist()
+    [[0.0]]
+    """
+    codes = np.full(table.labels.shape, np.nan)
+    for i, lab in enumerate(LABELS):
+        codes[table.labels == lab] = i
+    ax = plt.gca() if ax is None else ax
+    kwargs.setdefault("cmap", ListedColormap([LABEL_COLORS[lab] for lab in LABELS]))
+    kwargs.setdefault("vmin", -0.5)
+    kwargs.setdefault("vmax", len(LABELS) - 0.5)
+    kwargs.setdefault("interpolation", "nearest")
+    kwargs.setdefault("aspect", "auto")
+    ax.imshow(np.ma.masked_invalid(codes), **kwargs)
+    ax.set_yticks(range(len(table.layers)))
+    ax.set_yticklabels([str(layer) for layer in table.layers], fontsize=7)
+    ax.set_ylabel("layer")
+    ax.set_xlabel("head")
+    handles = [Patch(color=LABEL_COLORS[lab], label=lab) for lab in LABELS]
+    ax.legend(handles=handles, **{"loc": "upper left", "bbox_to_anchor": (1.01, 1), "fontsize": 8, "frameon": False, **(legend_kws or {})})
+    return ax
+
+
+_SCORE_NAMES = {"self_mass": "diagonal (self mass)", "neighbour_mass": "stripe (8-neighbour mass)", "top_key_mass": "vertical (top-2% key mass)"}
+
+
+def pattern_scores(table, *, scores=("self_mass", "neighbour_mass", "top_key_mass"), ax=None, scatter_kws: Optional[dict] = None, **kwargs):
+    """The diagonal, stripe and vertical scores against depth.
+
+    One line per score (the mean over heads, ``**kwargs`` to ``ax.plot``) over
+    faint dots for the single heads (``scatter_kws`` to ``ax.scatter``).
+    Returns the Axes.
+
+    >>> import numpy as np
+    >>> from getlocal.patterns import summarize
+    >>> fig, ax = plt.subplots()
+    >>> ax = pattern_scores(summarize([np.eye(16)[None]] * 3), ax=ax)
+    >>> [float(y) for y in ax.lines[0].get_ydata()]
+    [1.0, 1.0, 1.0]
+    """
+    ax = plt.gca() if ax is None else ax
+    x = np.arange(len(table.layers))
+    for name in scores:
+        values = table[name]
+        if np.all(np.isnan(values)):
+            continue
+        (line,) = ax.plot(x, np.nanmean(values, 1), marker="o", markersize=3, label=_SCORE_NAMES.get(name, name), **kwargs)
+        xs = np.repeat(x, values.shape[1])
+        ax.scatter(xs, values.ravel(), **{"s": 6, "alpha": 0.3, "color": line.get_color(), "linewidths": 0, **(scatter_kws or {})})
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("score")
+    _depth_axis(ax, table)
+    ax.legend(fontsize=8, frameon=False)
+    return ax
+
+
+def attention_distance(table, *, pixels: bool = False, ax=None, **kwargs):
+    """Mean attention distance of every head against depth, as dots (ViT paper, Fig. 7).
+
+    ``pixels=True`` plots ``distance_px`` (needs ``patch_size`` in
+    :func:`~getlocal.patterns.summarize`). ``**kwargs`` go to ``ax.scatter``.
+    Returns the Axes.
+
+    >>> import numpy as np
+    >>> from getlocal.patterns import summarize
+    >>> fig, ax = plt.subplots()
+    >>> ax = attention_distance(summarize([np.full((4, 196, 196), 1 / 196)]), ax=ax)
+    >>> round(float(ax.collections[0].get_offsets()[0, 1]), 3)
+    7.281
+    """
+    name = "distance_px" if pixels else "distance"
+    values = table[name]
+    if np.all(np.isnan(values)):
+        raise ValueError(
+            f"the table has no {name}: summarize() needs image_tokens/grid for distances"
+            + (" and patch_size for pixels" if pixels else "")
+        )
+    ax = plt.gca() if ax is None else ax
+    x = np.repeat(np.arange(len(table.layers)), values.shape[1])
+    heads = np.tile(np.arange(values.shape[1]), len(table.layers))
+    kwargs.setdefault("s", 12)
+    kwargs.setdefault("c", heads)
+    kwargs.setdefault("cmap", "tab20")
+    ax.scatter(x, values.ravel(), **kwargs)
+    ax.set_ylabel("mean attention distance (" + ("pixels" if pixels else "patches") + ")")
+    ax.set_ylim(bottom=0)
+    _depth_axis(ax, table)
+    return ax
+
+
+# --------------------------------------------------------------------------- files
+
+
+def figure_path(root, *, name: str, phase: str, layer, mode: str, ext: str = "jpg") -> Path:
+    """Where :func:`save_figure` writes: ``{root}/{name}/{phase}_L{layer}_attn_vis_{mode}.{ext}``.
+
+    >>> figure_path("out", name="openvla", phase="prefill", layer=3, mode="mean").as_posix()
+    'out/openvla/prefill_L3_attn_vis_mean.jpg'
+    """
+    parts = {"phase": phase, "layer": layer, "mode": mode, "ext": ext}
+    for key, value in parts.items():
+        text = str(value)
+        if not text or os.sep in text or "/" in text:
+            raise ValueError(f"{key}={value!r} must be a non-empty name without path separators")
+    return Path(root) / str(name) / f"{phase}_L{layer}_attn_vis_{mode}.{ext}"
+
+
+def save_figure(fig, root=".", *, name: str, phase: str, layer, mode: str, ext: str = "jpg", **kwargs) -> Path:
+    """Save ``fig`` under a readable name (see :func:`figure_path`) and return the path.
+
+    Folders are created as needed; ``**kwargs`` go to ``fig.savefig``
+    (``dpi``, ``bbox_inches``...). The figure is left open.
+
+    >>> import tempfile
+    >>> fig = plt.figure()
+    >>> save_figure(fig, tempfile.mkdtemp(), name="vit", phase="prefill", layer=0, mode="max").name
+    'prefill_L0_attn_vis_max.jpg'
+    """
+    path = figure_path(root, name=name, phase=phase, layer=layer, mode=mode, ext=ext)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kwargs.setdefault("bbox_inches", "tight")
+    fig.savefig(path, **kwargs)
+    return path
+
+
+__all__ = [
+    "attention_map",
+    "layer_heads",
+    "patch_grid",
+    "grid_to_grid",
+    "query_heatmap",
+    "image_attention",
+    "camera_attention",
+    "label_map",
+    "pattern_scores",
+    "attention_distance",
+    "figure_path",
+    "save_figure",
+    "LABEL_COLORS",
+]
