@@ -31,9 +31,12 @@ from . import _versions
 _STORES = {"STORE_FAST", "STORE_DEREF"}
 # 3.13 fused pairs of local accesses into single instructions (gh-113305).
 _STORE_PAIRS = {"STORE_FAST_STORE_FAST": (0, 1), "STORE_FAST_LOAD_FAST": (0,)}
-# LOAD_FAST_AND_CLEAR (3.12, PEP 709 inlined comprehensions) may later store
-# NULL back into the name, so a name it touches is never proven bound.
-_UNBINDS = set(_versions.DELETE_OPCODES) | {"LOAD_FAST_AND_CLEAR"}
+# LOAD_FAST_AND_CLEAR (3.12, PEP 709 inlined comprehensions) saves a name
+# before a comprehension reuses it, and a later STORE_FAST puts the saved value
+# back -- NULL if the name was unbound before -- so a name it touches is never
+# proven bound, whatever stores follow.
+_CLEARS = "LOAD_FAST_AND_CLEAR"
+_UNBINDS = set(_versions.DELETE_OPCODES) | {_CLEARS}
 # Before 3.11 a try block is entered by an instruction that jumps to its handler.
 _SETUPS = {"SETUP_FINALLY", "SETUP_WITH", "SETUP_ASYNC_WITH"}
 
@@ -81,6 +84,8 @@ def bound_at_returns(cfg: ControlFlowGraph, code: CodeType, tracked: Sequence[st
         for instr in block:
             if isinstance(instr, Instr) and instr.name in _UNBINDS:
                 unbound_somewhere.add(_arg_name(instr.arg))
+                if instr.name == _CLEARS:
+                    tracked.discard(instr.arg)
     entry = frozenset(tracked & set(_parameters(code)))
     state_in: Dict[int, FrozenSet[str]] = {id(cfg[0]): entry}
     pending = [cfg[0]]
@@ -101,8 +106,8 @@ def bound_at_returns(cfg: ControlFlowGraph, code: CodeType, tracked: Sequence[st
             if not isinstance(instr, Instr):
                 continue
             if on_return is not None and instr.name in _versions.RETURN_OPCODES:
-                on_return[id(instr)] = state & tracked
-            state = _transfer(instr, state)
+                on_return[id(instr)] = state
+            state = _transfer(instr, state) & tracked
             if instr.has_jump():
                 flow(instr.arg, state - unbound_somewhere if instr.name in _SETUPS else state)
         last = next((i for i in reversed(list(block)) if isinstance(i, Instr)), None)

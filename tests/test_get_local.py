@@ -109,7 +109,8 @@ def test_capture_restores_the_previous_state_and_settings():
         forward(None, 1)
     assert get_local.is_active()
     assert get_local.cache["make_forward.<locals>.forward"] == ["2", "2"]  # kept on leaving the block
-    forward(None, 5)
+    with pytest.warns(RuntimeWarning, match="max_calls=1"):
+        forward(None, 5)
     assert get_local.cache["make_forward.<locals>.forward"] == [10]  # raw again, max_calls=1 again
 
 
@@ -334,8 +335,9 @@ def test_bad_activate_arguments_are_refused_and_change_nothing():
     with pytest.raises(GetLocalError, match="max_bytes=-1"):
         get_local.activate(max_bytes=-1)
     forward = get_local("attn")(make_forward())
-    for i in range(5):
-        forward(None, i)
+    with pytest.warns(RuntimeWarning, match="max_calls=3"):
+        for i in range(5):
+            forward(None, i)
     assert get_local.cache["make_forward.<locals>.forward"] == [4, 6, 8]
 
 
