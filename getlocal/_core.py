@@ -261,9 +261,14 @@ def _recorders(store: Store, target: _Target):
     record = store.recorder(target.key, target.names)
     names, owner_name = target.names, _rewrite.first_argument(target.original)
 
-    def from_locals(frame_locals):
-        record(frame_locals.get(owner_name) if owner_name else None,
-               *[frame_locals.get(n, UNBOUND) for n in names])
+    if len(names) == 1:
+        name = names[0]
+
+        def from_locals(frame_locals):
+            record(frame_locals.get(owner_name), frame_locals.get(name, UNBOUND))
+    else:
+        def from_locals(frame_locals):
+            record(frame_locals.get(owner_name), *[frame_locals.get(n, UNBOUND) for n in names])
 
     return _compile.shield(record), _compile.shield(from_locals)
 

@@ -85,38 +85,24 @@ class Store:
     def recorder(self, key: str, names: Tuple[str, ...]):
         """``record(owner, *values)``: convert, then append one entry to ``cache[key]``.
 
-        Written as one closure over local names because it runs on every call
-        of every instrumented function (see benchmarks/bench_overhead.py).
+        Written as closures over local names, one positional value per captured
+        name, because it runs on every call of every instrumented function
+        (see benchmarks/bench_overhead.py).
         """
         cache_get, meta_get, counter = self.cache.get, self._meta.get, self._counter
         acquire, release = self._lock.acquire, self._lock.release
         convert_one, skip, lists = self._convert_one, self._skip, self._lists
         ref_type = weakref.ref
-        single = len(names) == 1
         name0 = names[0]
 
-        def record(owner, *values):
-            if single:
-                entry = values[0]
+        def record_one(owner, entry, converted=False):
+            if not converted:
                 if entry is UNBOUND:
                     return skip(key, name0)
                 if type(entry) not in self.plain:
                     entry = convert_one(key, name0, entry)
                     if entry is UNBOUND:
                         return None
-            else:
-                entry = {}
-                for name, value in zip(names, values):
-                    if value is UNBOUND:
-                        skip(key, name)
-                        continue
-                    if type(value) not in self.plain:
-                        value = convert_one(key, name, value)
-                        if value is UNBOUND:
-                            continue
-                    entry[name] = value
-                if not entry:
-                    return None
             ref = ref_type(owner) if owner is not None and type(owner).__weakrefoffset__ else None
             acquire()  # not `with`: a with-block costs three times as much here
             try:
@@ -132,7 +118,24 @@ class Store:
                 release()
             return None
 
-        return record
+        if len(names) == 1:
+            return record_one
+
+        def record_many(owner, *values):
+            entry = {}
+            for name, value in zip(names, values):
+                if value is UNBOUND:
+                    skip(key, name)
+                    continue
+                if type(value) not in self.plain:
+                    value = convert_one(key, name, value)
+                    if value is UNBOUND:
+                        continue
+                entry[name] = value
+            if entry:
+                record_one(owner, entry, True)
+
+        return record_many
 
     def _bound(self, key, slot, index, entry):
         values, calls = slot

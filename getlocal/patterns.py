@@ -177,9 +177,9 @@ def _image_block(a: np.ndarray, image_tokens, grid):
     n = _count(keys)
     hw = _grid(grid, n, image_tokens)
     if isinstance(keys, slice):
-        first = max(keys.start, shift)
+        first = min(max(keys.start, shift), keys.stop)
         cells = np.arange(first - keys.start, n)
-        block = a[..., first - shift : keys.stop - shift, keys]
+        block = a[..., first - shift : max(keys.stop, first) - shift, keys]
     else:
         seen = keys >= shift
         cells = np.flatnonzero(seen)
@@ -222,6 +222,9 @@ def self_mass(attn) -> np.ndarray:
 
     Returns ``[H]``; 1 for an identity map, ``1/K`` for uniform attention.
     For a decode map (``Q < K``) query ``q`` sits at key position ``K - Q + q``.
+    Source: the diagonal of early ViT layers described in the write-up of the
+    Visualizer tool (luo3300612) that this library grew from; this is its
+    mass.
 
     >>> import numpy as np
     >>> self_mass(np.eye(4)[None]).tolist()
@@ -238,7 +241,8 @@ def offset_profile(attn, *, max_offset: Optional[int] = None) -> Tuple[np.ndarra
     The mean runs over the queries whose key ``K - Q + q + d`` exists, so the
     ends of the profile are not diluted by missing pairs. ``S(0)`` is
     :func:`self_mass`; stripes on a flattened ``h x w`` grid show up at
-    ``d = +-1, +-w, +-w+-1``. Returns ``(offsets, S)`` with ``S`` of shape
+    ``d = +-1, +-w, +-w+-1`` (the "several diagonals" of the Visualizer
+    write-up). Returns ``(offsets, S)`` with ``S`` of shape
     ``[H, len(offsets)]``; offsets run from ``-max_offset`` to ``max_offset``
     (all of ``-(K-1) .. Q-1`` when ``max_offset`` is None), NaN where no pair exists.
 
@@ -320,7 +324,10 @@ def neighbour_mass(attn, *, image_tokens=None, grid=None) -> np.ndarray:
     ``mean_q sum_{k in N8(q)} A[q, k]`` with ``N8(q)`` the in-grid cells at
     ``(dr, dc)`` in ``{-1, 0, 1}^2 \\ {(0, 0)}`` (edge and corner patches have
     fewer). It is the stripe score: 1 for a head that attends only to its
-    4- or 8-neighbours. Returns ``[H]`` (NaN when the map has no image query).
+    4- or 8-neighbours, ``8/N`` or less for uniform attention over ``N``
+    patches. Source: the neighbour stripes of middle ViT layers in the
+    Visualizer write-up, measured on the 2-D grid so that row ends do not
+    count as neighbours. Returns ``[H]`` (NaN when the map has no image query).
 
     >>> import numpy as np
     >>> neighbour_mass(np.eye(16, k=1)[None], grid=(4, 4)).tolist()
@@ -361,7 +368,8 @@ def _dominant(m, n, radius, top):
         flat = np.where(np.isnan(head), -np.inf, head).ravel()
         flat[radius * (2 * radius + 2)] = -np.inf  # the centre (0, 0)
         order = np.argsort(-flat, kind="stable")[:top]
-        out.append([(int(i // (2 * radius + 1) - radius), int(i % (2 * radius + 1) - radius)) for i in order if flat[i] > 2.0 / n])
+        side = 2 * radius + 1
+        out.append([(int(i // side - radius), int(i % side - radius)) for i in order if flat[i] > 2.0 / n])
     return out
 
 
@@ -515,7 +523,9 @@ def attention_entropy(attn, *, causal: bool = False, normalize: bool = True) -> 
     row-normalised map and ``n(q)`` the keys query ``q`` can see (``K``, or
     ``K - Q + q + 1`` with ``causal=True``); queries that see a single key
     have no choice and are left out (NaN if no query sees two keys).
-    1 is uniform attention over the visible keys, 0 one-hot. ``normalize=False`` gives the mean
+    1 is uniform attention over the visible keys, 0 one-hot. Dividing by
+    ``ln n(q)`` (the largest entropy possible for that query) is what makes
+    rows of a causal map, which see different numbers of keys, comparable. ``normalize=False`` gives the mean
     entropy in nats (``ln 196`` for uniform attention over 196 keys). Returns ``[H]``.
 
     >>> import numpy as np
@@ -703,7 +713,7 @@ class PatternTable:
 
     def __repr__(self) -> str:
         heads = sorted(set(self.num_heads))
-        h = heads[0] if len(heads) == 1 else heads
+        h = heads[0] if len(heads) == 1 else heads or 0
         return f"PatternTable({len(self)} layers x {h} heads, grid={self.options.get('grid')})"
 
     def to_records(self, level: str = "head") -> List[Dict[str, Any]]:
@@ -741,7 +751,8 @@ class PatternTable:
         return out
 
     def __str__(self) -> str:
-        head = ("layer", "heads", "diag", "stripe", "vert", "mixed", "self", "nbr8", "top2%", "nmi", "dist", "H/lnN", "sinks")
+        head = ("layer", "heads", "diag", "stripe", "vert", "mixed")
+        head += ("self", "nbr8", "top2%", "nmi", "dist", "H/lnN", "sinks")
         rows = []
         for rec in self.to_records("layer"):
             sinks = rec["sinks"]
@@ -752,7 +763,7 @@ class PatternTable:
                     str(tuple(layer) if isinstance(layer, list) else layer),
                     str(rec["heads"]),
                     *(str(rec[lab]) for lab in LABELS),
-                    *("-" if rec[c] is None else f"{rec[c]:.3f}" for c in ("self_mass", "neighbour_mass", "top_key_mass", "nmi")),
+                    *("-" if rec[c] is None else f"{rec[c]:.3f}" for c in _FLOAT_COLUMNS[:4]),
                     "-" if rec["distance"] is None else f"{rec['distance']:.2f}",
                     "-" if rec["entropy_norm"] is None else f"{rec['entropy_norm']:.3f}",
                     shown or "-",

@@ -57,6 +57,8 @@ def _maps(attn, name: str = "attn") -> np.ndarray:
 def _image(image, name: str = "image") -> np.ndarray:
     """An ``[H, W]`` or ``[H, W, C]`` array that ``imshow`` draws as the picture."""
     if hasattr(image, "mode") and hasattr(image, "size") and not hasattr(image, "shape"):  # PIL
+        if image.mode not in ("L", "RGB", "RGBA"):  # palette, 16-bit, CMYK...: as the eye sees them
+            image = image.convert("RGBA" if "A" in image.mode or image.mode == "P" else "RGB")
         image = np.asarray(image)
     arr = _as_array(image, name) if not (isinstance(image, np.ndarray) and image.dtype == np.uint8) else image
     while arr.ndim == 4 and arr.shape[0] == 1:
@@ -149,7 +151,9 @@ def _reduce(name, reduce):
 # --------------------------------------------------------------------------- maps
 
 
-def attention_map(attn, *, head: Optional[int] = None, ax=None, cbar: bool = True, cbar_kws: Optional[dict] = None, **kwargs):
+def attention_map(
+    attn, *, head: Optional[int] = None, ax=None, cbar: bool = True, cbar_kws: Optional[dict] = None, **kwargs
+):
     """Draw one head's ``[Q, K]`` map with a colour bar.
 
     ``attn`` is ``[Q, K]``, or ``[H, Q, K]`` / ``[1, H, Q, K]`` with ``head``
@@ -180,7 +184,9 @@ def attention_map(attn, *, head: Optional[int] = None, ax=None, cbar: bool = Tru
     return ax
 
 
-def layer_heads(attn, *, ncols: Optional[int] = None, average: bool = True, cbar: bool = True, panel_size: float = 2.2, **kwargs):
+def layer_heads(
+    attn, *, ncols: Optional[int] = None, average: bool = True, cbar: bool = True, panel_size: float = 2.2, **kwargs
+):
     """Draw every head of a layer in a grid, plus their mean; returns the Figure.
 
     Works for any number of heads (one head gives a single row). All panels
@@ -200,7 +206,8 @@ def layer_heads(attn, *, ncols: Optional[int] = None, average: bool = True, cbar
     if ncols < 1:
         raise ValueError(f"ncols must be >= 1; got {ncols}")
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols + (0.8 if cbar else 0), panel_size * nrows), squeeze=False)
+    figsize = (panel_size * ncols + (0.8 if cbar else 0), panel_size * nrows)
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize, squeeze=False)
     kwargs.setdefault("vmin", float(min(p.min() for p in panels)))
     kwargs.setdefault("vmax", float(max(p.max() for p in panels)))
     kwargs.setdefault("interpolation", "nearest")
@@ -220,7 +227,9 @@ def layer_heads(attn, *, ncols: Optional[int] = None, average: bool = True, cbar
 # --------------------------------------------------------------------------- patch grids
 
 
-def patch_grid(image, *, grid, cells=(), ax=None, color: str = "red", alpha: float = 0.5, line_kws: Optional[dict] = None, **kwargs):
+def patch_grid(
+    image, *, grid, cells=(), ax=None, color: str = "red", alpha: float = 0.5, line_kws: Optional[dict] = None, **kwargs
+):
     """Draw the picture with its patch grid and fill the chosen cells.
 
     ``grid=(h, w)`` patches; ``cells`` is a cell or a list of cells, each a
@@ -237,7 +246,7 @@ def patch_grid(image, *, grid, cells=(), ax=None, color: str = "red", alpha: flo
     """
     img = _image(image)
     h, w = _grid(grid, _grid_cells(grid), None)
-    if isinstance(cells, (int, np.integer)) or (isinstance(cells, tuple) and len(cells) == 2 and all(isinstance(v, (int, np.integer)) for v in cells)):
+    if isinstance(cells, (int, np.integer)) or (isinstance(cells, tuple) and _is_int_pair(cells)):
         cells = [cells]
     cells = [_cell(c, (h, w), "cells") for c in cells]
     ax = plt.gca() if ax is None else ax
@@ -249,12 +258,17 @@ def patch_grid(image, *, grid, cells=(), ax=None, color: str = "red", alpha: flo
     for j in range(1, w):
         ax.axvline(j * W / w, **line)
     for r, c in cells:
-        ax.add_patch(Rectangle((c * W / w, r * H / h), W / w, H / h, facecolor=color, alpha=alpha, edgecolor=color, linewidth=1))
+        box = Rectangle((c * W / w, r * H / h), W / w, H / h, facecolor=color, alpha=alpha, edgecolor=color, linewidth=1)
+        ax.add_patch(box)
     ax.set_xlim(0, W)
     ax.set_ylim(H, 0)
     ax.set_xticks([])
     ax.set_yticks([])
     return ax
+
+
+def _is_int_pair(value):
+    return len(value) == 2 and all(isinstance(v, (int, np.integer)) for v in value)
 
 
 def _grid_cells(grid):
@@ -323,7 +337,9 @@ def grid_to_grid(
     keys = np.arange(k)[positions]
     row = int(keys[r * hw[1] + c]) - (k - q)
     if row < 0:
-        raise ValueError(f"query={query!r} is image token {keys[r * hw[1] + c]}, which is not among the {q} queries of this decode map")
+        raise ValueError(
+            f"query={query!r} is image token {keys[r * hw[1] + c]}, which is not among the {q} queries of this decode map"
+        )
     if head is None:
         weights = maps[:, row, :].mean(0)
     else:
@@ -337,13 +353,15 @@ def grid_to_grid(
     if with_cls and not -k <= cls_token < k:
         raise ValueError(f"cls_token={cls_token} is outside the {k} keys of the map")
     ratios = [1, 0.25, 1.25] if with_cls else [1, 1.25]
-    fig, axes = plt.subplots(1, len(ratios), figsize=figsize or (3.2 * sum(ratios), 3.2), gridspec_kw={"width_ratios": ratios})
+    figsize = figsize or (3.2 * sum(ratios), 3.2)
+    fig, axes = plt.subplots(1, len(ratios), figsize=figsize, gridspec_kw={"width_ratios": ratios})
     patch_grid(img, grid=hw, cells=[(r, c)], ax=axes[0], **(cell_kws or {}))
     axes[0].set_title(f"query patch ({r}, {c})", fontsize=9)
     kwargs.setdefault("cmap", "jet")
     vmax = kwargs.setdefault("vmax", float(heat.max()) if heat.max() > 0 else 1.0)
     vmin = kwargs.setdefault("vmin", 0.0)
-    _overlay(axes[-1], img, heat, alpha=alpha, cbar=True, cbar_kws={"extend": "max"} if with_cls and weights[cls_token] > vmax else None, **kwargs)
+    clipped = with_cls and weights[cls_token] > vmax
+    _overlay(axes[-1], img, heat, alpha=alpha, cbar=True, cbar_kws={"extend": "max"} if clipped else None, **kwargs)
     axes[-1].set_title("attention to patches", fontsize=9)
     if with_cls:
         value = float(weights[cls_token])
@@ -435,12 +453,13 @@ def image_attention(
     """
     heat = query_heatmap(attn, image_tokens=image_tokens, queries=queries, grid=grid, reduce=reduce, heads=heads)
     ax = plt.gca() if ax is None else ax
-    _overlay(ax, _image(image), heat, pad_to_square=pad_to_square, alpha=alpha, cbar=cbar, cbar_kws=cbar_kws, image_kws=image_kws, **kwargs)
+    _overlay(ax, _image(image), heat, pad_to_square=pad_to_square, alpha=alpha, cbar=cbar, cbar_kws=cbar_kws,
+             image_kws=image_kws, **kwargs)
     return ax
 
 
 def _per_camera(value, n, name):
-    if isinstance(value, (list, tuple)) and not (name == "grids" and len(value) == 2 and all(isinstance(v, (int, np.integer)) for v in value)):
+    if isinstance(value, (list, tuple)) and not (name == "grids" and _is_int_pair(value)):
         if len(value) != n:
             raise ValueError(f"{name} has {len(value)} entries for {n} cameras; give one per camera")
         return list(value)
@@ -483,8 +502,10 @@ def camera_attention(
     n = len(images)
     if n == 0:
         raise ValueError("images is empty; give one picture per camera")
-    if not isinstance(image_tokens, (list, tuple)) or len(image_tokens) != n or (n == 2 and all(isinstance(v, (int, np.integer)) for v in image_tokens)):
-        raise ValueError(f"image_tokens must be a list with one slice or index array per camera ({n} cameras); got {image_tokens!r}")
+    if not isinstance(image_tokens, (list, tuple)) or len(image_tokens) != n or _is_int_pair(image_tokens):
+        raise ValueError(
+            f"image_tokens must be a list with one slice or index array per camera ({n} cameras); got {image_tokens!r}"
+        )
     grids = _per_camera(grids, n, "grids")
     pads = _per_camera(pad_to_square, n, "pad_to_square")
     titles = list(titles) if titles is not None else [f"camera {i}" for i in range(n)]
@@ -497,12 +518,16 @@ def camera_attention(
                              alpha=alpha, panel_size=panel_size, **kwargs)
             for h in chosen
         ]
-    heats = [query_heatmap(attn, image_tokens=t, queries=queries, grid=g, reduce=reduce, heads=heads) for t, g in zip(image_tokens, grids)]
+    heats = [
+        query_heatmap(attn, image_tokens=t, queries=queries, grid=g, reduce=reduce, heads=heads)
+        for t, g in zip(image_tokens, grids)
+    ]
     kwargs.setdefault("vmin", 0.0)
     kwargs.setdefault("vmax", max(float(h.max()) for h in heats) or 1.0)
     pictures = [_image(im, f"images[{i}]") for i, im in enumerate(images)]
     ratios = [p.shape[1] / p.shape[0] for p in pictures]
-    fig, axes = plt.subplots(1, n, figsize=(panel_size * sum(ratios) + 0.8, panel_size), squeeze=False, gridspec_kw={"width_ratios": ratios})
+    figsize = (panel_size * sum(ratios) + 0.8, panel_size)
+    fig, axes = plt.subplots(1, n, figsize=figsize, squeeze=False, gridspec_kw={"width_ratios": ratios})
     im = None
     for ax, pic, heat, pad, title in zip(axes[0], pictures, heats, pads, titles):
         im = _overlay(ax, pic, heat, pad_to_square=bool(pad), alpha=alpha, cbar=False, **kwargs)
@@ -548,14 +573,21 @@ def label_map(table, *, ax=None, legend_kws: Optional[dict] = None, **kwargs):
     ax.set_ylabel("layer")
     ax.set_xlabel("head")
     handles = [Patch(color=LABEL_COLORS[lab], label=lab) for lab in LABELS]
-    ax.legend(handles=handles, **{"loc": "upper left", "bbox_to_anchor": (1.01, 1), "fontsize": 8, "frameon": False, **(legend_kws or {})})
+    legend = {"loc": "upper left", "bbox_to_anchor": (1.01, 1), "fontsize": 8, "frameon": False}
+    ax.legend(handles=handles, **{**legend, **(legend_kws or {})})
     return ax
 
 
-_SCORE_NAMES = {"self_mass": "diagonal (self mass)", "neighbour_mass": "stripe (8-neighbour mass)", "top_key_mass": "vertical (top-2% key mass)"}
+_SCORE_NAMES = {
+    "self_mass": "diagonal (self mass)",
+    "neighbour_mass": "stripe (8-neighbour mass)",
+    "top_key_mass": "vertical (top-2% key mass)",
+}
 
 
-def pattern_scores(table, *, scores=("self_mass", "neighbour_mass", "top_key_mass"), ax=None, scatter_kws: Optional[dict] = None, **kwargs):
+def pattern_scores(
+    table, *, scores=("self_mass", "neighbour_mass", "top_key_mass"), ax=None, scatter_kws: Optional[dict] = None, **kwargs
+):
     """The diagonal, stripe and vertical scores against depth.
 
     One line per score (the mean over heads, ``**kwargs`` to ``ax.plot``) over
@@ -577,7 +609,8 @@ def pattern_scores(table, *, scores=("self_mass", "neighbour_mass", "top_key_mas
             continue
         (line,) = ax.plot(x, np.nanmean(values, 1), marker="o", markersize=3, label=_SCORE_NAMES.get(name, name), **kwargs)
         xs = np.repeat(x, values.shape[1])
-        ax.scatter(xs, values.ravel(), **{"s": 6, "alpha": 0.3, "color": line.get_color(), "linewidths": 0, **(scatter_kws or {})})
+        dots = {"s": 6, "alpha": 0.3, "color": line.get_color(), "linewidths": 0}
+        ax.scatter(xs, values.ravel(), **{**dots, **(scatter_kws or {})})
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("score")
     _depth_axis(ax, table)
