@@ -115,13 +115,18 @@ class GetLocal:
             return target.key
 
     def _new_key(self, func) -> str:
-        """The function's ``__qualname__``; ``qualname@module`` if a live function already has it."""
+        """The function's ``__qualname__``, else ``qualname@module``, else ``qualname@module#2``, ...
+
+        A key is taken while a live function holds it or the cache still holds
+        entries under it, so two functions never share a list.
+        """
         base = func.__qualname__
         candidates = [base, f"{base}@{func.__module__}"]
         candidates += [f"{base}@{func.__module__}#{i}" for i in range(2, 10_000)]
         for key in candidates:
             ref = self._keys.get(key)
-            if ref is None or ref() is None or ref().func() is None:
+            held = ref is not None and ref() is not None and ref().func() is not None
+            if not held and not self._store.cache.get(key):
                 return key
         raise GetLocalError(f"too many live functions named {base}")  # pragma: no cover
 

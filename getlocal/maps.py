@@ -71,7 +71,8 @@ class TokenLayout:
         position = 0
         for s in segments:
             if s.start != position:
-                raise GetLocalError(f"TokenLayout segments must be contiguous from 0; {s} starts at {s.start}, expected {position}")
+                raise GetLocalError(
+                    f"TokenLayout segments must be contiguous from 0; {s} starts at {s.start}, expected {position}")
             position = s.stop
         object.__setattr__(self, "segments", segments)
 
@@ -153,7 +154,8 @@ class TokenLayout:
             have = ", ".join(repr(c) for c in self.cameras) or "none"
             raise GetLocalError(f"this sequence has no image tokens for camera={camera!r} (cameras: {have})")
         raise GetLocalError(
-            f"this sequence has {len(found)} images; say which: camera= one of {', '.join(repr(c) for c in self.cameras)}"
+            f"this sequence has {len(found)} images; say which: camera= one of "
+            f"{', '.join(repr(c) for c in self.cameras)}"
         )
 
 

@@ -278,6 +278,21 @@ def test_key_is_reused_once_the_first_namesake_is_gone():
     assert get_local.key_of(second) == "make_forward.<locals>.forward"
 
 
+def test_key_with_entries_left_in_the_cache_is_not_given_to_another_function():
+    first = get_local("attn")(make_forward())
+    with get_local.capture(convert="raw"):
+        first(None, 1)
+    get_local.remove(first)
+    second = get_local("attn")(make_forward())
+    assert get_local.key_of(second) != "make_forward.<locals>.forward"
+    with get_local.capture(convert="raw"):
+        second(None, 5)
+    assert get_local.cache["make_forward.<locals>.forward"] == [2]
+    get_local.clear()
+    third = get_local("attn")(make_forward())
+    assert get_local.key_of(third) == "make_forward.<locals>.forward"
+
+
 # -- bad use -------------------------------------------------------------------
 
 

@@ -1,0 +1,157 @@
+"""OpenVLA (Prismatic): every attention map of its two timm ViTs and of its Llama-2, labelled.
+
+>>> from getlocal.adapters import openvla
+>>> openvla.activate()                         # before (or after) the model is loaded
+>>> # model = AutoModelForVision2Seq.from_pretrained("openvla/openvla-7b", trust_remote_code=True)
+>>> # action = model.predict_action(**inputs, unnorm_key="bridge_orig", do_sample=False)
+>>> maps = openvla.collect()                   # AttentionMaps, labelled
+>>> openvla.deactivate()                       # everything back as it was
+
+What is captured: the post-softmax ``attn`` of every timm ``Attention`` block
+(towers ``'dinov2'``: a ViT with a class token, [cls, registers, patches];
+``'siglip'``: no class token, [patches]) and the post-softmax ``attn_weights`` of
+every Llama layer (tower ``'llm'``: [BOS, patches, text, generated]).
+
+How eager attention is made to happen:
+
+* timm: the fused path (``F.scaled_dot_product_attention``) never builds
+  ``attn``; the global flag is turned off for models built later and
+  ``fused_attn`` for every existing block (timm reads the flag when a block is built).
+* transformers 4.48 and later (5.x too): the model's config is switched to
+  ``"eager"`` (read at call time), and ``modeling_llama.eager_attention_forward``
+  is captured.
+* transformers before 4.48 (OpenVLA pins 4.40.1): the attention class is chosen
+  when the model is built, so ``LlamaSdpaAttention``/``LlamaFlashAttention2``
+  instances get the class ``LlamaAttention`` (same weights, the eager
+  computation) and the config says ``"eager"`` so that the causal mask is built;
+  and because ``LlamaAttention.forward`` sets ``attn_weights = None`` before
+  returning unless ``output_attentions``, a forward pre-hook asks each attention
+  module for its weights. ``LlamaDecoderLayer`` decides what it returns from its
+  own ``output_attentions``, so the model's outputs do not change.
+"""
+import weakref
+from typing import Optional
+
+from getlocal.maps import AttentionMaps, Segment, TokenLayout
+
+from . import _common
+from ._common import _Spec, _Undo
+
+
+class _OpenVLA(_Spec):
+    name = "openvla"
+    vision_towers = ("dinov2", "siglip")
+    config_types = ("llama",)
+
+    def __init__(self):
+        self.timm_classes: tuple = ()
+        self.timm_was_fused = False
+        self.old_llama: Optional[type] = None  # LlamaAttention when its forward drops the weights (< 4.48)
+
+    def targets(self):
+        out = []
+        try:
+            self.timm_classes = tuple(_common._timm_attention_classes())
+        except ImportError:  # a Llama-only use; timm is optional
+            self.timm_classes = ()
+        out += [(cls.forward, "attn") for cls in self.timm_classes]
+        from transformers.models.llama import modeling_llama
+
+        eager = getattr(modeling_llama, "eager_attention_forward", None)
+        if eager is not None:
+            out.append((eager, "attn_weights"))
+        else:
+            self.old_llama = modeling_llama.LlamaAttention
+            out.append((modeling_llama.LlamaAttention.forward, "attn_weights"))
+        return out
+
+    def global_switches(self, undo: _Undo) -> None:
+        self.timm_was_fused = _common._timm_unfuse_global(undo)
+
+    def prepare_module(self, module, undo: _Undo, built: bool) -> None:
+        if self.timm_classes and isinstance(module, self.timm_classes):
+            if getattr(module, "fused_attn", False):
+                undo.set(module, "fused_attn", False)
+            elif built and self.timm_was_fused:  # built under our flag: give it what timm would have
+                undo.add(lambda ref=weakref.ref(module): ref() is not None and setattr(ref(), "fused_attn", True))
+        config = _common._module_config(module)
+        if config is not None:
+            _common._set_eager(config, self.config_types, undo)
+        if self.old_llama is not None and isinstance(module, self.old_llama):
+            if type(module) is not self.old_llama:
+                undo.set(module, "__class__", self.old_llama)
+            undo.add(module.register_forward_pre_hook(_keep_weights, with_kwargs=True).remove)
+
+    def owns(self, owner) -> bool:
+        return bool(self.timm_classes) and isinstance(owner, self.timm_classes) or super().owns(owner)
+
+    def tower(self, owner, path, modules) -> str:
+        if not (self.timm_classes and isinstance(owner, self.timm_classes)):
+            return "llm"
+        vit = _common._parent(path, modules, "patch_embed")
+        if vit is None:
+            return "siglip" if "fused" in path else "dinov2"
+        return "dinov2" if getattr(vit, "cls_token", None) is not None else "siglip"
+
+    def vision_layout(self, owner, path, modules, length) -> TokenLayout:
+        vit = _common._parent(path, modules, "patch_embed")
+        cls = int(getattr(vit, "cls_token", None) is not None) if vit is not None else 0
+        registers = int(getattr(vit, "num_reg_tokens", 0) or 0) if vit is not None else 0
+        patches = length - cls - registers
+        grid = tuple(getattr(getattr(vit, "patch_embed", None), "grid_size", None) or ())
+        if len(grid) != 2 or grid[0] * grid[1] != patches:  # dynamic image size, or no model at hand
+            grid = _common._square(patches)
+        return TokenLayout([Segment("cls", 0, cls), Segment("register", cls, cls + registers),
+                            Segment("image", cls + registers, length, grid=grid)])
+
+    def prompt_layout(self, length, vision, batch, options) -> TokenLayout:
+        # Prismatic puts the projected patches right after BOS: [BOS, patches, text].
+        if not vision:
+            return TokenLayout([Segment("context", 0, length)])
+        image = vision[0].layout.find("image")[0]
+        patches = len(image)
+        return TokenLayout([Segment("bos", 0, 1), Segment("image", 1, 1 + patches, grid=image.grid),
+                            Segment("text", 1 + patches, length)])
+
+
+def _keep_weights(module, args, kwargs):
+    """Ask a transformers < 4.48 attention module for its weights (see the module docstring)."""
+    if len(args) > 4:  # forward(hidden_states, attention_mask, position_ids, past_key_value, output_attentions, ...)
+        return args[:4] + (True,) + args[5:], kwargs
+    kwargs["output_attentions"] = True
+    return args, kwargs
+
+
+_ADAPTER = _common._adapter(_OpenVLA())
+
+
+def activate(model=None, *, convert="numpy", max_calls: Optional[int] = None, max_bytes: Optional[int] = None) -> None:
+    """Capture every attention map of OpenVLA from now on.
+
+    Call it before the model is loaded (models built later are switched as
+    they are built), or after: ``model`` is switched if given, otherwise every
+    timm ViT and Llama model alive in the process is. ``convert``,
+    ``max_calls`` and ``max_bytes`` go to ``get_local.activate``.
+    """
+    _ADAPTER.activate(model, convert, max_calls, max_bytes)
+
+
+def deactivate() -> None:
+    """Undo everything ``activate`` changed (the cache is kept for ``collect``)."""
+    _ADAPTER.deactivate()
+
+
+def collect(model=None) -> AttentionMaps:
+    """The captured maps, labelled: tower, layer, module path, step (forward pass) and phase.
+
+    ``generate()`` gives one ``'prefill'`` step (vision towers plus the prompt,
+    square ``[B, H, L, L]`` maps) and one ``'decode'`` step per further token
+    (``[B, H, 1, L+t]``). ``model`` names the modules; without it, the models
+    passed to ``activate`` or built while it was on are used (and otherwise
+    found from the attention modules, which is slow).
+    """
+    return _ADAPTER.collect(model)
+
+
+def is_active() -> bool:
+    return _ADAPTER.active

@@ -1,0 +1,258 @@
+"""Small random-init models shaped like OpenVLA, PaliGemma and Pi0, built from the real library classes.
+
+>>> import torch
+>>> from getlocal.adapters import tiny
+>>> model = tiny.openvla()                                  # doctest: +SKIP
+>>> pixels, ids = tiny.openvla_inputs(model)                # doctest: +SKIP
+>>> tiny.generate(model, pixels, ids, max_new_tokens=7).shape   # doctest: +SKIP
+torch.Size([1, 7])
+
+Used by the adapter tests and by ``python -m getlocal demo --model openvla-tiny|paligemma-tiny``.
+Nothing is downloaded: timm models come from ``timm.create_model(name, pretrained=False, ...)``
+with small overrides, transformers models from their config classes. Module names mirror the
+real models (``vision_backbone.featurizer.blocks.N.attn``, ``language_model.model.layers.N.self_attn``,
+``paligemma...``, ``gemma_expert...``) so that labels look like the real ones.
+"""
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+IMAGE_SIZE = 28  # 2x2 patches of 14 px: enough to check every grid and shape
+
+
+# -- OpenVLA / Prismatic ---------------------------------------------------------
+
+
+class _VisionBackbone(nn.Module):
+    """Prismatic's DINOv2 + SigLIP backbone: two timm ViTs on the same image, features concatenated."""
+
+    def __init__(self, featurizer: nn.Module, fused_featurizer: nn.Module):
+        super().__init__()
+        self.featurizer = featurizer
+        self.fused_featurizer = fused_featurizer
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        # Prismatic takes the patch tokens of the second-to-last block of each ViT.
+        feats = []
+        for vit in (self.featurizer, self.fused_featurizer):
+            feats.append(vit.get_intermediate_layers(pixel_values, n={len(vit.blocks) - 2})[0])
+        return torch.cat(feats, dim=2)
+
+
+class TinyOpenVLA(nn.Module):
+    """OpenVLA's layout: ``vision_backbone`` -> ``projector`` -> ``language_model`` (LlamaForCausalLM)."""
+
+    def __init__(self, vision_backbone: _VisionBackbone, projector: nn.Module, language_model: nn.Module):
+        super().__init__()
+        self.vision_backbone = vision_backbone
+        self.projector = projector
+        self.language_model = language_model
+
+    def embed(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[BOS, patches, text]`` embeddings, as Prismatic builds them."""
+        patches = self.projector(self.vision_backbone(pixel_values))
+        text = self.language_model.get_input_embeddings()(input_ids)
+        return torch.cat([text[:, :1], patches.to(text.dtype), text[:, 1:]], dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, **kwargs):
+        return self.language_model(inputs_embeds=self.embed(pixel_values, input_ids), **kwargs)
+
+
+def openvla(*, dim: int = 32, depth: int = 3, heads: int = 2, llm_layers: int = 2, image_size: int = IMAGE_SIZE,
+            attn_implementation: Optional[str] = "eager", seed: int = 0) -> TinyOpenVLA:
+    """A Prismatic-style model: DINOv2-with-registers and SigLIP timm ViTs, MLP projector, Llama.
+
+    ``attn_implementation=None`` leaves transformers' default (sdpa), as a plain
+    ``from_pretrained`` would.
+    """
+    import timm
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    vit = dict(pretrained=False, num_classes=0, img_size=image_size, embed_dim=dim, depth=depth, num_heads=heads)
+    dinov2 = timm.create_model("vit_large_patch14_reg4_dinov2", **vit)
+    siglip = timm.create_model("vit_so400m_patch14_siglip_224", **vit)
+    hidden = 2 * dim
+    projector = nn.Sequential(nn.Linear(2 * dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+    config = LlamaConfig(vocab_size=128, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=llm_layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    llm = LlamaForCausalLM(config)
+    return TinyOpenVLA(_VisionBackbone(dinov2, siglip), projector, llm).eval()
+
+
+def openvla_inputs(model: TinyOpenVLA, *, batch: int = 1, text_tokens: int = 5, seed: int = 0):
+    """``(pixel_values, input_ids)``: a random image and ``[BOS, text...]`` token ids."""
+    generator = torch.Generator().manual_seed(seed)
+    size = model.vision_backbone.featurizer.patch_embed.img_size
+    pixels = torch.randn(batch, 3, *size, generator=generator)
+    ids = torch.randint(3, model.language_model.config.vocab_size, (batch, text_tokens), generator=generator)
+    ids[:, 0] = model.language_model.config.bos_token_id
+    return pixels, ids
+
+
+@torch.no_grad()
+def generate(model: TinyOpenVLA, pixel_values: torch.Tensor, input_ids: torch.Tensor, *,
+             max_new_tokens: int = 7) -> torch.Tensor:
+    """Greedy ``generate`` on the multimodal embeddings, as OpenVLA's ``predict_action`` does.
+
+    Returns the new token ids ``[batch, max_new_tokens]``: one prefill pass plus
+    ``max_new_tokens - 1`` decode passes of the language model.
+    """
+    embeds = model.embed(pixel_values, input_ids)
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+    out = model.language_model.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False,
+                                        max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                                        pad_token_id=0)
+    return out[:, -max_new_tokens:]
+
+
+# -- PaliGemma ------------------------------------------------------------------
+
+
+def paligemma(*, text: str = "gemma", dim: int = 32, layers: int = 2, heads: int = 2, image_size: int = IMAGE_SIZE,
+              attn_implementation: Optional[str] = "eager", seed: int = 0):
+    """A 2-layer ``PaliGemmaForConditionalGeneration``: SigLIP vision tower, ``text`` = gemma/gemma2 language model."""
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    patch = 14
+    vision = dict(model_type="siglip_vision_model", hidden_size=dim, intermediate_size=2 * dim,
+                  num_hidden_layers=layers, num_attention_heads=heads, image_size=image_size, patch_size=patch,
+                  projection_dim=dim, num_image_tokens=(image_size // patch) ** 2)
+    language = dict(model_type=text, hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=layers,
+                    num_attention_heads=heads, num_key_value_heads=1, head_dim=dim // heads, vocab_size=128,
+                    max_position_embeddings=256, bos_token_id=2, eos_token_id=1, pad_token_id=0)
+    if text == "gemma2":
+        language.update(attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=64,
+                        query_pre_attn_scalar=dim // heads)
+    config = PaliGemmaConfig(vision_config=vision, text_config=language, image_token_index=127, projection_dim=dim)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+        config.vision_config._attn_implementation = attn_implementation
+        config.text_config._attn_implementation = attn_implementation
+    return PaliGemmaForConditionalGeneration(config).eval()
+
+
+def paligemma_inputs(model, *, images: int = 1, batch: int = 1, text_tokens: int = 4, seed: int = 0):
+    """``(input_ids, pixel_values)`` as the processor lays them out: [image tokens per image, BOS, text].
+
+    With several images (cameras) per sequence, ``pixel_values`` holds them
+    sample-major: sample 0 camera 0, sample 0 camera 1, ...
+    """
+    generator = torch.Generator().manual_seed(seed)
+    config = model.config
+    size = config.vision_config.image_size
+    per_image = (size // config.vision_config.patch_size) ** 2
+    pixels = torch.randn(batch * images, 3, size, size, generator=generator)
+    text = torch.randint(3, config.image_token_index, (batch, text_tokens), generator=generator)
+    ids = torch.cat([torch.full((batch, images * per_image), config.image_token_index),
+                     torch.full((batch, 1), config.text_config.bos_token_id), text], dim=1)
+    return ids, pixels
+
+
+# -- Pi0: PaliGemma with an action expert ------------------------------------------
+
+
+class TinyPi0(nn.Module):
+    """openpi's Pi0 shape: ``paligemma`` (prefix: images + text) beside a Gemma ``gemma_expert``.
+
+    ``sample_actions`` runs one prefix pass through the PaliGemma language model
+    and then ``steps`` denoising passes in which the expert's suffix queries attend
+    to the prefix keys and their own, through ``modeling_gemma.eager_attention_forward``
+    called directly (as openpi does), whose weights the caller throws away.
+    """
+
+    def __init__(self, paligemma_model, gemma_expert, action_dim: int):
+        super().__init__()
+        self.paligemma = paligemma_model
+        self.gemma_expert = gemma_expert
+        width = gemma_expert.config.hidden_size
+        self.state_proj = nn.Linear(action_dim, width)
+        self.action_in_proj = nn.Linear(action_dim + 1, width)
+        self.action_out_proj = nn.Linear(width, action_dim)
+
+    def embed_prefix(self, images: Sequence[torch.Tensor], input_ids: torch.Tensor) -> torch.Tensor:
+        model = self.paligemma.model
+        parts = [model.multi_modal_projector(model.vision_tower(img).last_hidden_state) for img in images]
+        parts.append(self.paligemma.get_input_embeddings()(input_ids))
+        return torch.cat(parts, dim=1)
+
+    @torch.no_grad()
+    def sample_actions(self, images: Sequence[torch.Tensor], input_ids: torch.Tensor, state: torch.Tensor, *,
+                       horizon: int = 4, steps: int = 3) -> torch.Tensor:
+        from transformers.models.gemma import modeling_gemma
+
+        prefix = self.embed_prefix(images, input_ids)
+        language = self.paligemma.model.language_model
+        out = language(inputs_embeds=prefix, output_hidden_states=True, use_cache=False)
+        # The prefix keys/values of each layer, recomputed from that layer's input
+        # (version-independent, unlike the cache classes).
+        positions = torch.arange(prefix.shape[1])[None]
+        cos, sin = language.rotary_emb(prefix, positions)
+        cached = []
+        for layer, hidden in zip(language.layers, out.hidden_states):
+            attn = layer.self_attn
+            h = layer.input_layernorm(hidden)
+            k = attn.k_proj(h).view(*h.shape[:2], -1, attn.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(*h.shape[:2], -1, attn.head_dim).transpose(1, 2)
+            k = modeling_gemma.apply_rotary_pos_emb(k, k, cos, sin)[0]
+            cached.append((k, v))
+
+        batch, action_dim = state.shape[0], state.shape[-1]
+        x = torch.randn(batch, horizon, action_dim, generator=torch.Generator().manual_seed(0))
+        dt = -1.0 / steps
+        for i in range(steps):
+            t = torch.full((batch, horizon, 1), 1.0 + i * dt)
+            suffix = torch.cat([self.state_proj(state)[:, None], self.action_in_proj(torch.cat([x, t], -1))], dim=1)
+            velocity = self.action_out_proj(self._expert(suffix, cached, prefix.shape[1], modeling_gemma)[:, 1:])
+            x = x + dt * velocity
+        return x
+
+    def _expert(self, hidden, cached, offset, modeling_gemma):
+        model = self.gemma_expert.model
+        positions = offset + torch.arange(hidden.shape[1])[None]
+        cos, sin = model.rotary_emb(hidden, positions)
+        for layer, (k_prefix, v_prefix) in zip(model.layers, cached):
+            attn = layer.self_attn
+            h = layer.input_layernorm(hidden)
+            shape = (*h.shape[:2], -1, attn.head_dim)
+            q = attn.q_proj(h).view(shape).transpose(1, 2)
+            k = attn.k_proj(h).view(shape).transpose(1, 2)
+            v = attn.v_proj(h).view(shape).transpose(1, 2)
+            q, k = modeling_gemma.apply_rotary_pos_emb(q, k, cos, sin)
+            out, _ = modeling_gemma.eager_attention_forward(
+                attn, q, torch.cat([k_prefix, k], dim=2), torch.cat([v_prefix, v], dim=2), None, attn.scaling)
+            hidden = hidden + attn.o_proj(out.reshape(*h.shape[:2], -1))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return model.norm(hidden)
+
+
+def pi0(*, dim: int = 32, expert_dim: int = 16, layers: int = 2, heads: int = 2, action_dim: int = 3,
+        seed: int = 0) -> TinyPi0:
+    """A Pi0-shaped model: tiny PaliGemma plus a Gemma expert with the same heads and head size."""
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    vlm = paligemma(dim=dim, layers=layers, heads=heads, seed=seed)
+    head_dim = dim // heads
+    expert_config = GemmaConfig(hidden_size=expert_dim, intermediate_size=2 * expert_dim, num_hidden_layers=layers,
+                                num_attention_heads=heads, num_key_value_heads=1, head_dim=head_dim, vocab_size=8,
+                                max_position_embeddings=256)
+    expert_config._attn_implementation = "eager"
+    torch.manual_seed(seed + 1)
+    return TinyPi0(vlm, GemmaForCausalLM(expert_config), action_dim).eval()
+
+
+def pi0_inputs(model: TinyPi0, *, cameras: int = 2, batch: int = 1, text_tokens: int = 4, seed: int = 0):
+    """``(images, input_ids, state)``: one image tensor per camera, ``[BOS, text]`` ids, a state vector."""
+    generator = torch.Generator().manual_seed(seed)
+    config = model.paligemma.config
+    size = config.vision_config.image_size
+    images = [torch.randn(batch, 3, size, size, generator=generator) for _ in range(cameras)]
+    ids = torch.randint(3, config.image_token_index, (batch, text_tokens), generator=generator)
+    ids[:, 0] = config.text_config.bos_token_id
+    state = torch.randn(batch, model.action_out_proj.out_features, generator=generator)
+    return images, ids, state
