@@ -240,6 +240,8 @@ class _Adapter:
         if not entries:
             return AttentionMaps()
         names = self._names(model, [e.owner for e in entries])
+        if model is not None:  # other models' maps of the same classes (another timm ViT) stay out
+            entries = [e for e in entries if id(e.owner) in names]
         for e in entries:
             e.path, modules = names.get(id(e.owner), ("", {}))
             if not e.path:

@@ -214,3 +214,18 @@ def test_functions_are_the_original_code_objects_unless_activated():
     assert all(f.__code__ is c for f, c in zip(functions, codes))
     assert PreTrainedModel.post_init is post_init
     assert not any(f in get_local.functions().values() for f in functions)
+
+
+def test_collect_with_a_model_leaves_out_maps_of_other_models_of_the_same_classes():
+    other = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2).eval()
+    for block in other.blocks:
+        block.attn.fused_attn = False
+    model = tiny.openvla()
+    pixels, ids = tiny.openvla_inputs(model)
+    openvla.activate(model)
+    with torch.no_grad():
+        other(torch.randn(1, 3, 32, 32))
+        tiny.generate(model, pixels, ids, max_new_tokens=2)
+    maps = openvla.collect(model)
+    assert maps.steps == [(0, "prefill"), (1, "decode")]
+    assert all(m.path.startswith(("vision_backbone.", "language_model.")) for m in maps)
