@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ._convert import converter
 
 #: A head is labelled after its largest pattern score when that score reaches
 #: these values; otherwise it is ``"mixed"``. 0.5 means "the pattern holds the
@@ -45,6 +46,7 @@ SINK_THRESHOLD = 0.3
 TOP_KEY_FRACTION = 0.02
 
 LABELS = ("diagonal", "stripe", "vertical", "mixed")
+_to_numpy = converter("numpy")
 _NEIGHBOURS_8 = tuple((dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0))
 
 
@@ -53,14 +55,7 @@ _NEIGHBOURS_8 = tuple((dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr,
 
 def _as_array(value, name: str = "attn") -> np.ndarray:
     """A float numpy array from numpy, torch (any dtype, any device) or array-likes."""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(value, torch.Tensor):
-        value = value.detach()
-        if value.device.type != "cpu":
-            value = value.cpu()
-        if value.dtype in (torch.float16, torch.bfloat16):  # numpy has no bfloat16
-            value = value.float()
-        value = value.numpy()
+    value = _to_numpy(value)  # what get_local stores by default: detached, CPU, bf16/f16 as float32
     try:
         arr = np.asarray(value)
     except Exception as exc:  # pragma: no cover - depends on the foreign object

@@ -11,6 +11,8 @@ from PIL import Image  # noqa: E402
 
 from getlocal import patterns, plot  # noqa: E402
 
+from synthetic import four_neighbour  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def close_figures():
@@ -261,15 +263,6 @@ def test_camera_attention_per_head_gives_one_figure_per_head():
 # --------------------------------------------------------------------------- patterns by depth
 
 
-def _four_neighbour(h, w):
-    a = np.zeros((1, h * w, h * w))
-    for q in range(h * w):
-        r, c = divmod(q, w)
-        nb = [(r + dr) * w + c + dc for dr, dc in ((0, 1), (0, -1), (1, 0), (-1, 0)) if 0 <= r + dr < h and 0 <= c + dc < w]
-        a[0, q, nb] = 1.0 / len(nb)
-    return a
-
-
 @pytest.fixture
 def table():
     n = 36
@@ -277,7 +270,7 @@ def table():
     col = np.zeros((1, n, n))
     col[0, :, 0] = 1
     return patterns.summarize(
-        [np.concatenate([diag, uni]), np.concatenate([_four_neighbour(6, 6), col])], patch_size=16
+        [np.concatenate([diag, uni]), np.concatenate([four_neighbour(6, 6), col])], patch_size=16
     )
 
 
