@@ -1,13 +1,18 @@
 """Keeping torch.compile (TorchDynamo) away from instrumented code.
 
-Dynamo cannot trace a twin: it loads the recorder and the unbound-sentinel as
+Dynamo cannot trace a twin: it loads the recorder (and ``locals``) as
 constants, which Dynamo only accepts for literals. So while a function is
 instrumented, Dynamo is told to leave it alone: a compiled model breaks its
 graph at each instrumented call, runs that call eagerly (recording real
 tensors), and compiles the rest. ``fullgraph=True`` therefore raises Dynamo's
-own error naming the skipped function. torch is only used if already imported.
+own error naming the skipped function. The recording code itself (every
+function of _core, _store and _convert) is skipped too, so that Dynamo never
+tries to compile a recorder called from a skipped frame. Skipping only acts
+inside compiled calls and costs nothing elsewhere. torch is only used if
+already imported.
 """
 import sys
+import types
 
 _FLAG = "_torchdynamo_disable"
 _REASON = "_torchdynamo_disable_msg"  # Dynamo quotes it in its graph-break error
@@ -18,19 +23,43 @@ def _dynamo():
     return getattr(torch, "_dynamo", None) if torch is not None else None
 
 
-def shield(recorder):
-    """The recorder, made to run eagerly even when called from compiled code."""
-    torch = sys.modules.get("torch")
-    disable = getattr(getattr(torch, "compiler", None), "disable", None)
-    return disable(recorder) if disable is not None else recorder
+_shielded = False
+
+
+def _skip_code():
+    dynamo = _dynamo()
+    return getattr(getattr(dynamo, "eval_frame", None), "skip_code", None)
+
+
+def shield_recording_code() -> None:
+    """Make Dynamo skip every function of the recording path (once torch is loaded)."""
+    global _shielded
+    skip_code = _skip_code()
+    if _shielded or skip_code is None:
+        return
+    from . import _convert, _core, _store
+
+    pending = [obj.__code__ for module in (_core, _store, _convert) for obj in _functions(module)]
+    while pending:
+        code = pending.pop()
+        skip_code(code)
+        pending += [c for c in code.co_consts if isinstance(c, types.CodeType)]  # closures, lambdas
+    _shielded = True
+
+
+def _functions(module):
+    for obj in vars(module).values():
+        if isinstance(obj, types.FunctionType) and obj.__module__ == module.__name__:
+            yield obj
+        elif isinstance(obj, type) and obj.__module__ == module.__name__:
+            yield from (f for f in vars(obj).values() if isinstance(f, types.FunctionType))
 
 
 def skip(func, twin) -> bool:
     """Make Dynamo skip ``func`` while it runs ``twin``; True if we set the flag."""
-    dynamo = _dynamo()
-    if dynamo is None:
+    if _dynamo() is None:
         return False
-    skip_code = getattr(getattr(dynamo, "eval_frame", None), "skip_code", None)
+    skip_code = _skip_code()
     if skip_code is not None:
         skip_code(twin)
     if func.__dict__.get(_FLAG):

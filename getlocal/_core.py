@@ -192,6 +192,7 @@ class GetLocal:
             self._keys.pop(target.key, None)
 
     def _instrument(self, func, target: _Target) -> None:
+        _compile.shield_recording_code()
         if target.twin is None:
             try:
                 fast, from_locals = _recorders(self._store, target)
@@ -275,7 +276,7 @@ def _recorders(store: Store, target: _Target):
         def from_locals(frame_locals):
             record(frame_locals.get(owner_name), *[frame_locals.get(n, UNBOUND) for n in names])
 
-    return _compile.shield(record), _compile.shield(from_locals)
+    return record, from_locals
 
 
 def _local_names(code) -> List[str]:
