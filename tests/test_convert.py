@@ -153,3 +153,28 @@ def test_cuda_bfloat16_capture_in_each_mode():
         with get_local.capture(mode):
             softmax_attention(q, k)
         assert check(get_local.cache["softmax_attention"][0]), mode
+
+
+def test_compiled_timm_vit_records_every_block_like_eager():
+    timm = pytest.importorskip("timm")
+    from timm.layers import Attention
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=3).eval()
+    for block in model.blocks:
+        block.attn.fused_attn = False
+    get_local("attn")(Attention.forward)
+    image = torch.randn(1, 3, 32, 32)
+    try:
+        with get_local.capture("cpu"), torch.no_grad():
+            eager_out = model(image)
+            eager_maps = list(get_local.cache["Attention.forward"])
+            get_local.clear()
+            compiled_out = torch.compile(model, backend="eager")(image)
+            compiled_maps = get_local.cache["Attention.forward"]
+    finally:
+        get_local.remove(Attention.forward)
+    torch.testing.assert_close(compiled_out, eager_out)
+    assert len(compiled_maps) == 3
+    for got, want in zip(compiled_maps, eager_maps):
+        torch.testing.assert_close(got, want)
+    assert [c.owner for c in get_local.calls["Attention.forward"]] == [b.attn for b in model.blocks]
