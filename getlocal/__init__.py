@@ -19,4 +19,14 @@ __version__ = "0.1.0"
 
 get_local = GetLocal()
 
-__all__ = ["get_local", "GetLocal", "GetLocalError", "Call", "__version__"]
+__all__ = ["get_local", "GetLocal", "GetLocalError", "Call", "save", "load", "__version__"]
+
+
+def __getattr__(name):
+    # save/load need numpy and safetensors, so getlocal.saved is imported on first use:
+    # `import getlocal` itself needs nothing but bytecode.
+    if name in ("save", "load"):
+        from . import saved
+
+        return getattr(saved, name)
+    raise AttributeError(f"module 'getlocal' has no attribute {name!r}")

@@ -1,109 +1,100 @@
-"""``python -m getlocal``: the command line.
+"""``python -m getlocal``: the demo (capture, analyse, draw, save) and ``plot`` (draw from a saved capture).
 
->>> main(["--help"])  # doctest: +SKIP
+>>> main(["demo", "--out", "getlocal-demo"])          # doctest: +SKIP
+>>> main(["plot", "getlocal-demo/capture", "--out", "again"])   # doctest: +SKIP
+
+``demo`` runs a model on a picture with every attention map captured, saves the
+capture (see :mod:`getlocal.saved`) and then draws from it exactly what ``plot``
+draws from a saved capture, so the two give the same files. What is drawn is
+decided by the maps' labels alone (towers, phases, token layouts), never by
+the model: vision towers get their heads, grid-to-grid overlays and patterns by
+depth; language towers their heads and the attention of text, generated and
+action tokens to the image.
 """
 import argparse
+import os
 import sys
-from typing import List, Optional
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from ._report import describe_steps, report
 
 DEMO_MODEL = "vit_small_patch16_224"
+TINY_MODELS = ("openvla-tiny", "paligemma-tiny")
+DEFAULT_OUT = "getlocal-demo"
+TINY_IMAGE = 112  # the tiny models see 8 x 8 patches of 14 px
 
-_EPILOG_DEMO = """example:
-  python -m getlocal demo                 # random init unless the weights are cached
-  python -m getlocal demo --pretrained    # download the trained weights first
+_EPILOG = """examples:
+  python -m getlocal demo                                  # ViT-S/16 on a sample photo -> getlocal-demo/
+  python -m getlocal demo --model openvla-tiny             # an OpenVLA-shaped model, 7 action tokens
+  python -m getlocal plot getlocal-demo/capture --out figs # the same figures, without the model
+"""
+
+_EPILOG_DEMO = f"""examples:
+  python -m getlocal demo                              # {DEMO_MODEL}, random init unless its weights are cached
+  python -m getlocal demo --pretrained                 # download the trained weights first (about 90 MB)
+  python -m getlocal demo --image cat.jpg --out cat/   # your picture, your output directory
+  python -m getlocal demo --model deit_small_patch16_224
+  python -m getlocal demo --model openvla-tiny         # DINOv2 + SigLIP + Llama, prefill and 6 decode steps
+  python -m getlocal demo --model paligemma-tiny       # Pi0 shape: SigLIP + Gemma + action expert, 2 cameras
+
+writes into --out: capture/ (the saved maps), one folder of figures per tower,
+summary.md and summary.json; prints the per-layer pattern table.
+"""
+
+_EPILOG_PLOT = """example:
+  python -m getlocal demo --out run1                   # on the machine with the model
+  python -m getlocal plot run1/capture --out figs      # anywhere: needs numpy, matplotlib, safetensors
 """
 
 
 class CommandError(Exception):
-    """A bad argument: printed as one line, exit status 2."""
+    """A bad argument or an unusable input: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that points to --help."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(
         prog="python -m getlocal",
-        description="Capture named locals (attention maps) out of deep models.",
-        epilog="example:\n  python -m getlocal demo",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        description="Capture named locals (attention maps above all) out of deep models, and look at them.",
+        epilog=_EPILOG, formatter_class=raw)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
-        "demo",
-        help="capture the attention map of every block of a ViT and describe it",
+        "demo", help="capture every attention map of a model on a picture, analyse and draw them",
         description=(
-            f"Build timm's {DEMO_MODEL} (trained weights if they are in the local Hugging Face "
-            "cache or --pretrained asks for a download, random init otherwise), capture the "
-            "local `attn` of every attention block during one forward pass, and print one line per block."
-        ),
-        epilog=_EPILOG_DEMO,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+            "Run a model on a picture with every attention map captured; measure the patterns of every head "
+            "(diagonal, stripe, vertical, mean attention distance); draw the heads of a few layers, grid-to-grid "
+            "overlays for a few query patches, the patterns against depth and, for VLA models, the attention of "
+            "text and action tokens to the image; save the capture; write summary.md and summary.json; print "
+            "the per-layer table. No network unless --pretrained asks for it."),
+        epilog=_EPILOG_DEMO, formatter_class=raw)
+    demo.add_argument("--model", default=DEMO_MODEL, metavar="NAME",
+                      help=f"a timm ViT name (default {DEMO_MODEL}), or openvla-tiny / paligemma-tiny "
+                           "(small random-init VLA models; need transformers)")
+    demo.add_argument("--image", metavar="PATH",
+                      help="the picture (default: matplotlib's sample photo grace_hopper.jpg, shipped offline)")
+    demo.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                      help=f"output directory (default ./{DEFAULT_OUT}/)")
     demo.add_argument("--pretrained", action="store_true",
-                      help="download the trained weights from the Hugging Face hub if they are not cached")
+                      help="download the trained weights of a timm model from the Hugging Face hub if not cached")
     demo.set_defaults(run=_demo)
+    plot = commands.add_parser(
+        "plot", help="draw the figures and summary of a saved capture, without the model",
+        description=("Read a capture saved by `python -m getlocal demo` or getlocal.save(path, maps) and write "
+                     "the same figures, summary.md and summary.json as the demo, without the model "
+                     "(no torch needed)."),
+        epilog=_EPILOG_PLOT, formatter_class=raw)
+    plot.add_argument("capture", metavar="CAPTURE_DIR", help="a directory written by getlocal.save()")
+    plot.add_argument("--out", required=True, metavar="DIR", help="output directory for figures and summary")
+    plot.set_defaults(run=_plot)
     return parser
-
-
-def _vit(pretrained: bool):
-    """The demo ViT and a sentence saying which weights it has. Never touches the network unless asked."""
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(DEMO_MODEL)
-    repo = cfg.hf_hub_id
-    cached = None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        for filename in ("model.safetensors", "pytorch_model.bin"):
-            found = try_to_load_from_cache(repo, filename)
-            if isinstance(found, str):
-                cached = found
-                break
-    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
-        pass
-    if cached:
-        model = timm.create_model(DEMO_MODEL, pretrained=True, pretrained_cfg_overlay={"file": cached})
-        return model, f"trained weights from the local cache ({repo})"
-    if pretrained:
-        try:
-            model = timm.create_model(DEMO_MODEL, pretrained=True)
-        except Exception as exc:
-            raise CommandError(
-                f"could not download the weights of {repo} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                "check the network, or run without --pretrained for random init"
-            ) from exc
-        return model, f"trained weights downloaded from the Hugging Face hub ({repo})"
-    model = timm.create_model(DEMO_MODEL, pretrained=False)
-    return model, (
-        f"random init: no trained weights for {repo} in the local Hugging Face cache; "
-        "run `python -m getlocal demo --pretrained` to download them (about 90 MB)"
-    )
-
-
-def _demo(args) -> int:
-    import torch
-
-    from . import get_local
-
-    model, weights = _vit(args.pretrained)
-    model.eval()
-    print(f"{DEMO_MODEL}: {weights}")
-    # timm's fused attention (scaled_dot_product_attention) never materialises
-    # the attention map; the explicit path computes the same thing step by step.
-    forwards = {type(block.attn).forward for block in model.blocks}
-    for block in model.blocks:
-        block.attn.fused_attn = False
-    for forward in forwards:
-        get_local("attn")(forward)
-    image = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    with get_local.capture() as cache, torch.no_grad():
-        model(image)
-    maps = [m for forward in forwards for m in cache[get_local.key_of(forward)]]
-    for forward in forwards:
-        get_local.remove(forward)
-    for index, attn in enumerate(maps):
-        print(f"block {index:2d}: attn {tuple(attn.shape)} {attn.dtype}, rows sum to {attn.sum(-1).mean():.3f}")
-    print(f"captured {len(maps)} attention maps from {len(model.blocks)} blocks")
-    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -112,8 +103,262 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from ._errors import GetLocalError
+
     try:
         return args.run(args)
-    except CommandError as exc:
+    except (CommandError, GetLocalError) as exc:
         print(f"getlocal {args.command}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"getlocal {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+# --------------------------------------------------------------------------- checks done before any work
+
+
+def _out_dir(path: str) -> Path:
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".getlocal-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CommandError(f"cannot write to --out {path} ({exc.strerror or exc}); choose another directory") from None
+    return out
+
+
+def _picture_file(path: Optional[str]) -> Tuple[str, str]:
+    """``(file, how to describe it)``; the default is matplotlib's sample photograph."""
+    if path is None:
+        from matplotlib.cbook import get_sample_data
+
+        return str(get_sample_data("grace_hopper.jpg", asfileobj=False)), "grace_hopper.jpg (matplotlib's sample data)"
+    if not os.path.isfile(path):
+        raise CommandError(f"--image {path}: no such file; give a JPEG/PNG picture, or leave --image out "
+                           "for the sample photo")
+    return path, os.path.basename(path)
+
+
+def _open_picture(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise CommandError(f"--image {path}: not a picture PIL can read ({exc}); give a JPEG or PNG") from None
+
+
+def _square(picture, size: int):
+    """The centre square of ``picture`` resized to ``size`` x ``size``, as uint8 ``[H, W, 3]``."""
+    import numpy as np
+    from PIL import Image
+
+    w, h = picture.size
+    side = min(w, h)
+    box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+    return np.asarray(picture.crop(box).resize((size, size), Image.BICUBIC))
+
+
+def _check_model(name: str) -> None:
+    if name in TINY_MODELS:
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            raise CommandError(f"--model {name} needs transformers: python -m pip install -e \".[adapters]\"") from None
+        return
+    import timm
+
+    if not timm.is_model(name):
+        raise CommandError(
+            f"unknown model {name!r}; use {DEMO_MODEL} (the default), openvla-tiny, paligemma-tiny, or another "
+            "timm ViT name (python -c \"import timm; print(timm.list_models('vit_*'))\")")
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _demo(args) -> int:
+    if args.pretrained and args.model in TINY_MODELS:
+        raise CommandError(f"--pretrained is for timm models; {args.model} is random init by design")
+    _check_model(args.model)
+    file, described = _picture_file(args.image)
+    picture = _open_picture(file)
+    out = _out_dir(args.out)
+    import matplotlib
+
+    matplotlib.use("Agg")  # a command line writes files; it never opens windows
+    from . import saved
+
+    if args.model == "openvla-tiny":
+        maps, images, info = _run_openvla(picture)
+    elif args.model == "paligemma-tiny":
+        maps, images, info = _run_pi0(picture)
+    else:
+        maps, images, info = _run_vit(args.model, args.pretrained, picture)
+    info.update(model=args.model, image=described)
+    print(f"{args.model}: {info['weights']}")
+    print(f"image: {described}, {info['preprocessing']}")
+    print(describe_steps(maps))
+    capture = saved.save(out / "capture", maps, images=images, info=info)
+    size = sum(f.stat().st_size for f in capture.rglob("*") if f.is_file())
+    print(f"saved the capture to {capture}/ ({len(maps)} maps, {size / 2**20:.1f} MB); "
+          f"`python -m getlocal plot {capture} --out DIR` redraws everything below without the model")
+    report(maps, images, info, out)
+    return 0
+
+
+def _plot(args) -> int:
+    from . import saved
+
+    found = saved.read(args.capture)
+    if not hasattr(found.data, "select"):
+        raise CommandError(f"{args.capture} holds a raw cache (get_local.cache); plot draws labelled maps: "
+                           "save the AttentionMaps of an adapter's collect() instead")
+    if not len(found.data):
+        raise CommandError(f"{args.capture} holds no attention maps; nothing to draw")
+    out = _out_dir(args.out)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    info = found.info
+    print(f"{info.get('model', 'capture')}: {info.get('weights', 'weights unknown')} "
+          f"(saved by getlocal {found.version or '?'})")
+    print(describe_steps(found.data))
+    report(found.data, found.images, info, out)
+    return 0
+
+
+def _vit_model(name: str, pretrained: bool):
+    """The timm model and a sentence saying which weights it has. Never touches the network unless asked."""
+    import timm
+
+    repo = getattr(timm.models.get_pretrained_cfg(name) or object(), "hf_hub_id", None)
+    cached = None
+    if repo:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            for filename in ("model.safetensors", "pytorch_model.bin"):
+                found = try_to_load_from_cache(repo, filename)
+                if isinstance(found, str):
+                    cached = found
+                    break
+        except ImportError:  # pragma: no cover - timm depends on huggingface_hub
+            pass
+    if cached:
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": cached})
+        return model, f"trained weights from the local Hugging Face cache ({repo})"
+    if pretrained:
+        try:
+            model = timm.create_model(name, pretrained=True)
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise CommandError(f"could not download the weights of {repo or name} ({type(exc).__name__}: {first}); "
+                               "check the network, or run without --pretrained for random init") from None
+        return model, f"trained weights downloaded from the Hugging Face hub ({repo})"
+    import torch
+
+    torch.manual_seed(0)  # the same random weights on every run, so runs can be compared
+    model = timm.create_model(name, pretrained=False)
+    flag = "" if name == DEMO_MODEL else f" --model {name}"
+    how = f"run `python -m getlocal demo{flag} --pretrained` to download them" if repo else \
+        "timm has no trained weights for it on the Hugging Face hub"
+    return model, (f"random init: no trained weights for {repo or name} in the local Hugging Face cache; {how}. "
+                   "Random weights show the machinery; trained ones show the patterns")
+
+
+def _run_vit(name: str, pretrained: bool, picture):
+    import numpy as np
+    import torch
+
+    from getlocal import get_local
+    from getlocal.adapters import vit
+
+    model, weights = _vit_model(name, pretrained)
+    model.eval()
+    if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
+        raise CommandError(f"--model {name} is not a vision transformer (no blocks/patch_embed); "
+                           f"give a ViT such as {DEMO_MODEL}, or openvla-tiny / paligemma-tiny")
+    size = int(model.patch_embed.img_size[0])
+    shown = _square(picture, size)
+    mean = np.asarray(model.pretrained_cfg.get("mean", (0.5, 0.5, 0.5)), dtype=np.float32)
+    std = np.asarray(model.pretrained_cfg.get("std", (0.5, 0.5, 0.5)), dtype=np.float32)
+    pixels = torch.from_numpy(((shown / 255.0 - mean) / std).astype(np.float32)).permute(2, 0, 1)[None]
+    get_local.clear()
+    vit.activate(model)
+    try:
+        with torch.no_grad():
+            model(pixels)
+        maps = vit.collect(model)
+    finally:
+        vit.deactivate()
+        get_local.clear()
+    if not len(maps):
+        raise CommandError(f"--model {name}: no attention map was captured; its blocks are not timm Attention "
+                           f"modules; give a ViT such as {DEMO_MODEL}")
+    info = {"weights": weights, "patch_size": {"vit": vit.patch_size(model)},
+            "preprocessing": f"centre square resized to {size}x{size}, normalised with mean {mean.tolist()} "
+                             f"std {std.tolist()}"}
+    return maps, {"image": shown}, info
+
+
+def _tiny_pixels(shown):
+    import torch
+
+    return torch.from_numpy(shown / 127.5 - 1.0).float().permute(2, 0, 1)[None]  # [-1, 1], as SigLIP
+
+
+def _run_openvla(picture):
+    from getlocal import get_local
+    from getlocal.adapters import openvla, tiny
+
+    model = tiny.openvla(image_size=TINY_IMAGE)
+    shown = _square(picture, TINY_IMAGE)
+    _, ids = tiny.openvla_inputs(model)
+    get_local.clear()
+    openvla.activate(model)
+    try:
+        tiny.generate(model, _tiny_pixels(shown), ids, max_new_tokens=7)
+        maps = openvla.collect(model)
+    finally:
+        openvla.deactivate()
+        get_local.clear()
+    info = {"weights": "random init (a small OpenVLA-shaped model: timm DINOv2 with registers + SigLIP, an MLP "
+                       "projector and a 2-layer Llama; no trained weights exist for it)",
+            "patch_size": {"dinov2": 14, "siglip": 14},
+            "preprocessing": f"centre square resized to {TINY_IMAGE}x{TINY_IMAGE}; 7 generated (action) tokens",
+            "generated": "action"}
+    return maps, {"image": shown}, info
+
+
+def _run_pi0(picture):
+    import numpy as np
+    from PIL import Image
+
+    from getlocal import get_local
+    from getlocal.adapters import paligemma, tiny
+
+    model = tiny.pi0(image_size=TINY_IMAGE)
+    exterior = _square(picture, TINY_IMAGE)
+    w, h = picture.size
+    wrist = picture.crop((w // 4, h // 2, 3 * w // 4, h)).resize((TINY_IMAGE, TINY_IMAGE), Image.BICUBIC)
+    wrist = np.asarray(wrist)
+    _, ids, state = tiny.pi0_inputs(model, cameras=2)
+    get_local.clear()
+    paligemma.activate(model)
+    try:
+        model.sample_actions([_tiny_pixels(exterior), _tiny_pixels(wrist)], ids, state, horizon=4, steps=3)
+        maps = paligemma.collect(model, cameras=["exterior", "wrist"], state_tokens=1)
+    finally:
+        paligemma.deactivate()
+        get_local.clear()
+    info = {"weights": "random init (a small Pi0-shaped model: PaliGemma = SigLIP + 2-layer Gemma, beside a Gemma "
+                       "action expert; no trained weights exist for it)",
+            "patch_size": {"vision": 14},
+            "preprocessing": (f"two cameras: exterior = centre square, wrist = a crop of the lower half, both "
+                              f"resized to {TINY_IMAGE}x{TINY_IMAGE}; 1 state + 4 action tokens, 3 denoising steps")}
+    return maps, {"exterior": exterior, "wrist": wrist}, info

@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from .patterns import LABELS, _as_array, _count, _grid, _image_positions
 
@@ -570,6 +571,7 @@ def label_map(table, *, ax=None, legend_kws: Optional[dict] = None, **kwargs):
     ax.imshow(np.ma.masked_invalid(codes), **kwargs)
     ax.set_yticks(range(len(table.layers)))
     ax.set_yticklabels([str(layer) for layer in table.layers], fontsize=7)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # heads are whole numbers, also for 2 or 3 of them
     ax.set_ylabel("layer")
     ax.set_xlabel("head")
     handles = [Patch(color=LABEL_COLORS[lab], label=lab) for lab in LABELS]

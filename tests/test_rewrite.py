@@ -187,7 +187,7 @@ if sys.version_info >= (3, 10):
 
 def _define(source, name="f"):
     namespace = {"__name__": "test_rewrite_cases", "get_local": get_local}
-    exec(compile(textwrap.dedent(source), f"<case>", "exec"), namespace)
+    exec(compile(textwrap.dedent(source), "<case>", "exec"), namespace)
     return namespace[name]
 
 

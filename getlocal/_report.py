@@ -1,0 +1,282 @@
+"""What the demo and ``plot`` draw and write from labelled maps: figures, tables, summary.
+
+``report(maps, images, info, out)`` decides what to draw from the maps' labels
+alone (towers, phases, token layouts), never from a model: vision towers get
+their heads, grid-to-grid overlays and patterns by depth; language towers their
+heads and the attention of text, generated and action tokens to the image.
+"""
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Tuple
+
+DPI = 80
+_VISION_KINDS = {"cls", "register", "image"}
+
+def describe_steps(maps) -> str:
+    lines = [f"captured {len(maps)} attention maps in {len(maps.steps)} step(s):"]
+    for step, phase in maps.steps:
+        here = maps.select(step=step)
+        towers = ", ".join(f"{t} {len(here.select(tower=t))} x {list(here.select(tower=t)[0].shape)}"
+                           for t in here.towers)
+        lines.append(f"  step {step} {phase}: {towers}")
+    for tower, layout in maps.layouts.items():
+        lines.append(f"  {tower} tokens: {layout}")
+    return "\n".join(lines)
+
+
+def _is_vision(maps) -> bool:
+    return all({s.kind for s in m.keys.segments} <= _VISION_KINDS and m.shape[-2] == m.shape[-1] for m in maps)
+
+
+def _layers(maps) -> Dict[int, Any]:
+    """One map per layer (the first call of each), in layer order."""
+    out = {}
+    for m in maps:
+        out.setdefault(m.layer, m)
+    return dict(sorted(out.items()))
+
+
+def _chosen(layers: List[int]) -> List[int]:
+    """First, middle and last layer."""
+    return sorted({layers[0], layers[len(layers) // 2], layers[-1]})
+
+
+def _query_cells(grid) -> List[Tuple[int, int]]:
+    h, w = grid
+    return list(dict.fromkeys([(h // 2, w // 2), (h // 4, w // 4), (3 * h // 4, 3 * w // 4)]))
+
+
+def _picture_of(images, camera):
+    if not images:
+        return None
+    if camera is not None and camera in images:
+        return images[camera]
+    return images.get("image", next(iter(images.values())))
+
+
+class _Plan:
+    """The figures to write (drawn later, under a progress bar) and the tables to print."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.jobs: List[Tuple[Path, Callable[[], Any]]] = []
+        self.towers: Dict[str, Dict[str, Any]] = {}
+
+    def figure(self, tower, phase, layer, mode, draw):
+        from . import plot
+
+        self.jobs.append((plot.figure_path(self.out, name=tower, phase=phase, layer=layer, mode=mode, ext="png"), draw))
+
+
+def report(maps, images, info, out: Path) -> None:
+    """Analyse ``maps``, print the tables and write figures and summary into ``out``: the demo's and plot's shared half."""
+    plan = _Plan(out)
+    for tower in maps.towers:
+        mine = maps.select(tower=tower)
+        if _is_vision(mine):
+            _plan_vision(plan, tower, mine, images, info)
+        else:
+            _plan_language(plan, tower, mine, images, info)
+    for tower, entry in plan.towers.items():
+        print(f"\n{tower}: {entry['title']}")
+        print(entry["table"])
+    _draw(plan)
+    summary = _summary(maps, info, plan)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False), encoding="utf-8")
+    (out / "summary.md").write_text(_markdown(summary), encoding="utf-8")
+    folders = sorted({str(path.parent.relative_to(out)) for path, _ in plan.jobs})
+    print(f"\nwrote {len(plan.jobs)} figures into {out}/ ({', '.join(f + '/' for f in folders)}), "
+          f"{out / 'summary.md'} and {out / 'summary.json'}")
+
+
+def _plan_vision(plan: _Plan, tower: str, maps, images, info) -> None:
+    from . import patterns, plot
+
+    step, phase = maps.steps[0]
+    first = maps.select(step=step)
+    camera = first[0].camera
+    layers = _layers(m for m in first if m.camera == camera)
+    layout = next(iter(layers.values())).keys
+    patch = (info.get("patch_size") or {}).get(tower)
+    table = patterns.summarize({k: m.array for k, m in layers.items()}, image_tokens=layout.image(),
+                               grid=layout.grid(), patch_size=patch)
+    seen = f", camera {camera}" if camera else ""
+    plan.towers[tower] = {"title": f"step {step} {phase}{seen}, {len(layers)} layers, tokens {layout}",
+                          "table": table, "phase": phase, "step": step, "camera": camera, "layout": layout.to_dict()}
+    picture = _picture_of(images, camera)
+    cls = layout.find("cls")
+    for layer in _chosen(list(layers)):
+        arr = layers[layer].array[0]
+        plan.figure(tower, phase, layer, "heads", lambda a=arr, t=f"{tower} layer {layer}": _titled(
+            plot.layer_heads(a, panel_size=1.8), t))
+        if picture is None:
+            continue
+        for r, c in _query_cells(layout.grid()):
+            plan.figure(tower, phase, layer, f"query-r{r}c{c}", lambda a=arr, q=(r, c), t=f"{tower} layer {layer}":
+                        _titled(plot.grid_to_grid(a, picture, query=q, image_tokens=layout.image(), grid=layout.grid(),
+                                                  cls_token=cls[0].start if cls else None), t))
+    _plan_depth(plan, tower, phase, table, pixels=patch is not None)
+
+
+def _plan_depth(plan: _Plan, tower, phase, table, pixels: bool) -> None:
+    import matplotlib.pyplot as plt
+
+    from . import plot
+
+    def patterns_by_depth():
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [1, 1.3]}, layout="constrained")
+        plot.label_map(table, ax=axes[0])
+        plot.pattern_scores(table, ax=axes[1])
+        return _titled(fig, f"{tower}: head labels and pattern scores by depth")
+
+    def distance():
+        fig, ax = plt.subplots(figsize=(4.4, 3.2))
+        plot.attention_distance(table, ax=ax, pixels=pixels)
+        return _titled(fig, f"{tower}: mean attention distance")
+
+    plan.figure(tower, phase, "all", "patterns", patterns_by_depth)
+    if not all(math.isnan(v) for v in table["distance"].ravel()):
+        plan.figure(tower, phase, "all", "distance", distance)
+
+
+def _plan_language(plan: _Plan, tower: str, maps, images, info) -> None:
+    import numpy as np
+
+    from . import patterns, plot
+
+    square = [m for m in maps if m.shape[-2] == m.shape[-1]]
+    if square:  # the prompt step (prefill / prefix): square causal maps
+        step = square[0].step
+        layers = _layers(m for m in square if m.step == step)
+        sample = next(iter(layers.values()))
+        layout = sample.keys
+        cameras = [s.camera for s in layout.find("image")]
+        grid_args = {"image_tokens": layout.image(cameras[0]), "grid": layout.grid(cameras[0])} if cameras else {}
+        table = patterns.summarize({k: m.array for k, m in layers.items()}, causal=True, **grid_args)
+        plan.towers[tower] = {"title": f"step {step} {sample.phase}, {len(layers)} layers, tokens {layout}",
+                              "table": table, "phase": sample.phase, "step": step, "camera": None,
+                              "layout": layout.to_dict()}
+        for layer in _chosen(list(layers)):
+            arr = layers[layer].array[0]
+            plan.figure(tower, sample.phase, layer, "heads", lambda a=arr, t=f"{tower} layer {layer}, {sample.phase}":
+                        _titled(plot.layer_heads(a, panel_size=1.8), t))
+            rows = layout.indices("text")
+            if cameras and rows.size:
+                plan.figure(tower, sample.phase, layer, "text-to-image",
+                            lambda a=arr, r=rows, lay=layout, cams=cameras, t=f"{tower} layer {layer}: text tokens -> image":
+                            _overlay(a, r, lay, cams, images, t))
+    later = [m for m in maps if m.shape[-2] != m.shape[-1]]
+    if not later:
+        return
+    phase = later[0].phase
+    kind = "action" if later[0].queries.find("action") else "generated"
+    per_layer: Dict[int, list] = {}
+    for m in later:
+        per_layer.setdefault(m.layer, []).append(m)
+    keys = min(m.shape[-1] for m in later)
+    layout = later[0].keys.window(0, keys)  # the prompt and what every step saw, positions shared by all steps
+    cameras = [s.camera for s in layout.find("image")]
+    if not cameras:
+        return
+    if tower not in plan.towers:
+        plan.towers[tower] = {"title": f"{len(later)} {phase} maps over {len(per_layer)} layers; tokens {layout}",
+                              "table": f"({phase} maps only: {kind} queries over the prompt, no square map to score)",
+                              "phase": phase, "step": later[0].step, "camera": None, "layout": layout.to_dict()}
+    steps = len({m.step for m in later})
+    what = "generated (action) tokens" if kind == "generated" and info.get("generated") == "action" else f"{kind} tokens"
+    for layer in _chosen(sorted(per_layer)):
+        # every step's query rows of that kind, stacked, over the keys all steps share
+        rows = np.concatenate([m.array[0][:, m.queries.indices(kind), :keys] for m in per_layer[layer]], axis=1)
+        plan.figure(tower, phase, layer, f"{kind}-to-image",
+                    lambda a=rows, lay=layout, cams=cameras, t=f"{tower} layer {layer}: {what} -> image, {steps} {phase} steps":
+                    _overlay(a, slice(None), lay, cams, images, t))
+
+
+def _overlay(arr, rows, layout, cameras, images, title):
+    import matplotlib.pyplot as plt
+
+    from . import plot
+
+    pictures = [_picture_of(images, c) for c in cameras]
+    if any(p is None for p in pictures):
+        fig, ax = plt.subplots(figsize=(4, 3.4))
+        heat = plot.query_heatmap(arr, image_tokens=layout.image(cameras[0]), queries=rows, grid=layout.grid(cameras[0]))
+        plot.attention_map(heat, ax=ax)  # no picture saved: the heat map on its grid
+        return _titled(fig, title)
+    fig = plot.camera_attention(pictures, arr, image_tokens=[layout.image(c) for c in cameras], queries=rows,
+                                grids=[layout.grid(c) for c in cameras],
+                                titles=[c or "image" for c in cameras], panel_size=3.0)
+    return _titled(fig, title)
+
+
+def _titled(fig, title):
+    fig.suptitle(title, fontsize=10, y=1.04)  # above the panels' own titles; savefig's tight box keeps it
+    return fig
+
+
+def _draw(plan: _Plan) -> None:
+    import matplotlib.pyplot as plt
+
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is in the demo extra; without it, no bar
+        def tqdm(items, **_):
+            return items
+    # disable=None: a bar on a terminal, nothing when the output is a file or a pipe
+    for path, draw in tqdm(plan.jobs, desc="figures", unit="fig", file=sys.stderr, disable=None):
+        fig = draw()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        plt.close(fig)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _summary(maps, info, plan: _Plan) -> Dict[str, Any]:
+    towers = {}
+    for tower, entry in plan.towers.items():
+        table = entry["table"]
+        scored = not isinstance(table, str)
+        towers[tower] = {
+            "step": entry["step"], "phase": entry["phase"], "camera": entry["camera"], "tokens": entry["layout"],
+            "layers": table.to_records("layer") if scored else [],
+            "heads": table.to_records("head") if scored else [],
+            "note": None if scored else table,
+        }
+    return {
+        "model": info.get("model"), "weights": info.get("weights"), "image": info.get("image"),
+        "preprocessing": info.get("preprocessing"),
+        "steps": [{"step": s, "phase": p, "maps": {t: len(maps.select(step=s, tower=t))
+                                                    for t in maps.select(step=s).towers}} for s, p in maps.steps],
+        "towers": towers,
+        "figures": [path.relative_to(plan.out).as_posix() for path, _ in plan.jobs],
+    }
+
+
+def _markdown(summary: Dict[str, Any]) -> str:
+    lines = [f"# getlocal: {summary['model']}", "",
+             f"- weights: {summary['weights']}", f"- image: {summary['image']}",
+             f"- preprocessing: {summary['preprocessing']}", "", "## Steps", "",
+             "| step | phase | maps per tower |", "| --- | --- | --- |"]
+    for s in summary["steps"]:
+        lines.append(f"| {s['step']} | {s['phase']} | " + ", ".join(f"{t}: {n}" for t, n in s["maps"].items()) + " |")
+    columns = [("layer", "layer"), ("heads", "heads"), ("diagonal", "diag"), ("stripe", "stripe"),
+               ("vertical", "vert"), ("mixed", "mixed"), ("self_mass", "self"), ("neighbour_mass", "nbr8"),
+               ("top_key_mass", "top2%"), ("distance", "dist"), ("entropy_norm", "H/lnN")]
+    for tower, entry in summary["towers"].items():
+        lines += ["", f"## {tower} (step {entry['step']} {entry['phase']})", ""]
+        if not entry["layers"]:
+            lines.append(entry["note"] or "")
+            continue
+        lines.append("| " + " | ".join(c for _, c in columns) + " |")
+        lines.append("|" + " --- |" * len(columns))
+        for rec in entry["layers"]:
+            cells = ["-" if rec[k] is None else (f"{rec[k]:.3f}" if isinstance(rec[k], float) else str(rec[k]))
+                     for k, _ in columns]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Figures", ""]
+    lines += [f"![{f}]({f})" for f in summary["figures"]]
+    return "\n".join(lines) + "\n"
