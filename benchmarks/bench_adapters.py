@@ -6,7 +6,7 @@ A random-init PaliGemma-shaped model (SigLIP 224/14 tower, 256 image tokens; a
 6-layer Gemma with 8 heads and hidden size 512; 256 text tokens, so the language
 model sees 512) runs one forward pass on the CPU in each mode, the modes
 interleaved in every round, and the best of ``--reps`` rounds is reported with
-its ratio to the eager forward:
+its ratio to the eager forward (twice, in two processes: see _allocator.py):
 
 * ``sdpa``: transformers' default attention (nothing captured);
 * ``eager``: the same weights with eager attention, the adapter not activated;
@@ -23,6 +23,8 @@ import torch
 
 from getlocal import get_local
 from getlocal.adapters import paligemma
+
+import _allocator
 
 
 def build(tokens: int, attn: str, state=None):
@@ -54,7 +56,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--tokens", type=int, default=512)
+    parser.add_argument(_allocator.ONCE, action="store_true", help="one run, with the allocator as it is")
     args = parser.parse_args()
+    if _allocator.run_twice(__file__):
+        return
 
     eager, inputs = build(args.tokens, "eager")
     sdpa, _ = build(args.tokens, "sdpa", eager.state_dict())

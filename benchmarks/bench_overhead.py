@@ -58,8 +58,8 @@ def main(rounds=15):
         best["unbound"].append(_time(maybe_unbound))
         get_local.deactivate()
     base, off, on, unbound = (min(best[k]) for k in ("plain", "off", "on", "unbound"))
-    torch = "torch loaded" if "torch" in sys.modules else "no torch"
-    print(f"Python {platform.python_version()} ({os.cpu_count()} cores, {torch}): "
+    loaded = "torch loaded" if "torch" in sys.modules else "no torch"
+    print(f"Python {platform.python_version()} ({os.cpu_count()} cores, {loaded}): "
           f"plain {base:.0f} ns/call; decorated, off: {off - base:+.0f} ns; "
           f"captured: {on - base:+.0f} ns; captured, possibly-unbound local: {unbound - base:+.0f} ns")
 

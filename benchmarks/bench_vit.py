@@ -10,13 +10,8 @@ also ships an old modified copy of timm that would overwrite the installed
 one, so it is never installed: its wheel is downloaded to a temporary folder
 and only its `anycapture/` package is put on sys.path.
 
-The run is made twice, in two processes: with glibc's default allocator
-settings, and with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ raised. Any
-capture keeps the maps alive until the cache is read, so every forward needs
-fresh memory for them; by default glibc hands such large blocks back to the
-kernel when they are freed and page-faults them in again on the next forward,
-which costs a few per cent of a CPU forward whatever the capture tool. With
-the allocator keeping its memory, what is left is the cost of the capture.
+The run is made twice, in two processes (see benchmarks/_allocator.py): with
+glibc's default allocator, and with one that keeps its memory.
 """
 import argparse
 import os
@@ -35,6 +30,8 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 
 from getlocal import get_local  # noqa: E402
+
+import _allocator  # noqa: E402
 
 
 def _anycapture():
@@ -55,20 +52,12 @@ def _anycapture():
     return anycapture
 
 
-ALLOCATOR_KEEPS_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(1 << 26), "MALLOC_TRIM_THRESHOLD_": str(1 << 28)}
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--once", action="store_true", help="one run in this process (the allocator as it is)")
+    parser.add_argument(_allocator.ONCE, action="store_true", help="one run, with the allocator as it is")
     args = parser.parse_args()
-    if not args.once:
-        for title, extra in (("glibc malloc defaults", {}), ("malloc keeps its memory: " +
-                             " ".join(f"{k}={v}" for k, v in ALLOCATOR_KEEPS_MEMORY.items()), ALLOCATOR_KEEPS_MEMORY)):
-            print(f"## {title}", flush=True)
-            subprocess.run([sys.executable, os.path.abspath(__file__), "--once", "--rounds", str(args.rounds)],
-                           env=dict(os.environ, **extra), check=True)
+    if _allocator.run_twice(__file__):
         return
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
