@@ -78,12 +78,12 @@ class GetLocal:
         names = tuple(dict.fromkeys(names))
 
         def decorate(obj):
-            self.watch(obj, names)
+            self._watch(obj, names)
             return obj
 
         return decorate
 
-    def watch(self, obj, names: Tuple[str, ...]) -> str:
+    def _watch(self, obj, names: Tuple[str, ...]) -> str:
         """Register ``obj`` (instrumenting it now if capture is on); return its cache key."""
         func = _innermost_function(obj)
         code = func.__code__
@@ -305,8 +305,6 @@ def _innermost_function(obj) -> types.FunctionType:
             return obj
         elif hasattr(obj, "__wrapped__"):
             obj = obj.__wrapped__
-        elif isinstance(obj, types.FunctionType):  # pragma: no cover - handled above
-            return obj
         else:
             break
     hint = ""
