@@ -130,19 +130,26 @@ def _load(code: CodeType, name: str, lineno: int) -> Instr:
 
 
 def instrument(code: CodeType, names: Sequence[str], fast, from_locals) -> Tuple[CodeType, Dict[str, int]]:
-    """Return the twin and how many return points use each call (``{'fast': n, 'locals': m}``)."""
+    """Return the twin and how many return points use each call.
+
+    The counts are ``{'fast': n, 'locals': m, 'unreachable': k}``; unreachable
+    returns (3.9 and 3.10 keep an implicit ``return None`` after an if/else
+    that returns on both branches) never run, and get the safe call.
+    """
     owner = first_argument(code)
     needed = set(names) | ({owner} if owner else set())
     cfg = ControlFlowGraph.from_bytecode(Bytecode.from_code(code))
     bound = bound_at_returns(cfg, code, [n for n in needed if n not in code.co_freevars])
-    used = {"fast": 0, "locals": 0}
+    used = {"fast": 0, "locals": 0, "unreachable": 0}
     for block in cfg:
         items = list(block)
         block.clear()
         for item in items:
             if isinstance(item, Instr) and item.name in _versions.RETURN_OPCODES:
                 lineno = item.lineno
-                if needed <= bound.get(id(item), frozenset()):  # absent: unreachable
+                if id(item) not in bound:
+                    used["unreachable"] += 1
+                if needed <= bound.get(id(item), frozenset()):
                     args = [[_load(code, owner, lineno) if owner else Instr("LOAD_CONST", None, lineno=lineno)]]
                     args += [[_load(code, name, lineno)] for name in names]
                     block.extend(_versions.call(fast, args, lineno))
@@ -150,6 +157,6 @@ def instrument(code: CodeType, names: Sequence[str], fast, from_locals) -> Tuple
                 else:
                     args = [_versions.call(builtins.locals, [], lineno, keep=True)]
                     block.extend(_versions.call(from_locals, args, lineno))
-                    used["locals"] += 1
+                    used["locals"] += id(item) in bound
             block.append(item)
     return cfg.to_code(), used

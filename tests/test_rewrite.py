@@ -309,3 +309,30 @@ def test_recursion_records_inner_call_first():
     with get_local.capture(convert="raw"):
         f(2)
     assert get_local.cache["f"] == [0, 1, 2]
+
+
+def test_returns_where_the_local_is_provably_bound_take_the_cheap_call():
+    from getlocal import _rewrite
+
+    def record(*args):
+        pass
+
+    def uses(source):
+        code = _define(source).__code__
+        return _rewrite.instrument(code, ["attn"], record, record)[1]
+
+    # A typical attention forward: `attn` is assigned on every path before the one return.
+    assert uses(CASES["single_return"][0]) == {"fast": 1, "locals": 0, "unreachable": 0}
+    # Early return before `attn` exists: only that return needs the locals() snapshot.
+    assert uses("""
+        def f(x):
+            if x is None:
+                return None
+            attn = x * 2
+            return attn
+        """) == {"fast": 1, "locals": 1, "unreachable": 0}
+    # Bound on both branches of an if/else, in a try body and its handler.
+    assert uses(CASES["if_else_returns"][0])["locals"] == 0
+    assert uses(CASES["return_in_try_body"][0])["locals"] == 0
+    # `del` anywhere makes the name unprovable at the returns after it.
+    assert uses(CASES["local_deleted_on_one_path"][0])["locals"] >= 1
