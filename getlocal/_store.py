@@ -71,7 +71,12 @@ class Store:
             self._trim_bytes()
 
     def _rebuild_order(self):
-        """Recount the bytes of what the cache holds, oldest first (only with max_bytes)."""
+        """Recount the bytes of what the cache holds, oldest first (only with max_bytes).
+
+        Lists the user took out of the cache by hand are forgotten here.
+        """
+        for key in [k for k, (values, _) in self._meta.items() if self.cache.get(k) is not values]:
+            del self._meta[key]
         order = []
         if self.max_bytes is not None:
             for key, (values, calls) in self._meta.items():
@@ -173,6 +178,8 @@ class Store:
             # First call, or the user cleared or replaced cache[key] by hand.
             values = self.cache[key] = values if values is not None and not values else []
             meta = self._meta[key] = (values, [])
+            if self.max_bytes is not None:
+                self._rebuild_order()  # what was taken out by hand no longer counts
         return meta
 
     def _skip(self, key, name):

@@ -426,6 +426,21 @@ def test_max_bytes_drops_oldest_entries_across_keys():
     assert sizes == {"one": [], "two": [200]}
 
 
+def test_max_bytes_after_the_cache_was_emptied_by_hand_counts_only_what_is_held():
+    np = pytest.importorskip("numpy")
+
+    @get_local("a")
+    def step(n):
+        a = np.zeros(n, dtype=np.uint8)
+        return None
+
+    get_local.activate(max_bytes=250)
+    step(200)
+    get_local.cache.clear()
+    step(200)
+    assert [v.nbytes for v in get_local.cache[get_local.key_of(step)]] == [200]
+
+
 def test_bounded_cache_does_not_grow_over_many_calls():
     np = pytest.importorskip("numpy")
 
