@@ -552,3 +552,24 @@ def _timm_attention_classes() -> List[type]:
         if cls is not None and cls not in found:
             found.append(cls)
     return found
+
+
+def _timm_prepare(spec, module, undo: _Undo, built: bool) -> None:
+    """Put one timm attention block on the path that builds ``attn`` (and say how to undo it)."""
+    if getattr(module, "fused_attn", False):
+        undo.set(module, "fused_attn", False)
+    elif built and spec.timm_was_fused:  # built while our global switch said "not fused": give it what timm would have
+        undo.add(lambda ref=weakref.ref(module): ref() is not None and setattr(ref(), "fused_attn", True))
+
+
+def _timm_layout(path: str, modules: Dict[str, Any], length: int) -> TokenLayout:
+    """``[cls, registers, image grid]`` of the timm ViT that holds the block at ``path``."""
+    vit = _parent(path, modules, "patch_embed")
+    cls = int(getattr(vit, "cls_token", None) is not None) if vit is not None else 0
+    registers = int(getattr(vit, "num_reg_tokens", 0) or 0) if vit is not None else 0
+    patches = length - cls - registers
+    grid = tuple(getattr(getattr(vit, "patch_embed", None), "grid_size", None) or ())
+    if len(grid) != 2 or grid[0] * grid[1] != patches:  # another input size (dynamic_img_size), or no model at hand
+        grid = _square(patches)
+    return TokenLayout([Segment("cls", 0, cls), Segment("register", cls, cls + registers),
+                        Segment("image", cls + registers, length, grid=grid)])

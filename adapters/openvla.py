@@ -29,7 +29,6 @@ How eager attention is made to happen:
   module for its weights. ``LlamaDecoderLayer`` decides what it returns from its
   own ``output_attentions``, so the model's outputs do not change.
 """
-import weakref
 from typing import Optional
 
 from getlocal.maps import AttentionMaps, Segment, TokenLayout
@@ -70,10 +69,7 @@ class _OpenVLA(_Spec):
 
     def prepare_module(self, module, undo: _Undo, built: bool) -> None:
         if self.timm_classes and isinstance(module, self.timm_classes):
-            if getattr(module, "fused_attn", False):
-                undo.set(module, "fused_attn", False)
-            elif built and self.timm_was_fused:  # built under our flag: give it what timm would have
-                undo.add(lambda ref=weakref.ref(module): ref() is not None and setattr(ref(), "fused_attn", True))
+            _common._timm_prepare(self, module, undo, built)
         config = _common._module_config(module)
         if config is not None:
             _common._set_eager(config, self.config_types, undo)
@@ -94,15 +90,7 @@ class _OpenVLA(_Spec):
         return "dinov2" if getattr(vit, "cls_token", None) is not None else "siglip"
 
     def vision_layout(self, owner, path, modules, length) -> TokenLayout:
-        vit = _common._parent(path, modules, "patch_embed")
-        cls = int(getattr(vit, "cls_token", None) is not None) if vit is not None else 0
-        registers = int(getattr(vit, "num_reg_tokens", 0) or 0) if vit is not None else 0
-        patches = length - cls - registers
-        grid = tuple(getattr(getattr(vit, "patch_embed", None), "grid_size", None) or ())
-        if len(grid) != 2 or grid[0] * grid[1] != patches:  # dynamic image size, or no model at hand
-            grid = _common._square(patches)
-        return TokenLayout([Segment("cls", 0, cls), Segment("register", cls, cls + registers),
-                            Segment("image", cls + registers, length, grid=grid)])
+        return _common._timm_layout(path, modules, length)
 
     def prompt_layout(self, length, vision, batch, options) -> TokenLayout:
         # Prismatic puts the projected patches right after BOS: [BOS, patches, text].

@@ -19,10 +19,9 @@ fused kernel that never builds the map; ``activate`` turns the fused path off on
 the given (or every live) model and for models built later, and ``deactivate``
 turns it back on.
 """
-import weakref
 from typing import Optional
 
-from getlocal.maps import AttentionMaps, Segment, TokenLayout
+from getlocal.maps import AttentionMaps, TokenLayout
 
 from . import _common
 from ._common import _Spec, _Undo
@@ -44,12 +43,8 @@ class _ViT(_Spec):
         self.timm_was_fused = _common._timm_unfuse_global(undo)
 
     def prepare_module(self, module, undo: _Undo, built: bool) -> None:
-        if not isinstance(module, self.timm_classes):
-            return
-        if getattr(module, "fused_attn", False):
-            undo.set(module, "fused_attn", False)
-        elif built and self.timm_was_fused:  # built while our global switch said "not fused"
-            undo.add(lambda ref=weakref.ref(module): ref() is not None and setattr(ref(), "fused_attn", True))
+        if isinstance(module, self.timm_classes):
+            _common._timm_prepare(self, module, undo, built)
 
     def owns(self, owner) -> bool:
         return isinstance(owner, self.timm_classes)
@@ -58,15 +53,7 @@ class _ViT(_Spec):
         return "vit"
 
     def vision_layout(self, owner, path, modules, length) -> TokenLayout:
-        model = _common._parent(path, modules, "patch_embed")
-        cls = int(getattr(model, "cls_token", None) is not None) if model is not None else 0
-        registers = int(getattr(model, "num_reg_tokens", 0) or 0) if model is not None else 0
-        patches = length - cls - registers
-        grid = tuple(getattr(getattr(model, "patch_embed", None), "grid_size", None) or ())
-        if len(grid) != 2 or grid[0] * grid[1] != patches:  # another input size (dynamic_img_size)
-            grid = _common._square(patches)
-        return TokenLayout([Segment("cls", 0, cls), Segment("register", cls, cls + registers),
-                            Segment("image", cls + registers, length, grid=grid)])
+        return _common._timm_layout(path, modules, length)
 
 
 _ADAPTER = _common._adapter(_ViT())
