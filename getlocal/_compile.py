@@ -34,8 +34,10 @@ def _skip_code():
 def shield_recording_code() -> None:
     """Make Dynamo skip every function of the recording path (once torch is loaded)."""
     global _shielded
+    if _shielded:
+        return
     skip_code = _skip_code()
-    if _shielded or skip_code is None:
+    if skip_code is None:
         return
     from . import _convert, _core, _store
 

@@ -21,6 +21,12 @@ def _tensor_type():
     return getattr(torch, "Tensor", None)
 
 
+def is_tensor(value) -> bool:
+    """Whether ``value`` is a torch tensor (False when torch was never imported)."""
+    tensor = _tensor_type()
+    return tensor is not None and isinstance(value, tensor)
+
+
 def _to_numpy(t):
     torch = sys.modules["torch"]
     t = t.detach()

@@ -38,6 +38,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
+from ._convert import is_tensor
 from ._errors import GetLocalError
 from .maps import AttentionMap, AttentionMaps, TokenLayout
 
@@ -198,13 +199,12 @@ class _Writer:
 def _is_array(value) -> bool:
     if isinstance(value, (np.ndarray, np.generic)) and not isinstance(value, (np.str_, np.bytes_)):
         return True
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(value, torch.Tensor)
+    return is_tensor(value)
 
 
 def _to_numpy(value, key):
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(value, torch.Tensor):
+    if is_tensor(value):
+        torch = sys.modules["torch"]
         source = str(value.dtype)  # 'torch.bfloat16'
         t = value.detach()
         if t.device.type != "cpu":
