@@ -22,32 +22,32 @@ def _max_diff(a, b):
     return float((torch.as_tensor(np.asarray(a)) - torch.as_tensor(np.asarray(b))).abs().max())
 
 
-def _blocks_that_ran(model, run):
-    """``{tower path: [block indices that ran]}``, counted with forward hooks."""
-    ran, handles = {}, []
-    for path in ("vision_backbone.featurizer", "vision_backbone.fused_featurizer"):
-        vit = model.get_submodule(path)
-        for i, block in enumerate(vit.blocks):
-            handles.append(block.register_forward_hook(lambda *_, p=path, i=i: ran.setdefault(p, []).append(i)))
+def _run_with_hooks(hooks, run):
+    """Run ``run()`` with ``(module, hook)`` forward hooks registered, then remove them."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
     try:
         run()
     finally:
         for h in handles:
             h.remove()
+
+
+def _blocks_that_ran(model, run):
+    """``{tower path: [block indices that ran]}``, counted with forward hooks."""
+    ran, hooks = {}, []
+    for path in ("vision_backbone.featurizer", "vision_backbone.fused_featurizer"):
+        for i, block in enumerate(model.get_submodule(path).blocks):
+            hooks.append((block, lambda *_, p=path, i=i: ran.setdefault(p, []).append(i)))
+    _run_with_hooks(hooks, run)
     return ran
 
 
 def _attention_inputs(model, run):
     """``{module path: input x}`` of every timm attention block during ``run()``."""
-    seen, handles = {}, []
-    for path, module in model.named_modules():
-        if path.endswith(".attn") and "featurizer" in path:
-            handles.append(module.register_forward_hook(lambda m, args, out, p=path: seen.setdefault(p, args[0])))
-    try:
-        run()
-    finally:
-        for h in handles:
-            h.remove()
+    seen = {}
+    hooks = [(module, lambda m, args, out, p=path: seen.setdefault(p, args[0]))
+             for path, module in model.named_modules() if path.endswith(".attn") and "featurizer" in path]
+    _run_with_hooks(hooks, run)
     return seen
 
 

@@ -401,6 +401,11 @@ def test_max_calls_keeps_the_newest_and_warns_once():
     assert len(get_local.calls["make_forward.<locals>.forward"]) == 2
 
 
+def _sizes_by_function():
+    """``{function name: [bytes of each cached array]}``."""
+    return {key.split(".")[-1]: [v.nbytes for v in values] for key, values in get_local.cache.items()}
+
+
 def test_max_bytes_drops_oldest_entries_across_keys():
     np = pytest.importorskip("numpy")
 
@@ -419,11 +424,9 @@ def test_max_bytes_drops_oldest_entries_across_keys():
         one(100)
         two(100)
         one(100)  # 300 bytes: the first call of `one` goes
-    sizes = {key.split(".")[-1]: [v.nbytes for v in values] for key, values in get_local.cache.items()}
-    assert sizes == {"one": [100], "two": [100]}
+    assert _sizes_by_function() == {"one": [100], "two": [100]}
     two(200)  # 400 bytes: `two`'s first, then `one`'s second call go
-    sizes = {key.split(".")[-1]: [v.nbytes for v in values] for key, values in get_local.cache.items()}
-    assert sizes == {"one": [], "two": [200]}
+    assert _sizes_by_function() == {"one": [], "two": [200]}
 
 
 def test_max_bytes_after_the_cache_was_emptied_by_hand_counts_only_what_is_held():
@@ -438,7 +441,7 @@ def test_max_bytes_after_the_cache_was_emptied_by_hand_counts_only_what_is_held(
     step(200)
     get_local.cache.clear()
     step(200)
-    assert [v.nbytes for v in get_local.cache[get_local.key_of(step)]] == [200]
+    assert _sizes_by_function() == {"step": [200]}
 
 
 def test_bounded_cache_does_not_grow_over_many_calls():
