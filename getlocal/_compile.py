@@ -77,3 +77,23 @@ def skip(func, twin) -> bool:
 def unskip(func) -> None:
     func.__dict__.pop(_FLAG, None)
     func.__dict__.pop(_REASON, None)
+
+
+def compiled_already(code) -> bool:
+    """Whether Dynamo holds compiled code that traced ``code`` (as a frame of its own or inlined).
+
+    Such compiled code keeps running what it traced: an instrumented twin swapped
+    in later is never called from it, so nothing would be captured.
+    """
+    dynamo = _dynamo()
+    if dynamo is None:
+        return False
+    try:
+        from torch._dynamo.code_context import code_context
+
+        if code_context.has_context(code):
+            return True
+        entries = getattr(dynamo.eval_frame, "_debug_get_cache_entry_list", None)
+        return bool(entries is not None and entries(code))
+    except Exception:  # private API of torch: absent or changed means we cannot tell
+        return False

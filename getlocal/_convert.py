@@ -4,7 +4,7 @@ torch is never imported here: a value is a tensor only if torch is already in
 ``sys.modules`` and the value is an instance of its Tensor class.
 """
 import sys
-from typing import Any, Callable, Union
+from typing import Any, Callable, Dict, List, Tuple, Union
 
 from ._errors import GetLocalError
 
@@ -27,6 +27,38 @@ def is_tensor(value) -> bool:
     return tensor is not None and isinstance(value, tensor)
 
 
+def _outside_transforms(on_tensor):
+    """``on_tensor`` made safe inside ``torch.func`` transforms (vmap, grad, jacrev, ...).
+
+    There a local may be a wrapper that is only valid inside the transform, and
+    every op, ``.numpy()`` included, goes through the transforms. So the
+    conversion runs with them disabled, on the unwrapped tensor: under vmap the
+    wrapper stands for the whole batch, and what is stored is the batch, with the
+    vmapped dimension moved first.
+    """
+    def convert_tensor(t):
+        torch = sys.modules["torch"]
+        functorch = getattr(torch._C, "_functorch", None)
+        if functorch is None or functorch.maybe_current_level() is None:
+            return on_tensor(t)
+        with torch._C._DisableFuncTorch():
+            while functorch.is_functorch_wrapped_tensor(t):
+                if functorch.is_batchedtensor(t):
+                    t = functorch.get_unwrapped(t).movedim(functorch.maybe_get_bdim(t), 0)
+                else:
+                    t = functorch.get_unwrapped(t)
+            return on_tensor(t)
+
+    return convert_tensor
+
+
+def _compact(t):
+    """A CPU tensor that keeps alive only its own elements, not a larger tensor it views."""
+    if t.device.type == "cpu" and t.untyped_storage().nbytes() > t.numel() * t.element_size():
+        return t.clone()
+    return t
+
+
 def _to_numpy(t):
     torch = sys.modules["torch"]
     t = t.detach()
@@ -34,16 +66,29 @@ def _to_numpy(t):
         t = t.cpu()
     if t.dtype in (torch.float16, torch.bfloat16):  # numpy has no bfloat16
         t = t.float()
-    return t.numpy()
+    return _compact(t).numpy()
 
 
 def _to_cpu(t):
     t = t.detach()
-    return t.cpu() if t.device.type != "cpu" else t
+    return _compact(t.cpu() if t.device.type != "cpu" else t)
 
 
 def _detach(t):
     return t.detach()
+
+
+def _raw(value):
+    if not is_tensor(value):
+        return value
+    functorch = getattr(sys.modules["torch"]._C, "_functorch", None)
+    if functorch is not None and functorch.is_functorch_wrapped_tensor(value):
+        raise GetLocalError(
+            "convert='raw' keeps the tensor itself, and this one is a torch.func (vmap/grad) wrapper "
+            "that is invalid outside the transform; use convert='numpy', 'cpu' or 'device', which store "
+            "the whole batch"
+        )
+    return value
 
 
 _TENSOR_CONVERTERS = {"numpy": _to_numpy, "cpu": _to_cpu, "device": _detach}
@@ -54,13 +99,13 @@ def converter(mode: Union[str, Callable[[Any], Any]]) -> Callable[[Any], Any]:
     if callable(mode):
         return mode
     if mode == "raw":
-        return _identity
-    if mode not in _TENSOR_CONVERTERS:
+        return _raw
+    if not isinstance(mode, str) or mode not in _TENSOR_CONVERTERS:
         raise GetLocalError(
             f"activate(convert={mode!r}) is not a conversion; use one of "
             f"{', '.join(repr(m) for m in MODES)} or a callable that takes the value"
         )
-    on_tensor = _TENSOR_CONVERTERS[mode]
+    on_tensor = _outside_transforms(_TENSOR_CONVERTERS[mode])
 
     def convert(value):
         if isinstance(value, _PLAIN):
@@ -79,22 +124,41 @@ def converter(mode: Union[str, Callable[[Any], Any]]) -> Callable[[Any], Any]:
     return convert
 
 
-def _identity(value):
-    return value
+def storages(value) -> List[Tuple[Any, int]]:
+    """``[(storage id, bytes), ...]``: the memory that arrays and tensors inside ``value`` keep alive.
+
+    A view keeps its whole storage alive, so it counts the whole storage; two
+    views of one storage count it once. Other objects count nothing.
+    """
+    found: Dict[Any, int] = {}
+    pending = [value]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, _PLAIN):
+            continue
+        if isinstance(value, (list, tuple)):
+            pending += value
+        elif isinstance(value, dict):
+            pending += value.values()
+        else:
+            sid, size = _storage(value)
+            if size:
+                found[sid] = size
+    return list(found.items())
 
 
-def nbytes(value) -> int:
-    """Bytes held by arrays and tensors inside ``value`` (other objects count 0)."""
-    if isinstance(value, _PLAIN):
-        return 0
-    size = getattr(value, "nbytes", None)
-    if isinstance(size, int):
-        return size
-    tensor = _tensor_type()
-    if tensor is not None and isinstance(value, tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, (list, tuple)):
-        return sum(nbytes(v) for v in value)
-    if isinstance(value, dict):
-        return sum(nbytes(v) for v in value.values())
-    return 0
+def _storage(value) -> Tuple[Any, int]:
+    root = value
+    while getattr(root, "base", None) is not None and not is_tensor(root):  # numpy views
+        root = root.base
+    if is_tensor(root):
+        try:
+            storage = root.untyped_storage()
+            return ("tensor", str(storage.device), storage.data_ptr()), storage.nbytes()
+        except Exception:  # wrappers and meta tensors have no plain storage
+            return ("object", id(root)), root.numel() * root.element_size()
+    size = getattr(root, "nbytes", None)
+    if not isinstance(size, int):
+        size = getattr(value, "nbytes", None)
+        root = value
+    return ("object", id(root)), size if isinstance(size, int) else 0

@@ -1,6 +1,9 @@
 """``get_local``: the decorator, the switch, and the registry of instrumented functions."""
 import contextlib
 import inspect
+import itertools
+import secrets
+import sys
 import threading
 import types
 import warnings
@@ -17,6 +20,12 @@ _UNSUPPORTED_FLAGS = (
     (inspect.CO_ASYNC_GENERATOR, "an async generator function"),
     (inspect.CO_ITERABLE_COROUTINE, "a generator-based coroutine"),
 )
+
+
+# The deepest the recording path goes below an instrumented function's return (the
+# recorder, the bounds, a warning): activate() raises the recursion limit by this
+# much, so that a recursion that fits without getlocal still fits.
+_RECORDER_FRAMES = 16
 
 
 class _Target:
@@ -57,8 +66,12 @@ class GetLocal:
     def __init__(self):
         self._store = Store()
         self._targets: "weakref.WeakKeyDictionary[types.FunctionType, _Target]" = weakref.WeakKeyDictionary()
-        self._keys: Dict[str, "weakref.ref[_Target]"] = {}
+        # key -> weak references to the live functions recording under it (several only
+        # when a module was reloaded or a function redefined: they keep their key).
+        self._holders: Dict[str, List["weakref.ref"]] = {}
+        self._numbers: Dict[str, int] = {}  # qualname@module -> next #n to try
         self._active = False
+        self._raised_limit: Optional[int] = None  # the recursion limit activate() set
         self._lock = threading.RLock()
 
     # -- the decorator -----------------------------------------------------
@@ -105,7 +118,7 @@ class GetLocal:
             if target is None:
                 target = _Target(func, names, self._new_key(func))
                 self._targets[func] = target
-                self._keys[target.key] = weakref.ref(target)
+                self._hold(target.key, func)
             elif not set(names) <= set(target.names):
                 self._set_code(func, target, target.original)
                 target.names += tuple(n for n in names if n not in target.names)
@@ -118,17 +131,38 @@ class GetLocal:
         """The function's ``__qualname__``, else ``qualname@module``, else ``qualname@module#2``, ...
 
         A key is taken while a live function holds it or the cache still holds
-        entries under it, so two functions never share a list.
+        entries under it, so two functions never share a list; except that a
+        function redefined in its module (a reloaded module, a re-run notebook
+        cell) takes over the key of the one it replaces.
         """
-        base = func.__qualname__
-        candidates = [base, f"{base}@{func.__module__}"]
-        candidates += [f"{base}@{func.__module__}#{i}" for i in range(2, 10_000)]
-        for key in candidates:
-            ref = self._keys.get(key)
-            held = ref is not None and ref() is not None and ref().func() is not None
-            if not held and not self._store.cache.get(key):
+        base, module = func.__qualname__, func.__module__
+        scoped = f"{base}@{module}"
+        for key in (base, scoped):
+            holders = self._live_holders(key)
+            if any(_redefines(func, other, self._targets[other].original) for other in holders if other in self._targets):
                 return key
-        raise GetLocalError(f"too many live functions named {base}")  # pragma: no cover
+            if not holders and not self._store.cache.get(key):
+                return key
+        n = self._numbers.get(scoped, 2)
+        while self._live_holders(f"{scoped}#{n}") or self._store.cache.get(f"{scoped}#{n}"):
+            n += 1
+        self._numbers[scoped] = n + 1
+        return f"{scoped}#{n}"
+
+    def _live_holders(self, key) -> list:
+        return [f for f in (ref() for ref in self._holders.get(key, ())) if f is not None]
+
+    def _hold(self, key, func) -> None:
+        holders = self._holders
+
+        def forget(_, key=key):  # runs when func dies, possibly in another thread: no lock
+            alive = [ref for ref in holders.get(key, ()) if ref() is not None]
+            if alive:
+                holders[key] = alive
+            else:
+                holders.pop(key, None)
+
+        holders[key] = [ref for ref in holders.get(key, ()) if ref() is not None] + [weakref.ref(func, forget)]
 
     # -- switching -----------------------------------------------------------
 
@@ -151,9 +185,21 @@ class GetLocal:
         """
         with self._lock:
             self._store.configure(convert, max_calls, max_bytes)
+            if not self._active:
+                self._raise_recursion_limit()
             self._active = True
             for func, target in list(self._targets.items()):
                 self._instrument(func, target)
+            compiled = [t.key for t in self._targets.values() if _compile.compiled_already(t.original)]
+        if compiled:
+            warnings.warn(
+                f"getlocal: torch.compile already compiled {', '.join(compiled)} before get_local.activate(); "
+                "compiled code keeps running what it compiled, so those calls capture nothing. Call "
+                "torch.compiler.reset() after activate() (it recompiles on the next call), or activate "
+                "before the first compiled call",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def deactivate(self) -> None:
         """Stop capturing: every instrumented function gets its original code object back."""
@@ -161,6 +207,15 @@ class GetLocal:
             self._active = False
             for func, target in list(self._targets.items()):
                 self._set_code(func, target, target.original)
+            if self._raised_limit is not None and sys.getrecursionlimit() == self._raised_limit:
+                sys.setrecursionlimit(self._raised_limit - _RECORDER_FRAMES)
+            self._raised_limit = None
+
+    def _raise_recursion_limit(self) -> None:
+        """Give the recorder its own frames, so user code recurses as deep as without getlocal."""
+        limit = sys.getrecursionlimit() + _RECORDER_FRAMES
+        sys.setrecursionlimit(limit)
+        self._raised_limit = limit
 
     def is_active(self) -> bool:
         return self._active
@@ -189,7 +244,11 @@ class GetLocal:
             if target is None:
                 raise GetLocalError(f"{func.__qualname__} is not instrumented by get_local; nothing to remove")
             self._set_code(func, target, target.original)
-            self._keys.pop(target.key, None)
+            alive = [ref for ref in self._holders.get(target.key, ()) if ref() not in (None, func)]
+            if alive:
+                self._holders[target.key] = alive
+            else:
+                self._holders.pop(target.key, None)
 
     def _instrument(self, func, target: _Target) -> None:
         _compile.shield_recording_code()
@@ -231,6 +290,11 @@ class GetLocal:
         """``{key: [entry of call 1, entry of call 2, ...]}``; an entry is the value, or
         ``{name: value}`` when several names are captured."""
         return self._store.cache
+
+    def snapshot(self) -> Dict[str, List[Any]]:
+        """A copy of the cache taken under the store's lock: ``{key: [entries]}``, safe to iterate
+        while other threads keep calling instrumented functions."""
+        return self._store.snapshot()
 
     @property
     def calls(self) -> Dict[str, List[Call]]:
@@ -276,7 +340,52 @@ def _recorders(store: Store, target: _Target):
         def from_locals(frame_locals):
             record(frame_locals.get(owner_name), *[frame_locals.get(n, UNBOUND) for n in names])
 
-    return record, from_locals
+    return _RECORDERS.named(record), _RECORDERS.named(from_locals)
+
+
+class _Recorders:
+    """Every recorder a twin calls, reachable as ``getlocal._core._RECORDERS.<name>``.
+
+    Pickling an instrumented function by value (cloudpickle, as Ray and loky
+    do) pickles its code's constants, the recorders among them. Named here,
+    they pickle by reference; in a process that does not hold the recorder
+    the name resolves to a no-op, so the function unpickled there behaves as
+    its original and records nothing.
+    """
+
+    def __init__(self):
+        self._live: "weakref.WeakValueDictionary[str, Callable]" = weakref.WeakValueDictionary()
+        self._prefix = f"r{secrets.token_hex(6)}_"  # unique per process, so names never collide
+        self._count = itertools.count()
+
+    def named(self, func: Callable) -> Callable:
+        name = f"{self._prefix}{next(self._count)}"
+        func.__module__, func.__qualname__ = __name__, f"_RECORDERS.{name}"
+        self._live[name] = func
+        return func
+
+    def __getattr__(self, name):
+        if not name.startswith("r") or name.startswith("r_") or "_" not in name:
+            raise AttributeError(name)
+        return self.__dict__["_live"].get(name, _discard)
+
+
+def _discard(*args) -> None:
+    return None
+
+
+_RECORDERS = _Recorders()
+
+
+def _redefines(func, other, their_code) -> bool:
+    """Whether ``func`` is a new definition of ``other``: same module, name and source file, new code.
+
+    Closures made by one factory share their code object, and stay apart.
+    """
+    if func is other or func.__module__ != other.__module__ or func.__qualname__ != other.__qualname__:
+        return False
+    mine = func.__code__
+    return mine is not their_code and mine.co_filename == their_code.co_filename
 
 
 def _local_names(code) -> List[str]:

@@ -6,7 +6,7 @@ import weakref
 from collections import deque
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from ._convert import PLAIN_TYPES as _PLAIN_TYPES, converter, nbytes
+from ._convert import PLAIN_TYPES as _PLAIN_TYPES, converter, storages
 from ._errors import GetLocalError
 
 
@@ -38,20 +38,12 @@ class UnboundType:
 UNBOUND = UnboundType()
 
 
-class Store:
-    """Holds ``cache`` (key -> list of entries) and everything beside it."""
+class _Config:
+    """One configuration of the store, replaced whole so a recorder never sees half of one."""
 
-    def __init__(self):
-        self.cache: Dict[str, List[Any]] = {}
-        self.skipped: Dict[str, Dict[str, int]] = {}
-        self._meta: Dict[str, Tuple[list, list]] = {}  # key -> (the cache list, its Calls)
-        self._counter = itertools.count()
-        self._lock = threading.Lock()
-        self._order: deque = deque()  # (key, index, nbytes), oldest first; only with max_bytes
-        self._bytes = 0
-        self.configure("numpy", None, None)
+    __slots__ = ("convert", "mode", "plain", "max_calls", "max_bytes", "bounded")
 
-    def configure(self, convert, max_calls, max_bytes, trim=True):
+    def __init__(self, convert, max_calls, max_bytes):
         for name, limit in (("max_calls", max_calls), ("max_bytes", max_bytes)):
             if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
                 raise GetLocalError(f"activate({name}={limit!r}): give a positive integer, or None for no limit")
@@ -62,28 +54,78 @@ class Store:
         self.max_calls = max_calls
         self.max_bytes = max_bytes
         self.bounded = max_calls is not None or max_bytes is not None
-        self._warned = set()
-        if max_calls is not None and trim:  # a new bound applies to what is already held
-            for values, calls in self._meta.values():
-                del values[:-max_calls], calls[:-max_calls]
-        self._rebuild_order()
-        if max_bytes is not None and trim:
-            self._trim_bytes()
 
-    def _rebuild_order(self):
-        """Recount the bytes of what the cache holds, oldest first (only with max_bytes).
+
+class Store:
+    """Holds ``cache`` (key -> list of entries) and everything beside it."""
+
+    def __init__(self):
+        self.cache: Dict[str, List[Any]] = {}
+        self.skipped: Dict[str, Dict[str, int]] = {}
+        self._meta: Dict[str, Tuple[list, list]] = {}  # key -> (the cache list, its Calls)
+        self._counter = itertools.count()
+        self._lock = threading.Lock()
+        # Only with max_bytes: the memory entries keep alive, counted per storage, so that
+        # views of one tensor count its storage once and a small view of a big one counts it all.
+        self._order: deque = deque()  # (key, index) of held entries, oldest first
+        self._storages: Dict[Tuple[str, int], list] = {}  # (key, index) -> [(storage id, bytes)]
+        self._held: Dict[Any, list] = {}  # storage id -> [entries holding it, bytes]
+        self._bytes = 0
+        self._warned: set = set()
+        self._cfg = _Config("numpy", None, None)
+
+    mode = property(lambda self: self._cfg.mode)
+    max_calls = property(lambda self: self._cfg.max_calls)
+    max_bytes = property(lambda self: self._cfg.max_bytes)
+
+    def configure(self, convert, max_calls, max_bytes, trim=True):
+        cfg = _Config(convert, max_calls, max_bytes)  # raises before anything changes
+        with self._lock:
+            self._cfg = cfg
+            self._warned = set()
+            if max_calls is not None and trim:  # a new bound applies to what is already held
+                for values, calls in self._meta.values():
+                    del values[:-max_calls], calls[:-max_calls]
+            self._recount()
+            if max_bytes is not None and trim:
+                self._trim_bytes()
+
+    def _recount(self):
+        """Recount the storage bytes of what the cache holds (only with max_bytes).
 
         Lists the user took out of the cache by hand are forgotten here.
         """
         for key in [k for k, (values, _) in self._meta.items() if self.cache.get(k) is not values]:
             del self._meta[key]
-        order = []
-        if self.max_bytes is not None:
-            for key, (values, calls) in self._meta.items():
-                order += [(key, call[0], nbytes(value)) for call, value in zip(calls, values)]
-        order.sort(key=lambda item: item[1])
-        self._order = deque(order)
-        self._bytes = sum(item[2] for item in order)
+        self._order.clear()
+        self._storages.clear()
+        self._held.clear()
+        self._bytes = 0
+        if self._cfg.max_bytes is None:
+            return
+        held = [(call[0], key, value) for key, (values, calls) in self._meta.items() for call, value in zip(calls, values)]
+        for index, key, value in sorted(held, key=lambda item: item[0]):
+            self._hold(key, index, value)
+
+    def _hold(self, key, index, entry):
+        found = storages(entry)
+        self._order.append((key, index))
+        self._storages[(key, index)] = found
+        for sid, size in found:
+            slot = self._held.get(sid)
+            if slot is None:
+                self._held[sid] = [1, size]
+                self._bytes += size
+            else:
+                slot[0] += 1
+
+    def _release(self, key, index):
+        for sid, size in self._storages.pop((key, index), ()):
+            slot = self._held[sid]
+            slot[0] -= 1
+            if not slot[0]:
+                del self._held[sid]
+                self._bytes -= size
 
     # -- writing ---------------------------------------------------------
 
@@ -101,11 +143,12 @@ class Store:
         name0 = names[0]
 
         def record_one(owner, entry, converted=False):
+            cfg = self._cfg
             if not converted:
                 if entry is UNBOUND:
                     return skip(key, name0)
-                if type(entry) not in self.plain:
-                    entry = convert_one(key, name0, entry)
+                if type(entry) not in cfg.plain:
+                    entry = convert_one(cfg, key, name0, entry)
                     if entry is UNBOUND:
                         return None
             ref = ref_type(owner) if owner is not None and type(owner).__weakrefoffset__ else None
@@ -117,7 +160,7 @@ class Store:
                 index = next(counter)
                 slot[0].append(entry)
                 slot[1].append((index, ref))
-                if self.bounded:
+                if self._cfg.bounded:
                     self._bound(key, slot, index, entry)
             finally:
                 release()
@@ -127,13 +170,14 @@ class Store:
             return record_one
 
         def record_many(owner, *values):
+            cfg = self._cfg
             entry = {}
             for name, value in zip(names, values):
                 if value is UNBOUND:
                     skip(key, name)
                     continue
-                if type(value) not in self.plain:
-                    value = convert_one(key, name, value)
+                if type(value) not in cfg.plain:
+                    value = convert_one(cfg, key, name, value)
                     if value is UNBOUND:
                         continue
                 entry[name] = value
@@ -144,27 +188,25 @@ class Store:
 
     def _bound(self, key, slot, index, entry):
         values, calls = slot
-        while self.max_calls is not None and len(values) > self.max_calls:
-            self._warn_once("max_calls", f"max_calls={self.max_calls} reached for {key!r}")
-            dropped = values[0]
+        cfg = self._cfg
+        if cfg.max_bytes is not None:
+            self._hold(key, index, entry)
+        while cfg.max_calls is not None and len(values) > cfg.max_calls:
+            self._warn_once("max_calls", f"max_calls={cfg.max_calls} reached for {key!r}")
+            self._release(key, calls[0][0])
             del values[0], calls[0]
-            if self.max_bytes is not None:
-                self._bytes -= nbytes(dropped)
-                if len(self._order) > 2 * sum(len(m[0]) for m in self._meta.values()) + 64:
-                    self._rebuild_order()  # forget the records of entries max_calls dropped
-        if self.max_bytes is not None:
-            size = nbytes(entry)
-            self._order.append((key, index, size))
-            self._bytes += size
+        if cfg.max_bytes is not None:
+            if len(self._order) > 2 * len(self._storages) + 64:  # forget entries max_calls dropped
+                self._order = deque(item for item in self._order if item in self._storages)
             self._trim_bytes()
 
-    def _convert_one(self, key, name, value):
+    def _convert_one(self, cfg, key, name, value):
         try:
-            return self.convert(value)
+            return cfg.convert(value)
         except Exception as exc:  # a failed capture must never break the user's forward
             self._warn_once(
                 ("convert", key, name),
-                f"could not convert {key} local {name!r} ({type(value).__name__}): {exc!r}; "
+                f"could not convert {key} local {name!r} ({type(value).__name__}): {exc}; "
                 "it is skipped (choose another activate(convert=...))",
                 dropping=False,
             )
@@ -178,8 +220,8 @@ class Store:
             # First call, or the user cleared or replaced cache[key] by hand.
             values = self.cache[key] = values if values is not None and not values else []
             meta = self._meta[key] = (values, [])
-            if self.max_bytes is not None:
-                self._rebuild_order()  # what was taken out by hand no longer counts
+            if self._cfg.max_bytes is not None:
+                self._recount()  # what was taken out by hand no longer counts
         return meta
 
     def _skip(self, key, name):
@@ -189,13 +231,15 @@ class Store:
         return None
 
     def _trim_bytes(self):
-        while self._bytes > self.max_bytes and self._order:
-            key, index, size = self._order.popleft()
+        max_bytes = self._cfg.max_bytes
+        while self._bytes > max_bytes and self._order:
+            key, index = self._order.popleft()
             meta = self._meta.get(key)
-            if meta is not None and meta[1] and meta[1][0][0] == index:
-                self._warn_once("max_bytes", f"max_bytes={self.max_bytes} reached")
-                del meta[0][0], meta[1][0]
-                self._bytes -= size
+            if (key, index) not in self._storages or meta is None or not meta[1] or meta[1][0][0] != index:
+                continue
+            self._warn_once("max_bytes", f"max_bytes={max_bytes} reached")
+            self._release(key, index)
+            del meta[0][0], meta[1][0]
 
     def _warn_once(self, what, message, dropping=True):
         if what in self._warned:
@@ -209,20 +253,24 @@ class Store:
 
     def calls(self) -> Dict[str, List[Call]]:
         out = {}
-        for key, values in self.cache.items():
-            meta = self._meta.get(key)
-            if meta is None or meta[0] is not values or len(meta[1]) != len(values):
-                raise GetLocalError(
-                    f"get_local.cache[{key!r}] was changed by hand, so its provenance is lost; "
-                    "use get_local.clear() to empty the cache"
-                )
-            out[key] = [Call(index, ref) for index, ref in meta[1]]
+        with self._lock:
+            for key, values in self.cache.items():
+                meta = self._meta.get(key)
+                if meta is None or meta[0] is not values or len(meta[1]) != len(values):
+                    raise GetLocalError(
+                        f"get_local.cache[{key!r}] was changed by hand, so its provenance is lost; "
+                        "use get_local.clear() to empty the cache"
+                    )
+                out[key] = [Call(index, ref) for index, ref in meta[1]]
         return out
+
+    def snapshot(self) -> Dict[str, List[Any]]:
+        with self._lock:
+            return {key: list(values) for key, values in self.cache.items()}
 
     def clear(self):
         with self._lock:
             self.cache.clear()
             self.skipped.clear()
             self._meta.clear()
-            self._order.clear()
-            self._bytes = 0
+            self._recount()

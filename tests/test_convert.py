@@ -1,4 +1,8 @@
 """What the cache holds for torch tensors under each ``convert=`` mode, and torch.compile."""
+import gc
+import warnings
+import weakref
+
 import pytest
 
 from getlocal import get_local
@@ -178,3 +182,130 @@ def test_compiled_timm_vit_records_every_block_like_eager():
     for got, want in zip(compiled_maps, eager_maps):
         torch.testing.assert_close(got, want)
     assert [c.owner for c in get_local.calls["Attention.forward"]] == [b.attn for b in model.blocks]
+
+
+# -- memory the cache keeps alive ------------------------------------------------
+
+
+@get_local("row")
+def first_row(big):
+    row = big[:1]
+    return 0
+
+
+def test_max_bytes_counts_the_whole_storage_a_kept_view_holds():
+    bigs = [torch.zeros(256, 1024) for _ in range(10)]  # 1 MiB each; a row of one is 4 KiB
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with get_local.capture("device", max_bytes=3 * 2**20):
+            for big in bigs:
+                first_row(big)
+    kept = get_local.cache["first_row"]
+    assert [row.data_ptr() for row in kept] == [big.data_ptr() for big in bigs[-3:]]
+
+
+def test_views_of_one_storage_count_it_once():
+    big = torch.zeros(256, 1024)
+    with get_local.capture("device", max_bytes=2**20 + 1):
+        for _ in range(5):
+            first_row(big)
+    assert len(get_local.cache["first_row"]) == 5
+
+
+@pytest.mark.parametrize("mode", ["numpy", "cpu"])
+def test_copying_modes_keep_only_the_view_not_the_tensor_it_views(mode):
+    big = torch.zeros(256, 1024)
+    alive = weakref.ref(big)
+    with get_local.capture(mode, max_bytes=2**20):
+        for _ in range(10):
+            first_row(big)
+    del big
+    gc.collect()
+    assert alive() is None
+    assert len(get_local.cache["first_row"]) == 10
+
+
+# -- torch.func transforms -----------------------------------------------------
+
+
+@get_local("doubled")
+def double_and_sum(x):
+    doubled = x * 2
+    return doubled.sum()
+
+
+@pytest.mark.parametrize("mode", ["numpy", "cpu", "device"])
+def test_vmap_stores_the_whole_batch_as_a_real_value(mode):
+    x = torch.arange(6.0).reshape(3, 2)
+    with get_local.capture(mode):
+        out = torch.func.vmap(double_and_sum)(x)
+    torch.testing.assert_close(out, torch.tensor([2.0, 10.0, 18.0]))
+    (entry,) = get_local.cache["double_and_sum"]
+    got = torch.as_tensor(entry)
+    assert got.shape == (3, 2)
+    torch.testing.assert_close(got + 0, x * 2)  # a real tensor: arithmetic works outside vmap
+
+
+def test_vmap_over_a_later_dimension_stores_the_batch_first():
+    x = torch.arange(6.0).reshape(2, 3)
+    with get_local.capture("cpu"):
+        torch.func.vmap(double_and_sum, in_dims=1)(x)
+    torch.testing.assert_close(get_local.cache["double_and_sum"][0], (x * 2).T)
+
+
+def test_grad_stores_the_real_value():
+    with get_local.capture("numpy"):
+        grad = torch.func.grad(double_and_sum)(torch.ones(2))
+    torch.testing.assert_close(grad, torch.full((2,), 2.0))
+    np.testing.assert_array_equal(get_local.cache["double_and_sum"][0], [2.0, 2.0])
+
+
+def test_raw_mode_refuses_a_vmap_wrapper_and_the_call_still_returns():
+    with pytest.warns(RuntimeWarning, match="raw.*vmap"):
+        with get_local.capture("raw"):
+            out = torch.func.vmap(double_and_sum)(torch.ones(3, 2))
+    torch.testing.assert_close(out, torch.full((3,), 4.0))
+    assert "double_and_sum" not in get_local.cache
+    assert get_local.skipped == {"double_and_sum": {"doubled": 1}}
+
+
+# -- torch.compile before activate ---------------------------------------------
+
+
+class _Scaled(torch.nn.Module):
+    def forward(self, x):
+        attn = x.softmax(-1)
+        return attn * 2
+
+
+def test_compiling_before_activate_warns_and_reset_makes_capture_work():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), _Scaled())
+    compiled = torch.compile(model, backend="eager")
+    x = torch.ones(2, 4)
+    compiled(x)
+    get_local("attn")(_Scaled.forward)
+    try:
+        with pytest.warns(RuntimeWarning, match=r"_Scaled\.forward before get_local\.activate\(\).*torch\.compiler\.reset"):
+            get_local.activate()
+        compiled(x)
+        assert "_Scaled.forward" not in get_local.cache  # what the warning is about
+        torch.compiler.reset()
+        compiled(x)
+        assert len(get_local.cache["_Scaled.forward"]) == 1
+    finally:
+        get_local.remove(_Scaled.forward)
+        torch.compiler.reset()
+
+
+def test_activating_before_compiling_does_not_warn():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), _Scaled())
+    get_local("attn")(_Scaled.forward)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            get_local.activate()
+        torch.compile(model, backend="eager")(torch.ones(2, 4))
+        assert len(get_local.cache["_Scaled.forward"]) == 1
+    finally:
+        get_local.remove(_Scaled.forward)
+        torch.compiler.reset()

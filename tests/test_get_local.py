@@ -2,6 +2,8 @@
 import functools
 import gc
 import inspect
+import subprocess
+import sys
 import threading
 import types
 import warnings
@@ -291,6 +293,123 @@ def test_key_with_entries_left_in_the_cache_is_not_given_to_another_function():
     get_local.clear()
     third = get_local("attn")(make_forward())
     assert get_local.key_of(third) == "make_forward.<locals>.forward"
+
+
+def test_thousands_of_live_namesakes_each_get_their_own_key():
+    funcs = [get_local("attn")(make_forward()) for _ in range(12_000)]
+    keys = [get_local.key_of(f) for f in funcs]
+    assert len(set(keys)) == len(funcs)
+    assert keys[:3] == [
+        "make_forward.<locals>.forward",
+        f"make_forward.<locals>.forward@{__name__}",
+        f"make_forward.<locals>.forward@{__name__}#2",
+    ]
+
+
+def test_keys_of_dead_functions_are_freed():
+    for _ in range(50):
+        get_local("attn")(make_forward())
+    gc.collect()
+    assert not any(k.startswith("make_forward") for k in get_local.functions())
+    assert not any(k.startswith("make_forward") for k in get_local._holders)
+
+
+def test_a_reloaded_module_keeps_its_functions_keys(tmp_path, monkeypatch):
+    import importlib
+
+    (tmp_path / "reloaded_attention.py").write_text(
+        "class Attention:\n    def forward(self, x):\n        attn = x * 2\n        return attn\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("reloaded_attention")
+    try:
+        old = module.Attention.forward
+        get_local("attn")(old)
+        get_local.activate(convert="raw")
+        module.Attention().forward(1)
+        module = importlib.reload(module)
+        get_local("attn")(module.Attention.forward)
+        module.Attention().forward(10)
+        assert get_local.key_of(module.Attention.forward) == get_local.key_of(old) == "Attention.forward"
+        assert get_local.cache == {"Attention.forward": [2, 20]}
+    finally:
+        get_local.remove(old)
+        get_local.remove(module.Attention.forward)
+        sys.modules.pop("reloaded_attention", None)
+
+
+def test_an_instrumented_function_pickled_by_value_runs_as_its_original_elsewhere():
+    cloudpickle = pytest.importorskip("cloudpickle")
+    namespace = {"__name__": "__main__"}  # __main__ functions are pickled by value
+    exec("def forward(x):\n    attn = x * 2\n    return attn + 1\n", namespace)
+    forward = get_local("attn")(namespace["forward"])
+    try:
+        get_local.activate()
+        data = cloudpickle.dumps(forward)
+        assert cloudpickle.loads(data)(3) == 7
+        elsewhere = subprocess.run(
+            [sys.executable, "-c", "import pickle, sys; print(pickle.loads(sys.stdin.buffer.read())(5))"],
+            input=data, capture_output=True, timeout=120,
+        )
+        assert elsewhere.returncode == 0, elsewhere.stderr.decode()
+        assert elsewhere.stdout.decode().strip() == "11"
+        assert get_local.cache == {"forward": [6]}
+    finally:
+        get_local.remove(forward)
+
+
+def _deepest(func) -> int:
+    lo, hi = 1, 100_000
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        try:
+            func(mid)
+            lo = mid
+        except RecursionError:
+            hi = mid - 1
+    return lo
+
+
+@pytest.mark.parametrize("bounds", [{}, {"max_calls": 2}, {"max_calls": 2, "max_bytes": 10}])
+def test_recursion_goes_as_deep_as_without_getlocal(bounds):
+    def countdown(n):
+        attn = n
+        if n == 0:
+            return attn
+        return countdown(n - 1)
+
+    plain = _deepest(countdown)
+    get_local("attn")(countdown)
+    limit = sys.getrecursionlimit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with get_local.capture(**bounds):
+            assert _deepest(countdown) >= plain
+    assert sys.getrecursionlimit() == limit
+
+
+def test_snapshot_is_consistent_while_threads_record():
+    forward = get_local("attn")(make_forward())
+    get_local.activate(convert="raw")
+    stop = threading.Event()
+
+    def work():
+        while not stop.is_set():
+            forward(None, 1)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(200):
+            snap = get_local.snapshot()
+            assert all(v == 2 for values in snap.values() for v in values)
+            get_local.clear()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert isinstance(get_local.snapshot(), dict)
 
 
 # -- bad use -------------------------------------------------------------------
