@@ -62,9 +62,8 @@ _ADAPTER = _common._adapter(_ViT())
 def activate(model=None, *, convert="numpy", max_calls: Optional[int] = None, max_bytes: Optional[int] = None) -> None:
     """Capture the attention map of every timm ViT block from now on.
 
-    ``model`` is switched to the non-fused path if given, otherwise every timm
-    attention block alive in the process is; models built later are built
-    non-fused. ``convert``, ``max_calls`` and ``max_bytes`` go to ``get_local.activate``.
+    ``model`` is switched to the non-fused path if given, otherwise every model
+    is switched at its first call; models built later are built non-fused. ``convert``, ``max_calls`` and ``max_bytes`` go to ``get_local.activate``.
     """
     _ADAPTER.activate(model, convert, max_calls, max_bytes)
 
