@@ -2,10 +2,11 @@
 import weakref
 
 import pytest
+from required import import_or_skip, skip_unless
 
-torch = pytest.importorskip("torch")
-timm = pytest.importorskip("timm")
-transformers = pytest.importorskip("transformers")
+torch = import_or_skip("vit", "torch")
+timm = import_or_skip("vit", "timm")
+transformers = import_or_skip("openvla", "transformers")
 
 from getlocal import get_local  # noqa: E402
 from getlocal.adapters import openvla, paligemma, tiny, vit  # noqa: E402
@@ -64,6 +65,8 @@ def test_openvla_activated_without_a_model_captures_beside_dead_weak_proxies(hos
 
 
 def test_paligemma_activated_without_a_model_captures_beside_dead_weak_proxies(hostile_heap):
+    skip_unless("paligemma", hasattr(transformers, "PaliGemmaConfig"),
+                f"transformers {transformers.__version__} has no PaliGemma (added in 4.41)")
     model = tiny.pi0()
     images, ids, state = tiny.pi0_inputs(model, cameras=1)
     paligemma.activate()
