@@ -14,7 +14,8 @@ import sys
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from getlocal import GetLocalError, get_local
+from getlocal import GetLocalError, _check, get_local
+from getlocal._convert import MODES
 from getlocal.maps import AttentionMap, AttentionMaps, Segment, TokenLayout
 
 _MISSING = object()
@@ -138,11 +139,17 @@ class _Adapter:
         self._checked: "weakref.WeakSet" = weakref.WeakSet()  # roots whose outermost holder is known (and in here)
         self._prepared: "weakref.WeakSet" = weakref.WeakSet()
         self._wants_live = False  # activated without a model: switch every model at its first call
+        self.used = False  # activated at least once: collect() has something to look at
 
     # -- switching -------------------------------------------------------
 
     def activate(self, model=None, convert="numpy", max_calls=None, max_bytes=None) -> None:
         global _STARTED_CAPTURE
+        _model(model)
+        if not callable(convert):
+            _check.choice("convert", convert, MODES)
+        _check.integer("max_calls", max_calls, low=1, high=None, optional=True)
+        _check.integer("max_bytes", max_bytes, low=1, high=None, optional=True)
         if not self.active:
             known = set(get_local.functions().values())
             for func, local in self.spec.targets():
@@ -155,7 +162,7 @@ class _Adapter:
             self._watch_new_models()
             if not any(a.active for a in _ADAPTERS):
                 _STARTED_CAPTURE = not get_local.is_active()
-            self.active = True
+            self.active = self.used = True
         if model is not None:
             self._roots.add(model)
             self.prepare(model)
@@ -245,6 +252,18 @@ class _Adapter:
     # -- labelling ---------------------------------------------------------
 
     def collect(self, model=None, **options) -> AttentionMaps:
+        _model(model)
+        cameras = options.get("cameras")
+        if cameras is not None and (isinstance(cameras, str) or not isinstance(cameras, (list, tuple))
+                                    or not all(isinstance(c, str) and c for c in cameras)):
+            raise _check.ArgumentTypeError(f"cameras must be a list of camera names (str); got {_check._show(cameras)}")
+        if "state_tokens" in options:
+            _check.integer("state_tokens", options["state_tokens"], low=0)
+        if not self.used:
+            name = self.spec.name
+            raise GetLocalError(
+                f"{name}.collect(): the {name} adapter was never activated, so nothing was captured; "
+                f"call {name}.activate() (or {name}.activate(model)) before running the model")
         entries = self._entries()
         if not entries:
             return AttentionMaps()
@@ -304,6 +323,16 @@ class _Adapter:
                 self._roots.add(root)
                 add(root)
         return names
+
+
+def _model(model) -> None:
+    """``model`` is None or a torch module (probed through type(): the argument may be anything)."""
+    if model is None:
+        return
+    torch = sys.modules.get("torch")
+    if torch is None or not issubclass(type(model), torch.nn.Module):
+        raise _check.ArgumentTypeError(
+            f"model must be a torch.nn.Module (the model, or torch.compile(model)) or None; got {_check._show(model)}")
 
 
 _ADAPTERS: List[_Adapter] = []

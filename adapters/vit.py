@@ -88,6 +88,7 @@ def is_active() -> bool:
 
 def patch_size(model) -> Optional[int]:
     """The side of one patch in pixels (``16`` for ``vit_small_patch16_224``), or None if unknown."""
+    _common._model(model)
     size = getattr(getattr(model, "patch_embed", None), "patch_size", None)
     if isinstance(size, (tuple, list)) and size:
         return int(size[0])

@@ -103,3 +103,14 @@ def test_a_compiled_model_is_captured_when_activated_without_a_model():
     assert torch.allclose(got, want, atol=1e-5), float((got - want).abs().max())
     assert [m.path for m in vit.collect(model)] == ["blocks.0.attn", "blocks.1.attn"]
     assert get_local.is_active()
+
+
+@pytest.mark.parametrize("adapter", [vit, openvla, paligemma], ids=lambda a: a.__name__.rsplit(".", 1)[-1])
+def test_collect_of_an_adapter_never_activated_says_to_activate_it(adapter):
+    from getlocal import GetLocalError
+    from getlocal.adapters import _common
+
+    never = _common._Adapter(type(adapter._ADAPTER.spec)())  # a fresh adapter: the module's may have run already
+    name = never.spec.name
+    with pytest.raises(GetLocalError, match=rf"the {name} adapter was never activated.*call {name}\.activate\(\)"):
+        never.collect()
