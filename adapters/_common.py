@@ -11,11 +11,11 @@ import gc
 import math
 import re
 import sys
-import warnings
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from getlocal import GetLocalError, get_local
+from getlocal import GetLocalError, _check, get_local
+from getlocal._convert import MODES
 from getlocal.maps import AttentionMap, AttentionMaps, Segment, TokenLayout
 
 _MISSING = object()
@@ -138,11 +138,18 @@ class _Adapter:
         self._roots: "weakref.WeakSet" = weakref.WeakSet()  # models we were given or saw being built
         self._checked: "weakref.WeakSet" = weakref.WeakSet()  # roots whose outermost holder is known (and in here)
         self._prepared: "weakref.WeakSet" = weakref.WeakSet()
+        self._wants_live = False  # activated without a model: switch every model at its first call
+        self.used = False  # activated at least once: collect() has something to look at
 
     # -- switching -------------------------------------------------------
 
     def activate(self, model=None, convert="numpy", max_calls=None, max_bytes=None) -> None:
         global _STARTED_CAPTURE
+        _model(model)
+        if not callable(convert):
+            _check.choice("convert", convert, MODES)
+        _check.integer("max_calls", max_calls, low=1, high=None, optional=True)
+        _check.integer("max_bytes", max_bytes, low=1, high=None, optional=True)
         if not self.active:
             known = set(get_local.functions().values())
             for func, local in self.spec.targets():
@@ -155,11 +162,12 @@ class _Adapter:
             self._watch_new_models()
             if not any(a.active for a in _ADAPTERS):
                 _STARTED_CAPTURE = not get_local.is_active()
-            self.active = True
+            self.active = self.used = True
         if model is not None:
             self._roots.add(model)
             self.prepare(model)
         else:
+            self._wants_live = True
             self._prepare_live_modules()
         get_local.activate(convert, max_calls=max_calls, max_bytes=max_bytes)
 
@@ -174,7 +182,9 @@ class _Adapter:
                 pass
         self._added.clear()
         self.active = False
+        self._wants_live = False
         self._unwatch_new_models()
+        self._unwatch_live_modules()
         if _STARTED_CAPTURE and not any(a.active for a in _ADAPTERS):
             get_local.deactivate()  # the last adapter turns off what the first turned on
         self._prepared = weakref.WeakSet()
@@ -186,20 +196,26 @@ class _Adapter:
                 self._prepared.add(module)
 
     def _prepare_live_modules(self) -> None:
-        """Switch the models that already exist: every module of the right kind still alive."""
+        """Switch the models that already exist, each at its first call.
+
+        Nothing lists the models of a process except the whole heap, which is slow
+        and holds objects that break on any probe (a dead ``weakref.proxy`` left by
+        torch.compile). A global forward pre-hook sees each model as it is called,
+        before any of its modules runs: the outermost module called is switched
+        whole, so the mask is built for eager attention too.
+        """
+        global _LIVE_HOOK
         torch = sys.modules.get("torch")
-        if torch is None:
+        if torch is None or _LIVE_HOOK is not None:
             return
-        module_type = torch.nn.Module
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # isinstance() on some lazy objects warns
-            modules = [obj for obj in gc.get_objects() if isinstance(obj, module_type)]
-        for module in modules:
-            if module not in self._prepared:
-                self.spec.prepare_module(module, self._undo, False)
-                self._prepared.add(module)
-                if _is_pretrained(module):
-                    self._roots.add(module)
+        _LIVE_HOOK = torch.nn.modules.module.register_module_forward_pre_hook(_prepare_on_call)
+
+    @staticmethod
+    def _unwatch_live_modules() -> None:
+        global _LIVE_HOOK
+        if _LIVE_HOOK is not None and not any(a.active and a._wants_live for a in _ADAPTERS):
+            _LIVE_HOOK.remove()
+            _LIVE_HOOK = None
 
     def _watch_new_models(self) -> None:
         """Switch models built from now on (``from_pretrained`` included) as their ``post_init`` ends.
@@ -236,6 +252,18 @@ class _Adapter:
     # -- labelling ---------------------------------------------------------
 
     def collect(self, model=None, **options) -> AttentionMaps:
+        _model(model)
+        cameras = options.get("cameras")
+        if cameras is not None and (isinstance(cameras, str) or not isinstance(cameras, (list, tuple))
+                                    or not all(isinstance(c, str) and c for c in cameras)):
+            raise _check.ArgumentTypeError(f"cameras must be a list of camera names (str); got {_check._show(cameras)}")
+        if "state_tokens" in options:
+            _check.integer("state_tokens", options["state_tokens"], low=0)
+        if not self.used:
+            name = self.spec.name
+            raise GetLocalError(
+                f"{name}.collect(): the {name} adapter was never activated, so nothing was captured; "
+                f"call {name}.activate() (or {name}.activate(model)) before running the model")
         entries = self._entries()
         if not entries:
             return AttentionMaps()
@@ -297,9 +325,36 @@ class _Adapter:
         return names
 
 
+def _model(model) -> None:
+    """``model`` is None or a torch module (probed through type(): the argument may be anything)."""
+    if model is None:
+        return
+    torch = sys.modules.get("torch")
+    if torch is None or not issubclass(type(model), torch.nn.Module):
+        raise _check.ArgumentTypeError(
+            f"model must be a torch.nn.Module (the model, or torch.compile(model)) or None; got {_check._show(model)}")
+
+
 _ADAPTERS: List[_Adapter] = []
+_LIVE_HOOK = None  # the handle of the global forward pre-hook while an adapter waits for live models
 _ORIGINAL_POST_INIT = None  # PreTrainedModel.post_init while an adapter has it wrapped
 _STARTED_CAPTURE = False  # whether the first adapter to activate turned get_local on
+
+
+def _prepare_on_call(module, args) -> None:
+    """The global forward pre-hook: switch a model not yet seen before it runs."""
+    if _compiling():  # inside a graph being traced; the OptimizedModule around it was switched in eager
+        return
+    for adapter in _ADAPTERS:
+        if adapter.active and adapter._wants_live and module not in adapter._prepared:
+            adapter.prepare(module)
+            adapter._roots.add(module)
+
+
+def _compiling() -> bool:
+    compiler = getattr(sys.modules.get("torch"), "compiler", None)
+    is_compiling = getattr(compiler, "is_compiling", None)
+    return bool(is_compiling and is_compiling())
 
 
 def _adapter(spec: _Spec) -> _Adapter:
@@ -470,18 +525,17 @@ def _roots_of(modules) -> list:
     """The outermost modules holding ``modules``, found by one pass over the garbage collector's objects.
 
     Slow on a big process (it looks at every object), so collect() does it only
-    for models it was neither given nor saw being built.
+    for models it was neither given nor saw being built. Each object is probed
+    through ``type()`` only: ``isinstance`` reads ``__class__``, which raises on a
+    dead ``weakref.proxy`` and runs arbitrary code on other objects.
     """
-    torch = sys.modules["torch"]
-    module_type = torch.nn.Module
+    module_type = sys.modules["torch"].nn.Module
     parent: Dict[int, Any] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # isinstance() on some lazy objects warns
-        for obj in gc.get_objects():
-            if isinstance(obj, module_type):
-                for child in obj._modules.values():
-                    if child is not None:
-                        parent[id(child)] = obj
+    for obj in gc.get_objects():
+        if issubclass(type(obj), module_type):
+            for child in obj._modules.values():
+                if child is not None:
+                    parent[id(child)] = obj
     roots = {}
     for module in modules:
         while id(module) in parent:
@@ -496,11 +550,6 @@ def _roots_of(modules) -> list:
 def _pretrained_class():
     modeling_utils = sys.modules.get("transformers.modeling_utils")
     return getattr(modeling_utils, "PreTrainedModel", None)
-
-
-def _is_pretrained(obj) -> bool:
-    cls = _pretrained_class()
-    return cls is not None and isinstance(obj, cls)
 
 
 def _set_eager(config, model_types: Sequence[str], undo: _Undo, seen=None) -> None:

@@ -118,7 +118,7 @@ def activate(model=None, *, convert="numpy", max_calls: Optional[int] = None, ma
 
     Call it before the model is loaded (models built later are switched as
     they are built), or after: ``model`` is switched if given, otherwise every
-    timm ViT and Llama model alive in the process is. ``convert``,
+    model is switched at its first call (``torch.compile(model)`` included). ``convert``,
     ``max_calls`` and ``max_bytes`` go to ``get_local.activate``.
     """
     _ADAPTER.activate(model, convert, max_calls, max_bytes)

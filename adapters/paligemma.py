@@ -89,8 +89,8 @@ def activate(model=None, *, convert="numpy", max_calls: Optional[int] = None, ma
     """Capture every attention map of PaliGemma (and Pi0's expert) from now on.
 
     Call it before the model is loaded or after: ``model`` is switched to eager
-    attention if given, otherwise every SigLIP/Gemma model alive in the process
-    is, and models built later are switched as they are built. ``convert``,
+    attention if given, otherwise every model is switched at its first call,
+    and models built later are switched as they are built. ``convert``,
     ``max_calls`` and ``max_bytes`` go to ``get_local.activate``.
     """
     _ADAPTER.activate(model, convert, max_calls, max_bytes)

@@ -62,9 +62,8 @@ _ADAPTER = _common._adapter(_ViT())
 def activate(model=None, *, convert="numpy", max_calls: Optional[int] = None, max_bytes: Optional[int] = None) -> None:
     """Capture the attention map of every timm ViT block from now on.
 
-    ``model`` is switched to the non-fused path if given, otherwise every timm
-    attention block alive in the process is; models built later are built
-    non-fused. ``convert``, ``max_calls`` and ``max_bytes`` go to ``get_local.activate``.
+    ``model`` is switched to the non-fused path if given, otherwise every model
+    is switched at its first call; models built later are built non-fused. ``convert``, ``max_calls`` and ``max_bytes`` go to ``get_local.activate``.
     """
     _ADAPTER.activate(model, convert, max_calls, max_bytes)
 
@@ -89,6 +88,7 @@ def is_active() -> bool:
 
 def patch_size(model) -> Optional[int]:
     """The side of one patch in pixels (``16`` for ``vit_small_patch16_224``), or None if unknown."""
+    _common._model(model)
     size = getattr(getattr(model, "patch_embed", None), "patch_size", None)
     if isinstance(size, (tuple, list)) and size:
         return int(size[0])

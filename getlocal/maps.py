@@ -22,11 +22,15 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from . import _check
 from ._errors import GetLocalError
 
 #: Token kinds that the adapters write. ``image`` segments carry a ``grid``
 #: (and a ``camera`` when a sequence holds several images).
 KINDS = ("cls", "register", "image", "bos", "text", "generated", "state", "action", "context")
+#: Towers and phases that the adapters write; ``select`` rejects other names as typos.
+TOWERS = ("dinov2", "siglip", "llm", "vision", "language", "expert", "vit")
+PHASES = ("encode", "prefill", "decode", "prefix", "denoise")
 
 
 @dataclass(frozen=True)
@@ -86,10 +90,13 @@ class TokenLayout:
 
     def find(self, kind: Optional[str] = None, camera: Optional[str] = None) -> List[Segment]:
         """The segments of ``kind`` (any kind if None), of ``camera`` if given."""
+        _check.choice("kind", kind, KINDS, optional=True)
+        _check.text("camera", camera, optional=True)
         return [s for s in self.segments if (kind is None or s.kind == kind) and (camera is None or s.camera == camera)]
 
     def indices(self, kind: str, camera: Optional[str] = None) -> np.ndarray:
         """Positions of every token of ``kind`` (e.g. ``'text'``), as an index array."""
+        _check.choice("kind", kind, KINDS)
         found = self.find(kind, camera)
         if not found:
             return np.zeros(0, dtype=np.int64)
@@ -109,18 +116,28 @@ class TokenLayout:
         The last axis may also be the whole sequence; the image tokens are then taken out first.
         """
         seg = self._image_segment(camera)
+        if isinstance(values, (list, tuple)):
+            values = np.asarray(values)
+        if not hasattr(type(values), "shape") or not hasattr(type(values), "reshape") or len(values.shape) == 0:
+            raise _check.ArgumentTypeError(
+                f"to_grid(values={_check._show(values)}): values must be an array whose last axis holds "
+                f"the {len(seg)} image tokens (or the whole sequence of {len(self)})")
         n = values.shape[-1]
         if n == len(self) and n != len(seg):
             values = values[..., seg.slice]
         elif n != len(seg):
             raise GetLocalError(
-                f"to_grid: the last axis has {n} entries; give the {len(seg)} image tokens of "
+                f"to_grid: the last axis of values has {n} entries; give the {len(seg)} image tokens of "
                 f"{seg.camera or 'the image'} (layout.image()) or the whole sequence of {len(self)}"
             )
         return values.reshape(values.shape[:-1] + tuple(seg.grid))
 
     def window(self, start: int, stop: int) -> "TokenLayout":
         """The layout of positions ``[start, stop)``, renumbered from 0 (e.g. the queries of a decode step)."""
+        start = _check.integer("start", start, low=0, high=None)
+        stop = _check.integer("stop", stop, low=0, high=None)
+        if stop < start:
+            raise _check.ArgumentError(f"window(start={start}, stop={stop}): stop must not be before start")
         out = []
         for s in self.segments:
             a, b = max(s.start, start), min(s.stop, stop)
@@ -134,9 +151,15 @@ class TokenLayout:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "TokenLayout":
-        return cls([Segment(d["kind"], d["start"], d["stop"], d.get("camera"),
-                            tuple(d["grid"]) if d.get("grid") is not None else None)
-                    for d in data["segments"]])
+        try:
+            segments = [Segment(d["kind"], d["start"], d["stop"], d.get("camera"),
+                                tuple(d["grid"]) if d.get("grid") is not None else None)
+                        for d in data["segments"]]
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise _check.ArgumentError(
+                f"data must be what TokenLayout.to_dict() returns, {{'segments': [{{'kind', 'start', 'stop', ...}}]}}; "
+                f"got {_check._show(data)} ({type(exc).__name__}: {exc})") from None
+        return cls(segments)
 
     def __repr__(self):
         parts = []
@@ -147,6 +170,7 @@ class TokenLayout:
         return f"TokenLayout({', '.join(parts)})"
 
     def _image_segment(self, camera):
+        _check.text("camera", camera, optional=True)
         found = self.find("image", camera)
         if len(found) == 1:
             return found[0]
@@ -194,6 +218,9 @@ class AttentionMap:
         ``camera`` picks the image when ``key`` (or ``query``) is ``'image'`` and there are several.
         Returns ``array[..., query positions, :][..., key positions]``.
         """
+        _check.choice("query", query, KINDS)
+        _check.choice("key", key, KINDS)
+        _check.text("camera", camera, optional=True)
         q = self.queries.indices(query, camera if query == "image" else None)
         k = self.keys.indices(key, camera if key == "image" else None)
         return self.array[..., q, :][..., k]
@@ -233,10 +260,24 @@ class AttentionMaps(Sequence):
 
     def select(self, *, tower: Optional[Union[str, Sequence[str]]] = None, layer=None, step=None,
                phase=None, path=None) -> "AttentionMaps":
-        """The maps whose labels match; each argument is a value or a list of accepted values."""
-        wanted = {"tower": tower, "layer": layer, "step": step, "phase": phase, "path": path}
-        wanted = {k: (set(v) if isinstance(v, (list, tuple, set, frozenset, range)) else {v})
-                  for k, v in wanted.items() if v is not None}
+        """The maps whose labels match; each argument is a value or a list of accepted values.
+
+        A tower or phase that no adapter writes (a typo) raises, naming the valid ones.
+        """
+        wanted = {}
+        for name, value in {"tower": tower, "layer": layer, "step": step, "phase": phase, "path": path}.items():
+            if value is None:
+                continue
+            values = list(value) if isinstance(value, (list, tuple, set, frozenset, range)) else [value]
+            known = {"tower": TOWERS + tuple(self.towers), "phase": PHASES}.get(name)
+            for v in values:
+                if known is not None:
+                    _check.choice(name, v, dict.fromkeys(known))
+                elif name == "path":
+                    _check.text(name, v)
+                else:
+                    _check.integer(name, v, high=None)
+            wanted[name] = set(values)
         maps = [m for m in self.maps if all(getattr(m, k) in v for k, v in wanted.items())]
         return AttentionMaps(maps, self.layouts)
 

@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import _check
 from ._convert import converter
 
 #: A head is labelled after its largest pattern score when that score reaches
@@ -113,7 +114,10 @@ def _image_positions(image_tokens, k: int, name: str = "image_tokens"):
                 raise ValueError(f"{name}={image_tokens!r} selects no token of the {k} keys")
             return slice(start, stop)
         image_tokens = np.arange(start, stop, step)
-    idx = np.asarray(image_tokens)
+    try:
+        idx = np.asarray(image_tokens)
+    except Exception:  # noqa: BLE001 - anything numpy cannot read is the same mistake
+        idx = np.zeros(0, dtype=object)
     if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
         raise ValueError(
             f"{name} must be a slice, a (start, stop) pair or a 1-D array of token positions; got {image_tokens!r}"
@@ -126,6 +130,14 @@ def _image_positions(image_tokens, k: int, name: str = "image_tokens"):
     if np.all(np.diff(idx) == 1):
         return slice(int(idx[0]), int(idx[-1]) + 1)
     return idx
+
+
+def _radius(radius) -> int:
+    return _check.integer("radius", radius, low=0, high=64)  # (2r+1)^2 offsets per head; 64 is past any grid
+
+
+def _patch_size(patch_size):
+    return _check.number("patch_size", patch_size, low=0, high=_check.HUGE, low_open=True, optional=True)
 
 
 def _count(positions) -> int:
@@ -141,8 +153,8 @@ def _grid(grid, n: int, image_tokens=None) -> Tuple[int, int]:
             if image_tokens is None and math.isqrt(n - 1) ** 2 == n - 1:
                 hint = f" (if token 0 is a class token, pass image_tokens=slice(1, {n}))"
             raise ValueError(
-                f"grid=None but the {n} image tokens are not a square number, so the grid cannot be "
-                f"inferred; pass grid=(h, w) with h * w == {n}{hint}"
+                f"grid=None but the {n} image tokens (image_tokens={image_tokens!r}) are not a square number, "
+                f"so the grid cannot be inferred; pass grid=(h, w) with h * w == {n}{hint}"
             )
         return side, side
     try:
@@ -251,8 +263,7 @@ def offset_profile(attn, *, max_offset: Optional[int] = None) -> Tuple[np.ndarra
     if max_offset is None:
         offsets = np.arange(-(k - 1), q)
     else:
-        if int(max_offset) < 0:
-            raise ValueError(f"max_offset must be >= 0; got {max_offset!r}")
+        max_offset = _check.integer("max_offset", max_offset, low=0)
         offsets = np.arange(-int(max_offset), int(max_offset) + 1)
     out = np.full((a.shape[1], offsets.size), np.nan)
     for j, d in enumerate(offsets):
@@ -301,6 +312,7 @@ def neighbour_map(attn, *, image_tokens=None, grid=None, radius: int = 2) -> np.
     >>> float(m[0, 1, 2])          # every query that has a right neighbour looks at it
     1.0
     """
+    radius = _radius(radius)
     a = _attention(attn)
     radius = int(radius)
     if radius < 0:
@@ -352,6 +364,8 @@ def dominant_offsets(attn, *, image_tokens=None, grid=None, radius: int = 2, top
     >>> dominant_offsets(np.eye(16, k=1)[None], grid=(4, 4))
     [[(0, 1)]]
     """
+    radius = _radius(radius)
+    top = _check.integer("top", top, low=1)
     m = neighbour_map(attn, image_tokens=image_tokens, grid=grid, radius=radius)
     n = _count(_image_positions(image_tokens, _as_array(attn).shape[-1]))
     return _dominant(m, n, int(radius), int(top))
@@ -383,6 +397,7 @@ def received_attention(attn, *, causal: bool = False) -> np.ndarray:
     >>> received_attention(a).tolist()
     [[1.0, 0.0, 0.0]]
     """
+    causal = _check.flag("causal", causal)
     a = _attention(attn)
     q, k = a.shape[-2:]
     return _head_mean(a.sum(-2) / _visible_queries(q, k, causal))
@@ -402,6 +417,8 @@ def top_key_mass(attn, *, fraction: float = TOP_KEY_FRACTION, causal: bool = Fal
     >>> top_key_mass(a).tolist()
     [1.0]
     """
+    fraction = _check.number("fraction", fraction, low=0, high=1, low_open=True)
+    causal = _check.flag("causal", causal)
     a = _attention(attn)
     return _top_key_mass(a, a.sum(-2), fraction, causal)
 
@@ -427,6 +444,8 @@ def sink_keys(attn, *, threshold: float = SINK_THRESHOLD, causal: bool = False) 
     >>> [s.tolist() for s in sink_keys(a)]
     [[0]]
     """
+    threshold = _check.number("threshold", threshold)
+    causal = _check.flag("causal", causal)
     r = received_attention(attn, causal=causal)
     return [np.flatnonzero(row > threshold) for row in r]
 
@@ -494,6 +513,7 @@ def mean_attention_distance(attn, *, image_tokens=None, grid=None, patch_size: O
     >>> round(float(mean_attention_distance(np.full((1, 196, 196), 1 / 196))[0]), 3)
     7.281
     """
+    patch_size = _patch_size(patch_size)
     a = _attention(attn)
     block, cells, hw = _image_block(a, image_tokens, grid)
     dist = _distance(block, cells, hw)
@@ -527,6 +547,8 @@ def attention_entropy(attn, *, causal: bool = False, normalize: bool = True) -> 
     >>> attention_entropy(np.full((1, 4, 4), 0.25)).tolist()
     [1.0]
     """
+    normalize = _check.flag("normalize", normalize)
+    causal = _check.flag("causal", causal)
     a = _attention(attn)
     ent, _ = _row_entropy(a)
     return _entropy(ent, a.shape[-2], a.shape[-1], causal, normalize)
@@ -576,6 +598,7 @@ def head_scores(
     >>> s["label"], float(s["self_mass"][0]), float(s["distance"][0])
     (['diagonal'], 1.0, 0.0)
     """
+    causal, patch_size, radius = _check.flag("causal", causal), _patch_size(patch_size), _radius(radius)
     a = _attention(attn)
     return _scores(a, image_tokens, grid, bool(causal), patch_size, int(radius))
 
@@ -636,6 +659,7 @@ def classify_heads(attn, *, image_tokens=None, grid=None, causal: bool = False) 
     >>> classify_heads(a)
     ['vertical']
     """
+    causal = _check.flag("causal", causal)
     return head_scores(attn, image_tokens=image_tokens, grid=grid, causal=causal)["label"]
 
 
@@ -722,8 +746,7 @@ class PatternTable:
         >>> summarize([np.eye(4)[None]]).to_records()[0]["label"]
         'diagonal'
         """
-        if level not in ("head", "layer"):
-            raise ValueError(f"level must be 'head' or 'layer'; got {level!r}")
+        _check.choice("level", level, ("head", "layer"))
         out = []
         for i, layer in enumerate(self.layers):
             n = self.num_heads[i]
@@ -792,12 +815,13 @@ def summarize(
     >>> round(float(t["distance_px"][0, 0]), 1)
     116.5
     """
+    causal, patch_size, radius = _check.flag("causal", causal), _patch_size(patch_size), _radius(radius)
     if isinstance(layers, dict):
         names, maps = list(layers), list(layers.values())
     elif isinstance(layers, (list, tuple)):
         names, maps = list(range(len(layers))), list(layers)
     else:
-        shape = getattr(layers, "shape", None)
+        shape = layers.shape if hasattr(type(layers), "shape") else None  # the type: any object may be passed
         raise ValueError(
             f"layers must be a list of layer maps or a dict {{layer: map}}; got {type(layers).__name__}"
             + (f" of shape {tuple(shape)}" if shape is not None else "")

@@ -27,7 +27,8 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from .patterns import LABELS, _as_array, _count, _grid, _image_positions
+from . import _check
+from .patterns import LABELS, PatternTable, _as_array, _count, _grid, _image_positions
 
 #: Colours of the pattern labels in :func:`label_map`.
 LABEL_COLORS = {"diagonal": "#1f77b4", "stripe": "#2ca02c", "vertical": "#d62728", "mixed": "#c7c7c7"}
@@ -57,7 +58,7 @@ def _maps(attn, name: str = "attn") -> np.ndarray:
 
 def _image(image, name: str = "image") -> np.ndarray:
     """An ``[H, W]`` or ``[H, W, C]`` array that ``imshow`` draws as the picture."""
-    if hasattr(image, "mode") and hasattr(image, "size") and not hasattr(image, "shape"):  # PIL
+    if _is_pil(image):
         if image.mode not in ("L", "RGB", "RGBA"):  # palette, 16-bit, CMYK...: as the eye sees them
             image = image.convert("RGBA" if "A" in image.mode or image.mode == "P" else "RGB")
         image = np.asarray(image)
@@ -80,6 +81,13 @@ def _image(image, name: str = "image") -> np.ndarray:
         else:
             arr = np.clip(arr, 0, 1)
     return arr
+
+
+def _is_pil(image) -> bool:
+    try:
+        return hasattr(image, "mode") and hasattr(image, "size") and not hasattr(image, "shape")
+    except Exception:  # noqa: BLE001 - an object that breaks on a look is no picture; _as_array says so
+        return False
 
 
 def _show_image(ax, img, **kwargs):
@@ -144,8 +152,7 @@ def _cell(cell, grid, name="cell"):
 
 
 def _reduce(name, reduce):
-    if reduce not in ("mean", "max"):
-        raise ValueError(f"{name} must be 'mean' or 'max'; got {reduce!r}")
+    _check.choice(name, reduce, ("mean", "max"))
     return np.mean if reduce == "mean" else np.max
 
 
@@ -168,6 +175,8 @@ def attention_map(
     >>> ax.images[0].get_array().shape
     (4, 4)
     """
+    _check.integer("head", head, low=None, optional=True)
+    _check.axes("ax", ax), _check.flag("cbar", cbar), _check.options("cbar_kws", cbar_kws)
     maps = _maps(attn)
     if head is None:
         m = maps.mean(0)
@@ -200,6 +209,9 @@ def layer_heads(
     >>> len([a for a in fig.axes if a.images])
     4
     """
+    _check.integer("ncols", ncols, low=1, high=256, optional=True)
+    _check.flag("average", average), _check.flag("cbar", cbar)
+    _check.number("panel_size", panel_size, low=0, high=100, low_open=True)
     maps = _maps(attn)
     panels = list(maps) + ([maps.mean(0)] if average else [])
     titles = [f"head {i}" for i in range(len(maps))] + (["mean"] if average else [])
@@ -245,10 +257,15 @@ def patch_grid(
     >>> len(ax.patches)
     1
     """
+    _check.axes("ax", ax), _check.text("color", color), _check.options("line_kws", line_kws)
+    _check.number("alpha", alpha, low=0, high=1)
     img = _image(image)
     h, w = _grid(grid, _grid_cells(grid), None)
     if isinstance(cells, (int, np.integer)) or (isinstance(cells, tuple) and _is_int_pair(cells)):
         cells = [cells]
+    if not isinstance(cells, (list, tuple, np.ndarray)):
+        raise _check.ArgumentTypeError(
+            f"cells must be a cell, a (row, col) pair or flat index, or a list of them; got {_check._show(cells)}")
     cells = [_cell(c, (h, w), "cells") for c in cells]
     ax = plt.gca() if ax is None else ax
     _show_image(ax, img, **kwargs)
@@ -266,6 +283,19 @@ def patch_grid(
     ax.set_xticks([])
     ax.set_yticks([])
     return ax
+
+
+def _table(table):
+    return _check.instance("table", table, PatternTable, "a PatternTable (what patterns.summarize returns)")
+
+
+def _figsize(figsize):
+    if figsize is None:
+        return
+    if not isinstance(figsize, (list, tuple)) or len(figsize) != 2:
+        raise _check.ArgumentTypeError(f"figsize must be a (width, height) pair in inches or None; got {_check._show(figsize)}")
+    for v in figsize:
+        _check.number("figsize", v, low=0, high=1000, low_open=True)
 
 
 def _is_int_pair(value):
@@ -329,6 +359,10 @@ def grid_to_grid(
     >>> [t.get_text() for t in fig.axes[1].texts]
     ['0.00508']
     """
+    _check.integer("cls_token", cls_token, low=None, optional=True)
+    _check.integer("head", head, low=None, optional=True)
+    _check.number("alpha", alpha, low=0, high=1), _check.options("cell_kws", cell_kws)
+    _figsize(figsize)
     maps = _maps(attn)
     q, k = maps.shape[-2:]
     positions = _image_positions(image_tokens, k)
@@ -401,15 +435,19 @@ def query_heatmap(attn, *, image_tokens, queries, grid=None, reduce: str = "mean
     hw = _grid(grid, _count(positions), image_tokens)
     rows = np.arange(q)
     try:
+        if queries is None or isinstance(queries, bool):
+            raise TypeError
         picked = np.atleast_1d(rows[queries])
-    except (IndexError, TypeError):
+    except Exception:  # noqa: BLE001 - whatever numpy cannot index with is the same mistake
         raise ValueError(f"queries={queries!r} does not index the {q} query rows of the map") from None
     if picked.size == 0:
         raise ValueError(f"queries={queries!r} selects no query row of the {q} in the map")
     if heads is not None:
         try:
+            if isinstance(heads, bool):
+                raise TypeError
             maps = maps[np.atleast_1d(np.arange(nh)[heads])]
-        except (IndexError, TypeError):
+        except Exception:  # noqa: BLE001
             raise ValueError(f"heads={heads!r} does not index the {nh} heads of the map") from None
     per_head = maps[:, picked, :].mean(1)[:, positions]
     return fn(per_head, axis=0).reshape(hw)
@@ -452,6 +490,9 @@ def image_attention(
     >>> ax.images[-1].get_array().shape
     (60, 90)
     """
+    _check.flag("pad_to_square", pad_to_square), _check.axes("ax", ax), _check.flag("cbar", cbar)
+    _check.number("alpha", alpha, low=0, high=1)
+    _check.options("cbar_kws", cbar_kws), _check.options("image_kws", image_kws)
     heat = query_heatmap(attn, image_tokens=image_tokens, queries=queries, grid=grid, reduce=reduce, heads=heads)
     ax = plt.gca() if ax is None else ax
     _overlay(ax, _image(image), heat, pad_to_square=pad_to_square, alpha=alpha, cbar=cbar, cbar_kws=cbar_kws,
@@ -499,6 +540,17 @@ def camera_attention(
     >>> len([ax for ax in fig.axes if ax.images])
     2
     """
+    if not isinstance(images, (list, tuple)):
+        raise _check.ArgumentTypeError(f"images must be a list with one picture per camera; got {_check._show(images)}")
+    for pad in pad_to_square if isinstance(pad_to_square, (list, tuple)) else [pad_to_square]:
+        _check.flag("pad_to_square", pad)
+    if titles is not None and (not isinstance(titles, (list, tuple)) or not all(isinstance(t, str) for t in titles)
+                               or len(titles) != len(images)):
+        raise _check.ArgumentTypeError(f"titles must be a list of {len(images)} str, one per camera of images; got {_check._show(titles)}")
+    if grids is not None and not isinstance(grids, (list, tuple)):
+        raise _check.ArgumentTypeError(f"grids must be None, one (h, w) pair, or a list of them; got {_check._show(grids)}")
+    _check.flag("per_head", per_head), _check.number("alpha", alpha, low=0, high=1)
+    _check.number("panel_size", panel_size, low=0, high=100, low_open=True)
     images = list(images)
     n = len(images)
     if n == 0:
@@ -559,6 +611,7 @@ def label_map(table, *, ax=None, legend_kws: Optional[dict] = None, **kwargs):
     >>> ax.images[0].get_array().tolist()
     [[0.0]]
     """
+    _table(table), _check.axes("ax", ax), _check.options("legend_kws", legend_kws)
     codes = np.full(table.labels.shape, np.nan)
     for i, lab in enumerate(LABELS):
         codes[table.labels == lab] = i
@@ -603,6 +656,11 @@ def pattern_scores(
     >>> [float(y) for y in ax.lines[0].get_ydata()]
     [1.0, 1.0, 1.0]
     """
+    _table(table), _check.axes("ax", ax), _check.options("scatter_kws", scatter_kws)
+    if isinstance(scores, str) or not isinstance(scores, (list, tuple)) or not scores:
+        raise _check.ArgumentTypeError(f"scores must be a list of score names such as ['self_mass']; got {_check._show(scores)}")
+    for name in scores:
+        _check.choice("scores", name, PatternTable.columns)
     ax = plt.gca() if ax is None else ax
     x = np.arange(len(table.layers))
     for name in scores:
@@ -634,6 +692,7 @@ def attention_distance(table, *, pixels: bool = False, ax=None, **kwargs):
     >>> round(float(ax.collections[0].get_offsets()[0, 1]), 3)
     7.281
     """
+    _table(table), _check.flag("pixels", pixels), _check.axes("ax", ax)
     name = "distance_px" if pixels else "distance"
     values = table[name]
     if np.all(np.isnan(values)):
@@ -663,6 +722,11 @@ def figure_path(root, *, name: str, phase: str, layer, mode: str, ext: str = "jp
     >>> figure_path("out", name="openvla", phase="prefill", layer=3, mode="mean").as_posix()
     'out/openvla/prefill_L3_attn_vis_mean.jpg'
     """
+    if not isinstance(root, (str, os.PathLike)):
+        raise _check.ArgumentTypeError(f"root must be a folder path (str or Path); got {_check._show(root)}")
+    _check.text("name", name), _check.text("phase", phase), _check.text("mode", mode), _check.text("ext", ext)
+    if not isinstance(layer, str):
+        _check.integer("layer", layer, low=None, high=None)
     parts = {"phase": phase, "layer": layer, "mode": mode, "ext": ext}
     for key, value in parts.items():
         text = str(value)
@@ -682,6 +746,8 @@ def save_figure(fig, root=".", *, name: str, phase: str, layer, mode: str, ext: 
     >>> save_figure(fig, tempfile.mkdtemp(), name="vit", phase="prefill", layer=0, mode="max").name
     'prefill_L0_attn_vis_max.jpg'
     """
+    if not hasattr(type(fig), "savefig"):
+        raise _check.ArgumentTypeError(f"fig must be a matplotlib Figure; got {_check._show(fig)}")
     path = figure_path(root, name=name, phase=phase, layer=layer, mode=mode, ext=ext)
     path.parent.mkdir(parents=True, exist_ok=True)
     kwargs.setdefault("bbox_inches", "tight")

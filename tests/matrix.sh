@@ -2,7 +2,8 @@
 # The version matrix, on top of the README's test command:
 #  1. the core tests on every CPython 3.9-3.13 present (bytecode differs per version);
 #  2. the adapter tests against the library versions VLA code pins (.ci/pins/*.txt),
-#     layered with --target over the default environment so torch is installed once.
+#     layered with --target over the default environment so torch is installed once;
+#     the adapters a pins file names on its "# adapters:" line must run there: a skip fails the leg.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 envs=.ci/envs
@@ -33,9 +34,28 @@ echo "== core tests ran on Python: ${ran[*]:-none}${missing:+; not on this machi
 for pins in .ci/pins/*.txt; do
   [ -e "$pins" ] || continue
   name=$(basename "$pins" .txt)
-  echo "== adapter tests with $name pins: $(grep -v '^#' "$pins" | tr '\n' ' ')"
+  adapters=$(sed -n 's/^# adapters: *//p' "$pins")  # the adapters whose tests must run, not skip, on these pins
+  echo "== adapter tests with $name pins (must run: $adapters): $(grep -v '^#' "$pins" | tr '\n' ' ')"
   python -m pip install -q --disable-pip-version-check --no-deps --upgrade --target "$envs/$name" -r "$pins" >/dev/null \
     || { echo "could not install the $name pins"; failed=1; continue; }
-  PYTHONPATH="$envs/$name" python -m pytest -q -p no:cacheprovider tests/test_adapter_*.py tests/test_maps.py || failed=1
+  report="$envs/$name-report.xml"
+  rm -f "$report"
+  GETLOCAL_REQUIRE_ADAPTERS="${adapters// /,}" PYTHONPATH="$envs/$name" \
+    python -m pytest -q -p no:cacheprovider --junitxml="$report" tests/test_adapter_*.py tests/test_maps.py || failed=1
+  # A leg that skipped tests, or ran none of a required adapter's, has checked nothing on these pins.
+  python - "$report" $adapters <<'PY' || failed=1
+import os, sys, xml.etree.ElementTree as ET
+if not os.path.exists(sys.argv[1]):
+    sys.exit(f"no test report: the tests did not run")
+cases = list(ET.parse(sys.argv[1]).iter("testcase"))
+files = [f"test_adapter_{a}" for a in sys.argv[2:] if os.path.exists(f"tests/test_adapter_{a}.py")]
+skipped = [f"{c.get('classname')}.{c.get('name')}" for c in cases
+           if c.find("skipped") is not None and any(f in c.get("classname", "") for f in files)]
+ran = [c.get("classname") for c in cases if c.find("skipped") is None]
+idle = [f for f in files if not any(k.endswith(f) for k in ran)]
+if skipped or idle:
+    sys.exit(f"skipped: {skipped}; no test ran for: {idle}")
+print(f"{len(ran)} tests ran, none skipped")
+PY
 done
 exit $failed

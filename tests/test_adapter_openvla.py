@@ -1,10 +1,11 @@
 """The OpenVLA adapter on a Prismatic-shaped model built from real timm and transformers classes."""
 import numpy as np
 import pytest
+from required import import_or_skip
 
-torch = pytest.importorskip("torch")
-timm = pytest.importorskip("timm")
-transformers = pytest.importorskip("transformers")
+torch = import_or_skip("openvla", "torch")
+timm = import_or_skip("openvla", "timm")
+transformers = import_or_skip("openvla", "transformers")
 
 from getlocal import get_local  # noqa: E402
 from getlocal.adapters import openvla, tiny  # noqa: E402

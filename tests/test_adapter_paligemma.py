@@ -1,15 +1,16 @@
 """The PaliGemma adapter on a 2-layer PaliGemmaForConditionalGeneration and a Pi0-shaped model."""
 import numpy as np
 import pytest
+from required import import_or_skip, skip_unless
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = import_or_skip("paligemma", "torch")
+transformers = import_or_skip("paligemma", "transformers")
 
 from transformers.models.gemma import modeling_gemma  # noqa: E402
 
-if not hasattr(modeling_gemma, "eager_attention_forward") or not hasattr(transformers, "PaliGemmaConfig"):
-    pytest.skip(f"transformers {transformers.__version__} has no PaliGemma with modeling_gemma.eager_attention_forward "
-                "(added in 4.48); the PaliGemma adapter needs >= 4.48", allow_module_level=True)
+skip_unless("paligemma", hasattr(modeling_gemma, "eager_attention_forward") and hasattr(transformers, "PaliGemmaConfig"),
+            f"transformers {transformers.__version__} has no PaliGemma with modeling_gemma.eager_attention_forward "
+            "(added in 4.48); the PaliGemma adapter needs >= 4.48")
 
 from getlocal import get_local  # noqa: E402
 from getlocal.adapters import paligemma, tiny  # noqa: E402

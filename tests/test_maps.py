@@ -81,4 +81,21 @@ def test_select_filters_on_any_label_with_values_or_lists():
     assert len(maps.select(step=[0, 1], layer=0)) == 3
     assert maps.steps == [(0, "prefill"), (1, "decode")]
     assert maps.towers == ["language", "vision"]
-    assert len(maps.select(tower="nope")) == 0
+    assert len(maps.select(tower="expert")) == 0  # a tower that adapters write, not in these maps
+
+
+def test_select_with_an_unknown_tower_or_phase_names_the_valid_ones():
+    maps = AttentionMaps([_map()])
+    with pytest.raises(GetLocalError, match="tower='dinov3' is not one of 'dinov2', 'siglip'"):
+        maps.select(tower="dinov3")
+    with pytest.raises(GetLocalError, match="phase='prefil' is not one of 'encode', 'prefill'"):
+        maps.select(phase=["prefil"])
+
+
+def test_between_with_an_unknown_kind_names_the_kinds():
+    m = _map()
+    with pytest.raises(GetLocalError, match="query='imag' is not one of 'cls', 'register', 'image'"):
+        m.between("imag", "text")
+    with pytest.raises(GetLocalError, match="key='txt'"):
+        m.between("image", "txt")
+    assert m.between("state", "text").shape == (1, 1, 0, 3)  # a kind these maps do not hold: empty
