@@ -9,18 +9,10 @@ import math
 import numbers
 from typing import Iterable, Optional
 
-from ._errors import GetLocalError
+from ._errors import ArgumentError, ArgumentTypeError
 
 #: Larger sizes are certainly typos and would only allocate their way to a MemoryError.
 HUGE = 1 << 20
-
-
-class ArgumentError(GetLocalError, ValueError):
-    """A value of the right type that cannot be used."""
-
-
-class ArgumentTypeError(GetLocalError, TypeError):
-    """A value of the wrong type."""
 
 
 def _show(value) -> str:
