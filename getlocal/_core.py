@@ -232,6 +232,11 @@ class GetLocal:
         ``{name: value}`` when several names are captured."""
         return self._store.cache
 
+    def snapshot(self) -> Dict[str, List[Any]]:
+        """A copy of the cache taken under the store's lock: ``{key: [entries]}``, safe to iterate
+        while other threads keep calling instrumented functions."""
+        return self._store.snapshot()
+
     @property
     def calls(self) -> Dict[str, List[Call]]:
         """``{key: [Call, ...]}``, one per entry of ``cache[key]``: its global call index and owner."""

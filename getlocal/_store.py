@@ -219,6 +219,10 @@ class Store:
             out[key] = [Call(index, ref) for index, ref in meta[1]]
         return out
 
+    def snapshot(self) -> Dict[str, List[Any]]:
+        with self._lock:
+            return {key: list(values) for key, values in self.cache.items()}
+
     def clear(self):
         with self._lock:
             self.cache.clear()
