@@ -111,7 +111,10 @@ def save(path, capture, *, calls=None, images: Optional[Dict[str, Any]] = None,
     >>> [name.split("-")[0] for name in sorted(os.listdir(p))]
     ['arrays', 'capture.json']
     """
-    target = Path(path)
+    target = _path(path, "save")
+    for name, value in (("calls", calls), ("images", images), ("info", info)):
+        if value is not None and not isinstance(value, dict):
+            raise GetLocalError(f"save({name}=...) takes a dict or None; got {type(value).__name__}")
     plan = _Plan()
     index: Dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
                              "getlocal_version": _version()}
@@ -149,6 +152,12 @@ def save(path, capture, *, calls=None, images: Optional[Dict[str, Any]] = None,
             raise
         _remove_leftovers(target, keep=generation)
     return target
+
+
+def _path(path, function: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)) or "\0" in os.fspath(path):
+        raise GetLocalError(f"{function}(path={path!r}): give a directory path, a str or pathlib.Path without NUL")
+    return Path(path)
 
 
 def _version() -> str:
@@ -453,7 +462,7 @@ class _Missing(GetLocalError):
 
 def read(path) -> Saved:
     """Everything in the capture directory ``path``, checked against its index (see :class:`Saved`)."""
-    root = Path(path)
+    root = _path(path, "load")
     for attempt in range(3):
         raw = _index_bytes(root)
         try:
