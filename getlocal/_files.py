@@ -28,7 +28,7 @@ def safe_name(text) -> str:
     so two different labels never share a file.
 
     >>> safe_name("vit"), safe_name("../../x"), safe_name("/etc")
-    ('vit', '_.._x~6bdf7f00', '_etc~fcd41fa6')
+    ('vit', '_._.._x~9cdf6a50', '_etc~2824684d')
     """
     text = str(text)
     name = _UNSAFE.sub("_", text)
