@@ -11,16 +11,26 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
+from ._errors import GetLocalError
+from ._files import safe_name, write_atomic
+from .maps import AttentionMaps
+
 DPI = 80
 _VISION_KINDS = {"cls", "register", "image"}
 
+def _per_step(maps) -> Dict[Tuple[int, str], Dict[str, list]]:
+    """``{(step, phase): {tower: [number of maps, shape of the first]}}`` in order, in one pass over the maps."""
+    steps: Dict[Tuple[int, str], Dict[str, list]] = {}
+    for m in maps:
+        steps.setdefault((m.step, m.phase), {}).setdefault(m.tower, [0, list(m.shape)])[0] += 1
+    return steps
+
+
 def describe_steps(maps) -> str:
-    lines = [f"captured {len(maps)} attention maps in {len(maps.steps)} step(s):"]
-    for step, phase in maps.steps:
-        here = maps.select(step=step)
-        towers = ", ".join(f"{t} {len(here.select(tower=t))} x {list(here.select(tower=t)[0].shape)}"
-                           for t in here.towers)
-        lines.append(f"  step {step} {phase}: {towers}")
+    steps = _per_step(maps)
+    lines = [f"captured {len(maps)} attention maps in {len(steps)} step(s):"]
+    for (step, phase), towers in steps.items():
+        lines.append(f"  step {step} {phase}: " + ", ".join(f"{t} {n} x {shape}" for t, (n, shape) in towers.items()))
     for tower, layout in maps.layouts.items():
         lines.append(f"  {tower} tokens: {layout}")
     return "\n".join(lines)
@@ -63,18 +73,30 @@ class _Plan:
         self.out = out
         self.jobs: List[Tuple[Path, Callable[[], Any]]] = []
         self.towers: Dict[str, Dict[str, Any]] = {}
+        self._taken = set()
 
     def figure(self, tower, phase, layer, mode, draw):
         from . import plot
 
-        self.jobs.append((plot.figure_path(self.out, name=tower, phase=phase, layer=layer, mode=mode, ext="png"), draw))
+        # labels come from the capture, which may come from anyone: each becomes one plain name inside out/
+        path = plot.figure_path(self.out, name=safe_name(tower), phase=safe_name(phase), layer=safe_name(layer),
+                                mode=safe_name(mode), ext="png")
+        stem, number = path.stem, 1
+        while path.as_posix().lower() in self._taken:  # lower(): macOS and Windows folders ignore case
+            number += 1
+            path = path.with_name(f"{stem}-{number}.png")
+        self._taken.add(path.as_posix().lower())
+        self.jobs.append((path, draw))
 
 
 def report(maps, images, info, out: Path) -> None:
     """Analyse ``maps``, print the tables and write figures and summary into ``out``: the demo's and plot's shared half."""
     plan = _Plan(out)
-    for tower in maps.towers:
-        mine = maps.select(tower=tower)
+    towers: Dict[str, list] = {}
+    for m in maps:  # one pass: select(tower=) per tower is quadratic in a capture of many towers
+        towers.setdefault(m.tower, []).append(m)
+    for tower, mine in towers.items():
+        mine = AttentionMaps(mine, maps.layouts)
         if _is_vision(mine):
             _plan_vision(plan, tower, mine, images, info)
         else:
@@ -84,8 +106,9 @@ def report(maps, images, info, out: Path) -> None:
         print(entry["table"])
     _draw(plan)
     summary = _summary(maps, info, plan)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False), encoding="utf-8")
-    (out / "summary.md").write_text(_markdown(summary), encoding="utf-8")
+    text = json.dumps(summary, indent=1, allow_nan=False)
+    write_atomic(out / "summary.json", lambda f: f.write(text.encode("utf-8")))
+    write_atomic(out / "summary.md", lambda f: f.write(_markdown(summary).encode("utf-8")))
     folders = sorted({str(path.parent.relative_to(out)) for path, _ in plan.jobs})
     print(f"\nwrote {len(plan.jobs)} figures into {out}/ ({', '.join(f + '/' for f in folders)}), "
           f"{out / 'summary.md'} and {out / 'summary.json'}")
@@ -225,11 +248,17 @@ def _draw(plan: _Plan) -> None:
         def tqdm(items, **_):
             return items
     # disable=None: a bar on a terminal, nothing when the output is a file or a pipe
+    inside = plan.out.resolve()
     for path, draw in tqdm(plan.jobs, desc="figures", unit="fig", file=sys.stderr, disable=None):
         fig = draw()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
-        plt.close(fig)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if inside not in (path.parent.resolve(), *path.parent.resolve().parents):
+                raise GetLocalError(f"{path.parent} is a link that leads out of {plan.out}; remove it or write "
+                                    "into another directory")
+            write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight"))
+        finally:
+            plt.close(fig)
 
 
 # --------------------------------------------------------------------------- summary
@@ -249,8 +278,8 @@ def _summary(maps, info, plan: _Plan) -> Dict[str, Any]:
     return {
         "model": info.get("model"), "weights": info.get("weights"), "image": info.get("image"),
         "preprocessing": info.get("preprocessing"),
-        "steps": [{"step": s, "phase": p, "maps": {t: len(maps.select(step=s, tower=t))
-                                                    for t in maps.select(step=s).towers}} for s, p in maps.steps],
+        "steps": [{"step": s, "phase": p, "maps": {t: n for t, (n, _) in towers.items()}}
+                  for (s, p), towers in _per_step(maps).items()],
         "towers": towers,
         "figures": [path.relative_to(plan.out).as_posix() for path, _ in plan.jobs],
     }

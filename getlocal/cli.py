@@ -125,8 +125,9 @@ def _out_dir(path: str) -> Path:
         probe = out / ".getlocal-write-test"
         probe.write_bytes(b"")
         probe.unlink()
-    except OSError as exc:
-        raise CommandError(f"cannot write to --out {path} ({exc.strerror or exc}); choose another directory") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        why = getattr(exc, "strerror", None) or exc
+        raise CommandError(f"cannot write to --out {path!r} ({why}); choose another directory") from None
     return out
 
 
@@ -136,7 +137,7 @@ def _picture_file(path: Optional[str]) -> Tuple[str, str]:
         from matplotlib.cbook import get_sample_data
 
         return str(get_sample_data("grace_hopper.jpg", asfileobj=False)), "grace_hopper.jpg (matplotlib's sample data)"
-    if not os.path.isfile(path):
+    if "\0" in path or not os.path.isfile(path):
         raise CommandError(f"--image {path}: no such file; give a JPEG/PNG picture, or leave --image out "
                            "for the sample photo")
     return path, os.path.basename(path)
@@ -148,7 +149,9 @@ def _open_picture(path: str):
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise CommandError(f"--image {path}: too large to open safely ({exc}); give a smaller picture") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise CommandError(f"--image {path}: not a picture PIL can read ({exc}); give a JPEG or PNG") from None
 
 
@@ -224,12 +227,28 @@ def _plot(args) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    info = found.info
+    info = _known_info(found.info)
     print(f"{info.get('model', 'capture')}: {info.get('weights', 'weights unknown')} "
           f"(saved by getlocal {found.version or '?'})")
     print(describe_steps(found.data))
-    report(found.data, found.images, info, out)
+    try:
+        report(found.data, found.images, info, out)
+    except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as exc:
+        # load() checked every label getlocal relies on; this is a capture no getlocal wrote
+        raise CommandError(f"cannot draw {args.capture}: {type(exc).__name__}: {exc}; its maps are not what "
+                           "getlocal saves (was it edited?)") from None
     return 0
+
+
+def _known_info(info):
+    """The parts of a capture's free-form info that the report reads, when they have the types the demo writes."""
+    out = {k: v for k, v in info.items() if k in ("model", "weights", "image", "preprocessing", "generated")
+           and isinstance(v, str)}
+    patch = info.get("patch_size")
+    if isinstance(patch, dict):
+        out["patch_size"] = {k: v for k, v in patch.items()
+                             if type(v) in (int, float) and 0 < v < float("inf")}
+    return out
 
 
 def _vit_model(name: str, pretrained: bool):

@@ -28,6 +28,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from . import _check
+from ._files import write_atomic
 from .patterns import LABELS, PatternTable, _as_array, _count, _grid, _image_positions
 
 #: Colours of the pattern labels in :func:`label_map`.
@@ -751,7 +752,9 @@ def save_figure(fig, root=".", *, name: str, phase: str, layer, mode: str, ext: 
     path = figure_path(root, name=name, phase=phase, layer=layer, mode=mode, ext=ext)
     path.parent.mkdir(parents=True, exist_ok=True)
     kwargs.setdefault("bbox_inches", "tight")
-    fig.savefig(path, **kwargs)
+    kwargs.setdefault("format", path.suffix[1:])  # a file object does not say which format
+    # under a temporary name, then renamed: a Ctrl-C never leaves a truncated picture
+    write_atomic(path, lambda f: fig.savefig(f, **kwargs))
     return path
 
 

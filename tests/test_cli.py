@@ -251,7 +251,7 @@ def test_plot_of_a_damaged_capture_names_the_file(capsys, tmp_path):
     maps = AttentionMaps([AttentionMap(np.full((1, 1, 4, 4), 0.25, np.float32), "vit", 0, "blocks.0.attn", 0,
                                        "encode", 0, layout, layout)], {"vit": layout})
     path = saved.save(tmp_path / "capture", maps)
-    os.remove(path / "arrays" / "00000.safetensors")
+    os.remove(path / json.loads((path / "capture.json").read_text())["arrays"][0]["file"])
     one_line_error(capsys, ["plot", str(path), "--out", str(tmp_path / "o")], "00000.safetensors is missing")
 
 

@@ -54,6 +54,16 @@ def _record(path, number=0):
     return json.loads((path / saved.INDEX).read_text())["arrays"][number]
 
 
+def _array_file(path, number=0):
+    return path / _record(path, number)["file"]
+
+
+def _listing(path):
+    """Every file and folder under ``path``, relative, with the generation folder's name made constant."""
+    return sorted(p.relative_to(path).as_posix().replace(_record(path)["file"].split("/")[0], "arrays-GEN")
+                  for p in path.rglob("*"))
+
+
 # --------------------------------------------------------------------------- round trips
 
 
@@ -151,7 +161,8 @@ def test_a_save_that_fails_halfway_leaves_the_old_capture_loadable_and_no_debris
 def test_saving_again_replaces_the_capture(tmp_path):
     path = saved.save(tmp_path / "c", {"old": [np.ones(3)]})
     saved.save(path, {"new": [np.zeros(2)]})
-    assert list(saved.load(path)) == ["new"] and len(os.listdir(path / "arrays")) == 1
+    assert list(saved.load(path)) == ["new"]
+    assert _listing(path) == ["arrays-GEN", "arrays-GEN/00000.safetensors", "capture.json"]
 
 
 def test_saving_over_a_directory_that_is_not_a_capture_is_refused(tmp_path):
@@ -183,13 +194,13 @@ def test_a_directory_without_an_index_is_not_a_capture(tmp_path):
 
 
 def test_a_missing_array_file_is_named(capture):
-    os.remove(capture / "arrays" / "00000.safetensors")
-    with pytest.raises(GetLocalError, match=r"00000.safetensors is missing \(maps\[0\]\).*copy the whole directory"):
+    os.remove(_array_file(capture))
+    with pytest.raises(GetLocalError, match=r"00000.safetensors is missing.*copy the whole directory"):
         saved.load(capture)
 
 
 def test_a_truncated_array_file_is_named_with_both_sizes(capture):
-    file = capture / "arrays" / "00000.safetensors"
+    file = _array_file(capture)
     size = file.stat().st_size
     file.write_bytes(file.read_bytes()[: size - 10])
     with pytest.raises(GetLocalError, match=rf"00000.safetensors is {size - 10} bytes but the index says {size}"):
@@ -197,7 +208,7 @@ def test_a_truncated_array_file_is_named_with_both_sizes(capture):
 
 
 def test_an_altered_array_file_fails_its_checksum(capture):
-    file = capture / "arrays" / "00000.safetensors"
+    file = _array_file(capture)
     blob = bytearray(file.read_bytes())
     blob[-1] ^= 0xFF  # same size, one value changed
     file.write_bytes(bytes(blob))
@@ -228,11 +239,11 @@ def test_a_capture_from_a_newer_format_asks_for_an_upgrade(capture):
 
 
 def test_an_index_naming_a_file_outside_the_capture_is_refused(capture, tmp_path):
-    (tmp_path / "elsewhere.safetensors").write_bytes((capture / "arrays" / "00000.safetensors").read_bytes())
+    (tmp_path / "elsewhere.safetensors").write_bytes((_array_file(capture)).read_bytes())
     index = json.loads((capture / saved.INDEX).read_text())
-    index["arrays"][0]["file"] = "arrays/../../elsewhere.safetensors"
+    index["arrays"][0]["file"] = index["generation"] + "/../../elsewhere.safetensors"
     (capture / saved.INDEX).write_text(json.dumps(index))
-    with pytest.raises(GetLocalError, match="which is not arrays/NNNNN.safetensors"):
+    with pytest.raises(GetLocalError, match="which is not arrays-<16 hex>/NNNNN.safetensors"):
         saved.load(capture)
 
 
@@ -244,7 +255,7 @@ class _Boom:
 def test_a_pickle_in_place_of_an_array_is_refused_and_never_run(capture, tmp_path):
     _Boom.target = str(tmp_path / "pickle-ran")
     blob = pickle.dumps(_Boom())
-    file = capture / "arrays" / "00000.safetensors"
+    file = _array_file(capture)
     file.write_bytes(blob)
     index = json.loads((capture / saved.INDEX).read_text())  # an index that agrees with the swapped file
     index["arrays"][0].update(bytes=len(blob), sha256=hashlib.sha256(blob).hexdigest())
