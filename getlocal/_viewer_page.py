@@ -81,6 +81,7 @@ _HTML = r"""<!DOCTYPE html>
   <label id="variant-label">call <select id="variant"></select></label>
   <label>layer <select id="layer"></select></label>
   <label>head <select id="head"></select></label>
+  <label>colours <select id="scale"><option value="zero">0 to largest</option><option value="range">smallest to largest</option></select></label>
   <span class="muted"><kbd>&larr;</kbd><kbd>&rarr;</kbd> layer &nbsp; <kbd>&uarr;</kbd><kbd>&darr;</kbd> head &nbsp; click a patch, a token or a matrix row to choose the query</span>
 </nav>
 <p id="status" role="status" aria-live="polite"></p>
@@ -210,7 +211,14 @@ D.maps.forEach((m, i) => {
 
 // ------------------------------------------------------------------ state
 
-const S = { tower: null, step: null, variant: null, layer: null, head: "mean", query: null, mi: null, message: "" };
+const S = { tower: null, step: null, variant: null, layer: null, head: "mean", query: null, mi: null, message: "",
+            scale: "zero" };
+function extent(values) {  // the colour scale's ends: from 0, or from the smallest value shown (weak contrasts)
+  let lo = Infinity, hi = 0;
+  for (const x of values) { lo = Math.min(lo, x); hi = Math.max(hi, x); }
+  return S.scale === "range" && lo < hi ? [lo, hi] : [0, hi];
+}
+const unit = (x, e) => (e[1] > e[0] ? (x - e[0]) / (e[1] - e[0]) : 0);
 
 function layersHere() { return [...index.get(S.tower).get(S.step).variants.get(S.variant).keys()].sort((a, b) => a - b); }
 function heads() { const m = D.maps[S.mi]; return [...Array(m.heads).keys(), "mean", "max"]; }
@@ -249,19 +257,19 @@ function fillSelect(el, options, current) {
 
 // ------------------------------------------------------------------ drawing
 
-function legend(el, vmax, what) {
+function legend(el, e, what) {
   const stops = RAMP.map((c, i) => `${css(c)} ${(100 * i) / (RAMP.length - 1)}%`).join(",");
-  el.innerHTML = `<span>${what}</span><span><span class="bar" style="display:block;background:linear-gradient(90deg,${stops})"></span>` +
-    `<span class="ticks"><span>0</span><span>${fmt(vmax / 2)}</span><span>${fmt(vmax)}</span></span></span>`;
-  el.dataset.vmax = String(vmax);
+  el.innerHTML = `<span>attention ${what}:</span><span><span class="bar" style="display:block;background:linear-gradient(90deg,${stops})"></span>` +
+    `<span class="ticks"><span>${fmt(e[0])}</span><span>${fmt((e[0] + e[1]) / 2)}</span><span>${fmt(e[1])}</span></span></span>`;
+  el.dataset.vmin = String(e[0]); el.dataset.vmax = String(e[1]);
 }
 
-function heatCanvas(grid, heat, vmax, alpha) {  // one pixel per patch; drawImage scales it up bilinearly
+function heatCanvas(grid, heat, e, alpha) {  // one pixel per patch; drawImage scales it up bilinearly
   const c = document.createElement("canvas");
   c.width = grid[1]; c.height = grid[0];
   const ctx = c.getContext("2d"), img = ctx.createImageData(c.width, c.height);
   for (let i = 0; i < heat.length; i++) {
-    const col = ramp(vmax > 0 ? heat[i] / vmax : 0);
+    const col = ramp(unit(heat[i], e));
     img.data.set([col[0], col[1], col[2], 255 * alpha], 4 * i);
   }
   ctx.putImageData(img, 0, 0);
@@ -285,8 +293,7 @@ function drawCameras(row) {
   const segs = m.keys.filter((s) => s.kind === "image" && s.grid);
   box.innerHTML = "";
   for (const key of Object.keys(shownHeat)) delete shownHeat[key];
-  let vmax = 0;
-  for (const s of segs) for (let p = s.start; p < s.stop; p++) vmax = Math.max(vmax, row[p]);
+  const e = extent(segs.flatMap((s) => Array.from(row.slice(s.start, s.stop))));
   const missing = segs.filter((s) => !D.images[cameraKey(s, m)]);
   $("no-images").hidden = !(segs.length === 0 || missing.length);
   $("no-images").textContent = segs.length === 0
@@ -307,7 +314,7 @@ function drawCameras(row) {
     const pic = pictures[key];
     if (pic) ctx.drawImage(pic, 0, 0, c.width, c.height);
     ctx.imageSmoothingEnabled = true;
-    ctx.drawImage(heatCanvas(s.grid, heat, vmax, pic ? 0.6 : 1), sq.x * scale, sq.y * scale, sq.w * scale, sq.h * scale);
+    ctx.drawImage(heatCanvas(s.grid, heat, e, pic ? 0.6 : 1), sq.x * scale, sq.y * scale, sq.w * scale, sq.h * scale);
     const qpos = offset(m) + S.query;
     if (qpos >= s.start && qpos < s.stop) {  // outline the query patch
       const i = qpos - s.start, r = Math.floor(i / s.grid[1]), col = i % s.grid[1];
@@ -327,7 +334,7 @@ function drawCameras(row) {
       (g.pad ? ", letterbox undone" : "") + (pic ? "" : " (no picture)");
     fig.append(c, cap); box.appendChild(fig);
   }
-  if (segs.length) legend($("legend-image"), vmax, "attention (0 to the largest value over the image patches):");
+  if (segs.length) legend($("legend-image"), e, "over the image patches");
   else $("legend-image").innerHTML = "";
 }
 
@@ -373,11 +380,9 @@ function buildStrip() {
 
 function paintStrip(row) {
   const m = D.maps[S.mi], strings = D.tokens[S.tower] || {};
-  let vmax = 0;
-  for (const x of row) vmax = Math.max(vmax, x);
-  const qpos = offset(m) + S.query;
+  const e = extent(row), qpos = offset(m) + S.query;
   for (const t of $("strip").querySelectorAll(".tok")) {
-    const p = Number(t.dataset.pos), x = row[p], c = ramp(vmax > 0 ? x / vmax : 0);
+    const p = Number(t.dataset.pos), x = row[p], c = ramp(unit(x, e));
     t.style.background = css(c);
     t.style.color = c[0] * 0.299 + c[1] * 0.587 + c[2] * 0.114 > 140 ? "#111" : "#fff";
     t.classList.toggle("query", p === qpos);
@@ -385,7 +390,7 @@ function paintStrip(row) {
     t.title = `position ${p} (${seg.kind}${seg.camera ? " " + seg.camera : ""})` +
       (strings[p] !== undefined ? ` "${strings[p]}"` : "") + `: ${fmt(x)}`;
   }
-  legend($("legend-strip"), vmax, "attention (0 to the row's largest value):");
+  legend($("legend-strip"), e, "over all key tokens");
 }
 
 function drawBands(canvas, segs, m, n, horizontal) {
@@ -403,15 +408,14 @@ function drawMatrix() {
   matrixShown = mat;
   c.width = m.k; c.height = m.q;
   const ctx = c.getContext("2d"), img = ctx.createImageData(m.k, m.q);
-  let vmax = 0;
-  for (const x of mat) vmax = Math.max(vmax, x);
+  const e = extent(mat);
   for (let i = 0; i < mat.length; i++) {
-    const col = ramp(vmax > 0 ? mat[i] / vmax : 0);
+    const col = ramp(unit(mat[i], e));
     img.data.set([col[0], col[1], col[2], 255], 4 * i);
   }
   ctx.putImageData(img, 0, 0);
   const width = Math.min(440, Math.max(200, m.k * 2));
-  const height = Math.max(24, Math.min(440, (width * m.q) / m.k));
+  const height = Math.max(Math.min(80, 12 * m.q), Math.min(440, (width * m.q) / m.k));
   c.style.width = `${width}px`; c.style.height = `${height}px`;
   drawBands($("kbands"), m.keys, m, m.k, true);
   drawBands($("qbands"), m.queries, m, m.q, false);
@@ -419,7 +423,7 @@ function drawMatrix() {
   $("qbands").style.width = "8px"; $("qbands").style.height = `${height}px`;
   const mark = $("row-mark");
   mark.style.top = `${10 + ((S.query + 0.5) * height) / m.q}px`; mark.style.width = `${width}px`;
-  legend($("legend-matrix"), vmax, `attention (0 to the matrix's largest value), ${m.q} queries \u00d7 ${m.k} keys; bands: token kinds`);
+  legend($("legend-matrix"), e, `in the matrix (${m.q} queries \u00d7 ${m.k} keys; the bands are the token kinds)`);
 }
 $("matrix").addEventListener("click", (ev) => {
   const m = D.maps[S.mi], rect = $("matrix").getBoundingClientRect();
@@ -433,8 +437,11 @@ function drawLabels() {
   const any = layers.some((l) => D.maps[variants.get(l)].labels);
   if (!any) {
     const m = D.maps[S.mi];
+    const labelled = [...index.get(S.tower).entries()].find(([, v]) =>
+      [...v.variants.values()].some((ls) => [...ls.values()].some((i) => D.maps[i].labels)));
     box.innerHTML = `<p class="muted">Labels are computed for square (prompt) maps; step ${S.step} (${m.phase}) has ` +
-      `${m.q} query row(s) over ${m.k} keys: choose the first step to see them.</p>`;
+      `${m.q} query row(s) over ${m.k} keys: ` + (labelled ? `choose step ${labelled[0]} (${labelled[1].phase}) to see them.`
+      : `no step of ${S.tower} has square maps.`) + "</p>";
     return;
   }
   const most = Math.max(...layers.map((l) => D.maps[variants.get(l)].heads));
@@ -513,6 +520,7 @@ $("tower").addEventListener("change", (e) => { S.tower = e.target.value; S.messa
 $("step").addEventListener("change", (e) => { S.step = Number(e.target.value); S.message = ""; update(); });
 $("variant").addEventListener("change", (e) => { S.variant = e.target.value; update(); });
 $("layer").addEventListener("change", (e) => { S.layer = Number(e.target.value); update(); });
+$("scale").addEventListener("change", (e) => { S.scale = e.target.value; render(); });
 $("head").addEventListener("change", (e) => { const v = e.target.value; S.head = /^\d+$/.test(v) ? Number(v) : v; update(); });
 document.addEventListener("keydown", (e) => {
   if (e.target.tagName === "SELECT" || e.altKey || e.ctrlKey || e.metaKey) return;  // a select steps itself

@@ -233,6 +233,33 @@ def test_every_view_draws_something_and_a_click_answers_in_well_under_a_second(c
         browser.assert_not_blank(png, panel)
 
 
+def test_the_colour_legends_give_the_values_of_the_scale_from_zero_or_from_the_smallest(chromium, pi0_capture, tmp_path):
+    browser.open_page(chromium, page_of(pi0_capture, tmp_path))
+    legend = chromium.find_element("id", "legend-strip")
+    row = shown(chromium)
+    assert float(legend.get_attribute("data-vmin")) == 0 and float(legend.get_attribute("data-vmax")) == row.max()
+    choose(chromium, "scale", "range")
+    assert float(legend.get_attribute("data-vmin")) == row.min()
+    ticks = legend.find_elements("css selector", ".ticks span")
+    assert float(ticks[0].text) == pytest.approx(row.min(), rel=0.05)     # the printed ends, rounded for reading
+    assert float(ticks[-1].text) == pytest.approx(row.max(), rel=0.05)
+
+
+def test_the_page_follows_a_dark_system_theme(chromium, pi0_capture, tmp_path):
+    path = page_of(pi0_capture, tmp_path)
+    chromium.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+    try:
+        browser.open_page(chromium, path)
+        background = chromium.execute_script("return getComputedStyle(document.body).backgroundColor")
+        png = chromium.get_screenshot_as_png()
+    finally:
+        chromium.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+    assert background == "rgb(23, 24, 27)"
+    (tmp_path / "dark.png").write_bytes(png)
+    browser.assert_not_blank(png, "dark theme")
+    assert browser.pixels(png).mean() < 100                  # mostly dark, with the pictures and heat maps on it
+
+
 def test_a_letterboxed_picture_gets_its_heat_and_its_clicks_on_the_padded_square(chromium, tmp_path):
     # a wide picture the model saw letterboxed into a square: 4x4 patches of which the top and bottom rows are padding
     layout = TokenLayout([Segment("cls", 0, 1), Segment("image", 1, 17, grid=(4, 4))])
