@@ -100,7 +100,7 @@ def view(maps_or_path, *, out=None, images: Optional[Dict[str, Any]] = None, tok
     >>> view(tempfile.mkdtemp())
     Traceback (most recent call last):
     ...
-    getlocal.GetLocalError: ... is not a getlocal capture: it has no capture.json; ...
+    getlocal._errors.GetLocalError: ... is not a getlocal capture: it has no capture.json; ...
     """
     maps, images, info = _source(maps_or_path, images, info)
     if bits not in (8, 16):
@@ -253,7 +253,8 @@ def _pictures(cameras, images, pad_to_square) -> Dict[str, Any]:
             picture = images.get("image", next(iter(images.values()), None))
         if picture is None:
             continue
-        pad = pad_to_square.get(camera, False) if isinstance(pad_to_square, dict) else bool(pad_to_square)
+        pad = (pad_to_square.get(camera if camera is not None else "image", False) if isinstance(pad_to_square, dict)
+               else bool(pad_to_square))
         rgb = _rgb8(picture, camera)
         out[camera or ""] = {"src": "data:image/png;base64," + _b64_bytes(_png(rgb)),
                              "w": int(rgb.shape[1]), "h": int(rgb.shape[0]), "pad": bool(pad)}
