@@ -36,8 +36,11 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from ._convert import converter
 from ._errors import GetLocalError
 from .maps import AttentionMaps
+
+_to_numpy = converter("numpy")
 
 #: Token kinds that show attention over the picture: the rest of the sequence goes to the token strip.
 _VISION_KINDS = {"cls", "register", "image"}
@@ -166,7 +169,7 @@ def _page_data(maps: AttentionMaps, images, info, tokens, pad_to_square, bits, b
     variants: Dict[tuple, List[Any]] = {}
     entries = []
     for i, m in enumerate(maps):
-        arr = np.asarray(m.array)
+        arr = np.asarray(_to_numpy(m.array))  # torch tensors too (convert='cpu' / 'device'), bfloat16 included
         if arr.ndim != 4:
             raise GetLocalError(f"maps[{i}] ({m.tower} layer {m.layer}) has shape {list(arr.shape)}; "
                                 "the viewer shows [batch, heads, queries, keys] maps")
@@ -185,14 +188,15 @@ def _page_data(maps: AttentionMaps, images, info, tokens, pad_to_square, bits, b
             "labels": _labels(m, a), "data": blob, "scales": scales, "nonfinite": bad,
         })
     for indices in variants.values():  # the first of several calls only learns it has siblings afterwards
+        named = len({maps[i].camera for i in indices}) == len(indices) and None not in {maps[i].camera for i in indices}
         if len(indices) > 1:
             for n, i in enumerate(indices):
-                entries[i]["variant"] = maps[i].camera or f"call {n + 1}"
+                entries[i]["variant"] = maps[i].camera if named else f"call {n + 1}"
     cameras = _cameras(maps)
     return {
         "title": title or str(info.get("model") or "getlocal capture"),
         "info": {k: str(info[k]) for k in ("weights", "image", "preprocessing") if info.get(k)},
-        "bits": bits, "batch": batch, "batches": int(np.asarray(maps[0].array).shape[0]),
+        "bits": bits, "batch": batch, "batches": int(maps[0].shape[0]),
         "maps": entries,
         "tokens": _token_strings(tokens, maps.towers),
         "images": _pictures(cameras, images, pad_to_square),

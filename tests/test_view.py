@@ -332,6 +332,23 @@ def test_the_notebook_shows_the_page_inline_in_an_iframe(tmp_path, openvla_captu
     assert page.path == tmp_path / "again.html"
 
 
+def test_the_notebook_iframe_runs_the_page(chromium, pi0_capture, tmp_path):
+    notebook_cell = tmp_path / "cell.html"
+    notebook_cell.write_text(f"<!DOCTYPE html><html><body>{getlocal.view(pi0_capture)._repr_html_()}</body></html>",
+                             encoding="utf-8")
+    chromium.get(f"file://{notebook_cell}")
+    chromium.switch_to.frame(chromium.find_element("tag name", "iframe"))
+    try:
+        deadline = time.perf_counter() + 10
+        while chromium.execute_script("return document.body.dataset.ready") != "1":
+            assert time.perf_counter() < deadline, "the page in the iframe did not get ready"
+            time.sleep(0.05)
+        click_token(chromium, 135)
+        assert state(chromium)["query"] == 135
+    finally:
+        chromium.switch_to.default_content()
+
+
 def test_the_command_line_writes_the_page_beside_the_capture(openvla_capture):
     result = subprocess.run([sys.executable, "-m", "getlocal", "view", str(openvla_capture)], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
