@@ -29,7 +29,7 @@ setup(
     extras_require={
         "demo": demo,
         "adapters": ["transformers"],
-        "test": demo + ["transformers", "pytest", "nbformat", "nbclient", "ipykernel"],
+        "test": demo + ["transformers", "pytest", "nbformat", "nbclient", "ipykernel", "selenium"],
     },
     entry_points={"console_scripts": ["getlocal=getlocal.__main__:main"]},
     classifiers=[

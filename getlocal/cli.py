@@ -94,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("capture", metavar="CAPTURE_DIR", help="a directory written by getlocal.save()")
     plot.add_argument("--out", required=True, metavar="DIR", help="output directory for figures and summary")
     plot.set_defaults(run=_plot)
+    view = commands.add_parser(
+        "view", help="write one self-contained HTML page to explore a saved capture in the browser",
+        description="Write an interactive page (no server, no network) of a capture saved by getlocal.save() or "
+                    "the demo; by default beside the capture: CAPTURE_DIR.html.")
+    view.add_argument("capture", metavar="CAPTURE_DIR", help="a directory written by getlocal.save()")
+    view.add_argument("--out", metavar="FILE.html", help="the page to write (default: CAPTURE_DIR.html)")
+    view.set_defaults(run=_view)
     return parser
 
 
@@ -249,6 +256,15 @@ def _known_info(info):
         out["patch_size"] = {k: v for k, v in patch.items()
                              if type(v) in (int, float) and 0 < v < float("inf")}
     return out
+
+
+def _view(args) -> int:
+    from .viewer import view
+
+    capture = Path(args.capture)
+    page = view(capture, out=args.out or capture.parent / f"{capture.resolve().name}.html")
+    print(f"wrote {page.path} ({len(page.html) / 2**20:.1f} MB); open it in a browser")
+    return 0
 
 
 def _vit_model(name: str, pretrained: bool):

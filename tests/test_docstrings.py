@@ -5,8 +5,9 @@ import importlib
 import pytest
 
 MODULES = ["getlocal", "getlocal._core", "getlocal.maps", "getlocal.patterns", "getlocal.plot", "getlocal.saved",
-           "getlocal.adapters.openvla", "getlocal.adapters.paligemma", "getlocal.adapters.vit"]
-NEEDS = {"getlocal.plot": "matplotlib", "getlocal.saved": "safetensors", "getlocal.adapters.openvla": "transformers",
+           "getlocal.viewer", "getlocal.adapters.openvla", "getlocal.adapters.paligemma", "getlocal.adapters.vit"]
+NEEDS = {"getlocal.plot": "matplotlib", "getlocal.saved": "safetensors", "getlocal.viewer": "safetensors",
+         "getlocal.adapters.openvla": "transformers",
          "getlocal.adapters.paligemma": "transformers", "getlocal.adapters.vit": "timm"}
 
 
