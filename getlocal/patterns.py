@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -1169,9 +1170,151 @@ def summarize(
     return PatternTable(names, scores, options)
 
 
+
+# --------------------------------------------------------------------------- token kinds
+
+
+class KindShares:
+    """Shares of each query kind's attention that go to each key kind.
+
+    ``values[..., i, j]`` is the mean over the queries of kind
+    ``query_kinds[i]`` of the fraction of their attention that goes to the keys
+    of kind ``key_kinds[j]``; the last axis sums to 1 for a softmax map. Image
+    kinds are per camera (``"image:wrist"``; ``"image"`` when a sequence holds
+    one image). From :func:`kind_shares` ``values`` is ``[heads, query kinds,
+    key kinds]``; from ``AttentionMaps.kind_shares()`` it is ``[maps, heads,
+    query kinds, key kinds]`` and ``rows`` labels the maps (tower, layer,
+    step, phase), NaN where a map lacks a kind or a head.
+
+    >>> import numpy as np
+    >>> from getlocal.maps import Segment, TokenLayout
+    >>> layout = TokenLayout([Segment("image", 0, 2), Segment("text", 2, 4)])
+    >>> s = kind_shares(np.full((1, 4, 4), 0.25), layout, layout)
+    >>> s.key_kinds, s.share("text", "image").tolist()
+    (('image', 'text'), [0.5])
+    """
+
+    def __init__(self, values: np.ndarray, query_kinds: Sequence[str], key_kinds: Sequence[str],
+                 rows: Optional[Sequence[Dict[str, Any]]] = None):
+        self.values = values
+        self.query_kinds = tuple(query_kinds)
+        self.key_kinds = tuple(key_kinds)
+        self.rows = list(rows) if rows is not None else None
+
+    def share(self, query: str, key: str) -> np.ndarray:
+        """``values[..., query, key]``; ``key="image"`` sums every camera."""
+        if query not in self.query_kinds:
+            raise _check.ArgumentError(f"query={query!r} is not a query kind here; they are {', '.join(self.query_kinds)}")
+        cols = [j for j, kk in enumerate(self.key_kinds) if kk == key or (key == "image" and kk.startswith("image:"))]
+        if not cols:
+            raise _check.ArgumentError(f"key={key!r} is not a key kind here; they are {', '.join(self.key_kinds)}")
+        with np.errstate(invalid="ignore"):
+            v = self.values[..., self.query_kinds.index(query), :][..., cols]
+            return np.where(np.isnan(v).all(-1), np.nan, np.nansum(v, -1))
+
+    def to_records(self) -> List[Dict[str, Any]]:
+        """Plain dicts (head means), one per row and query kind: ``{..., "query": kind, key kind: share}``."""
+        vals = self.values if self.rows is not None else self.values[None]
+        rows = self.rows if self.rows is not None else [{}]
+        out = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a kind missing from a map: NaN, said in the docstring
+            mean = np.nanmean(vals, axis=1)  # over heads
+        for r, row in enumerate(rows):
+            for i, qk in enumerate(self.query_kinds):
+                if np.isnan(mean[r, i]).all():
+                    continue
+                rec = dict(row, query=qk)
+                rec.update({kk: _plain_float(mean[r, i, j]) for j, kk in enumerate(self.key_kinds)})
+                out.append(rec)
+        return out
+
+    def __repr__(self):
+        return (f"KindShares({tuple(self.values.shape)}: queries {', '.join(self.query_kinds)}; "
+                f"keys {', '.join(self.key_kinds)})")
+
+
+def _kind_names(layout) -> List[str]:
+    """The kind of each position of a TokenLayout, images per camera."""
+    several = len([s for s in layout.segments if s.kind == "image"]) > 1
+    names = []
+    for seg in layout.segments:
+        name = seg.kind
+        if seg.kind == "image" and several:
+            name = f"image:{seg.camera}"
+        names += [name] * len(seg)
+    return names
+
+
+def kind_shares(attn, queries, keys, *, padding=None) -> KindShares:
+    """The share of each query kind's attention that goes to each key kind, per head.
+
+    ``queries`` and ``keys`` are the :class:`~getlocal.maps.TokenLayout` of the
+    map's last two axes (``AttentionMap.queries`` / ``.keys``). For query
+    kind ``G`` and key kind ``C``: ``mean_{q in G} sum_{k in C} A[q, k] /
+    sum_k A[q, k]`` over the queries of every batch item. ``padding``: a
+    ``[K]`` or ``[B, K]`` bool mask (``AttentionMap.padding``) of the padded
+    positions; they count as kind ``"padding"`` for queries and keys, so the
+    attention spreading onto padding shows up in the ``"padding"`` column.
+    Reference values: uniform attention over ``K`` keys gives each key kind
+    its token count over ``K``; with rows summing to 1 the key shares of a
+    query kind sum to 1. FastV (Chen et al., ECCV 2024, Fig. 2) reads this
+    table for the image column: how little attention text tokens give the
+    image after the first layers. Returns :class:`KindShares` with ``values
+    [heads, query kinds, key kinds]`` (batch mean).
+
+    >>> import numpy as np
+    >>> from getlocal.maps import Segment, TokenLayout
+    >>> layout = TokenLayout([Segment("bos", 0, 1), Segment("text", 1, 4)])
+    >>> a = np.zeros((1, 4, 4)); a[0, :, 0] = 1            # every token on BOS
+    >>> kind_shares(a, layout, layout).share("text", "bos").tolist()
+    [1.0]
+    """
+    a = _attention(attn)
+    nb, nh, q, k = a.shape
+    if not hasattr(queries, "segments") or not hasattr(keys, "segments"):
+        raise _check.ArgumentTypeError(
+            f"queries and keys must be TokenLayouts (AttentionMap.queries, AttentionMap.keys); "
+            f"got {type(queries).__name__} and {type(keys).__name__}")
+    if len(queries) != q or len(keys) != k:
+        raise _check.ArgumentError(
+            f"the layouts cover {len(queries)} queries and {len(keys)} keys but the map is [..., {q}, {k}]; "
+            f"pass the layouts of this map (AttentionMap.queries, AttentionMap.keys)")
+    qn = np.array(_kind_names(queries), dtype=object)
+    kn = np.array(_kind_names(keys), dtype=object)
+    qn = np.broadcast_to(qn, (nb, q)).copy()
+    kn = np.broadcast_to(kn, (nb, k)).copy()
+    if padding is not None:
+        pad = np.asarray(_as_array(padding, "padding")).astype(bool)
+        if pad.ndim not in (1, 2) or pad.shape[-1] != k or (pad.ndim == 2 and pad.shape[0] not in (1, nb)):
+            raise _check.ArgumentError(
+                f"padding must be a [K] or [B, K] bool mask with K = {k}, B = {nb}; got shape {tuple(pad.shape)}")
+        pad = np.broadcast_to(pad.reshape(-1, k), (nb, k))
+        kn[pad] = "padding"
+        qn[pad[:, k - q :]] = "padding"
+    qkinds = list(dict.fromkeys(qn.ravel()))
+    kkinds = list(dict.fromkeys(kn.ravel()))
+    rows = a.sum(-1, keepdims=True)
+    norm = np.where(rows > 0, a / np.where(rows > 0, rows, 1), 0)  # [B, H, Q, K]
+    per_key = np.zeros((nb, nh, q, len(kkinds)))
+    for j, kk in enumerate(kkinds):
+        cols = (kn == kk)  # [B, K]
+        per_key[..., j] = np.einsum("bhqk,bk->bhq", norm, cols.astype(norm.dtype))
+    values = np.full((nh, len(qkinds), len(kkinds)), np.nan)
+    live = rows[..., 0] > 0  # [B, H, Q]
+    for i, qk in enumerate(qkinds):
+        sel = (qn == qk)[:, None, :] & live  # [B, H, Q]
+        count = sel.sum((0, 2))
+        total = np.einsum("bhqj,bhq->hj", per_key, sel.astype(per_key.dtype))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values[:, i, :] = np.where(count[:, None] > 0, total / np.where(count > 0, count, 1)[:, None], np.nan)
+    return KindShares(values, qkinds, kkinds)
+
 __all__ = [
     "PatternTable",
     "summarize",
+    "KindShares",
+    "kind_shares",
     "head_scores",
     "classify_heads",
     "self_mass",
