@@ -36,6 +36,7 @@ import numpy as np
 
 from . import _check
 from ._convert import converter
+from .maps import TokenLayout
 
 #: A head is labelled after its largest pattern score when that score reaches
 #: these values; otherwise it is ``"mixed"``. 0.5 means "the pattern holds the
@@ -523,7 +524,7 @@ def sink_keys(attn, *, threshold: float = SINK_THRESHOLD, causal: bool = False) 
 
 def _segment_starts(segments, k: int, name: str = "segments") -> np.ndarray:
     """Segment start positions over ``k`` keys, from a TokenLayout or boundaries."""
-    if hasattr(segments, "segments"):  # a TokenLayout (of the keys)
+    if isinstance(segments, TokenLayout):  # the layout of the keys
         if len(segments) != k:
             raise _check.ArgumentError(
                 f"{name} is a TokenLayout of {len(segments)} tokens but the map has {k} keys; "
@@ -877,7 +878,10 @@ def _scores_excluding(a, image_tokens, grid, causal, patch_size, radius, segment
             continue
         img = _renumber(image_tokens, kb, "image_tokens")
         seg = _renumber(segments, kb, "segments")
-        out = _scores(sub, img, grid, causal, patch_size, radius, seg)
+        try:
+            out = _scores(sub, img, grid, causal, patch_size, radius, seg)
+        except ValueError as exc:  # e.g. a grid that no longer fits the kept tokens
+            raise _check.ArgumentError(f"with exclude={_check._show(exclude)}: {exc}") from None
         full = np.flatnonzero(kb)
         out["sinks"] = [full[s] for s in out["sinks"]]
         parts.append(out)
@@ -1203,6 +1207,7 @@ class KindShares:
 
     def share(self, query: str, key: str) -> np.ndarray:
         """``values[..., query, key]``; ``key="image"`` sums every camera."""
+        _check.text("query", query), _check.text("key", key)
         if query not in self.query_kinds:
             raise _check.ArgumentError(f"query={query!r} is not a query kind here; they are {', '.join(self.query_kinds)}")
         cols = [j for j, kk in enumerate(self.key_kinds) if kk == key or (key == "image" and kk.startswith("image:"))]
@@ -1272,7 +1277,7 @@ def kind_shares(attn, queries, keys, *, padding=None) -> KindShares:
     """
     a = _attention(attn)
     nb, nh, q, k = a.shape
-    if not hasattr(queries, "segments") or not hasattr(keys, "segments"):
+    if not isinstance(queries, TokenLayout) or not isinstance(keys, TokenLayout):
         raise _check.ArgumentTypeError(
             f"queries and keys must be TokenLayouts (AttentionMap.queries, AttentionMap.keys); "
             f"got {type(queries).__name__} and {type(keys).__name__}")
