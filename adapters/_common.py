@@ -372,6 +372,7 @@ def _label(spec: _Spec, entries: List[_Entry], options: Dict[str, Any]) -> Atten
     maps: List[AttentionMap] = []
     layouts: Dict[str, TokenLayout] = {}
     prompt: Optional[TokenLayout] = None  # the last prefill/prefix layout of the language model
+    padding = None  # [batch, prompt keys] bool: the prompt positions that each item pads
     vision_seen: List[_Entry] = []
     for number, step in enumerate(steps):
         vision = [e for e in step if e.tower in spec.vision_towers]
@@ -382,6 +383,8 @@ def _label(spec: _Spec, entries: List[_Entry], options: Dict[str, Any]) -> Atten
         phase = _phase(language, has_expert)
         if language and phase in ("prefill", "prefix"):
             prompt = spec.prompt_layout(language[0].keys, vision_seen, language[0].batch, options)
+            padding = _padding(language)
+            prompt = _mark_padding(prompt, padding)
         elif language and prompt is None:  # a decode/denoise step whose prompt was not captured
             first = language[0]
             prompt = TokenLayout([Segment("context", 0, first.keys - first.queries)])
@@ -393,11 +396,78 @@ def _label(spec: _Spec, entries: List[_Entry], options: Dict[str, Any]) -> Atten
                 keys = _extend(prompt, e.keys, "action" if denoise else "generated",
                                options.get("state_tokens", 0) if denoise else 0)
                 queries = keys.window(e.keys - e.queries, e.keys)
+            pad = None if e.tower in spec.vision_towers else _pad_for(padding, e.batch, e.keys)
             maps.append(AttentionMap(e.array, e.tower, e.layer, e.path, number, phase, e.index,
-                                     queries, keys, e.camera))
+                                     queries, keys, e.camera, pad))
             if e.tower not in layouts or len(keys) > len(layouts[e.tower]):
                 layouts[e.tower] = keys
     return AttentionMaps(maps, layouts)
+
+
+def _padding(language: List[_Entry]):
+    """``[batch, keys]`` bool: the prompt positions that the attention mask hid, or None.
+
+    An additive mask (``finfo.min`` or ``-inf``) makes a key's weight exactly 0
+    after the softmax, which unmasked logits never reach in float32 (a gap of
+    over 100 would be needed). So a position is padding in an item when, in
+    every layer and head of the prefill, every query that sees it gives it
+    exactly 0. Query rows whose keys are all masked (a left-padded query: the
+    softmax of equal values is uniform) are left out of that test.
+    """
+    import numpy as np
+
+    from getlocal._convert import converter
+
+    to_numpy = converter("numpy")
+    zero = None
+    for e in language:
+        a = np.asarray(to_numpy(e.array))
+        if a.ndim != 4 or a.shape[-2] != a.shape[-1]:
+            return None
+        a = a.astype(np.float32, copy=False)
+        hidden = (a.max(-1, keepdims=True) == a.min(-1, keepdims=True))  # fully masked rows: uniform
+        z = ((a == 0) | hidden).all(axis=(1, 2))  # [B, K]
+        zero = z if zero is None else (zero & z) if zero.shape == z.shape else None
+        if zero is None:
+            return None
+    if zero is None or not zero.any():
+        return None
+    # under a causal mask the last key is seen only by the last query, so a zero
+    # column there is the mask too; a real token is always seen by itself
+    return zero
+
+
+def _mark_padding(prompt: TokenLayout, padding) -> TokenLayout:
+    """``prompt`` with the positions that every item pads made ``padding`` segments."""
+    if padding is None or len(prompt) != padding.shape[-1]:
+        return prompt
+    common = padding.all(0)
+    if not common.any():
+        return prompt
+    segments = []
+    for s in prompt.segments:
+        start = s.start
+        for pos in range(s.start, s.stop + 1):
+            if pos == s.stop or pos > start and common[pos] != common[pos - 1]:
+                if pos > start:
+                    kind = "padding" if common[start] else s.kind
+                    whole = (start, pos) == (s.start, s.stop)
+                    segments.append(Segment(kind, start, pos, s.camera if kind == s.kind else None,
+                                            s.grid if whole and kind == s.kind else None))
+                start = pos
+    return TokenLayout(segments)
+
+
+def _pad_for(padding, batch: int, keys: int):
+    """The prompt padding of a map with ``keys`` keys (later keys are generated: never padding)."""
+    import numpy as np
+
+    if padding is None or padding.shape[0] != batch:
+        return None
+    out = np.zeros((batch, keys), dtype=bool)
+    n = min(keys, padding.shape[1])
+    out[:, :n] = padding[:, :n]
+    return out if out.any() else None
 
 
 def _split_steps(spec: _Spec, entries: List[_Entry]) -> List[List[_Entry]]:

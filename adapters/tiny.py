@@ -183,12 +183,19 @@ class TinyPi0(nn.Module):
 
     @torch.no_grad()
     def sample_actions(self, images: Sequence[torch.Tensor], input_ids: torch.Tensor, state: torch.Tensor, *,
-                       horizon: int = 4, steps: int = 3) -> torch.Tensor:
+                       horizon: int = 4, steps: int = 3,
+                       attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Denoised actions; ``attention_mask [batch, text]`` (1 = token, 0 = padding) pads the prompt, as openpi does."""
         from transformers.models.gemma import modeling_gemma
 
         prefix = self.embed_prefix(images, input_ids)
         language = self.paligemma.model.language_model
-        out = language(inputs_embeds=prefix, output_hidden_states=True, use_cache=False)
+        keep = None
+        if attention_mask is not None:
+            images_len = prefix.shape[1] - input_ids.shape[1]
+            keep = torch.cat([torch.ones(prefix.shape[0], images_len, dtype=torch.long), attention_mask.long()], 1)
+        out = language(inputs_embeds=prefix, attention_mask=keep, output_hidden_states=True, use_cache=False)
+        self._prefix_keep = keep
         # The prefix keys/values of each layer, recomputed from that layer's input
         # (version-independent, unlike the cache classes).
         positions = torch.arange(prefix.shape[1])[None]
@@ -224,8 +231,13 @@ class TinyPi0(nn.Module):
             k = attn.k_proj(h).view(shape).transpose(1, 2)
             v = attn.v_proj(h).view(shape).transpose(1, 2)
             q, k = modeling_gemma.apply_rotary_pos_emb(q, k, cos, sin)
+            mask = None
+            if self._prefix_keep is not None:  # the suffix sees every prefix token but the padding
+                seen = torch.cat([self._prefix_keep, torch.ones(h.shape[0], h.shape[1], dtype=torch.long)], 1)
+                mask = torch.zeros(seen.shape, dtype=q.dtype).masked_fill(seen == 0, torch.finfo(q.dtype).min)
+                mask = mask[:, None, None, :].expand(-1, 1, h.shape[1], -1)
             out, _ = modeling_gemma.eager_attention_forward(
-                attn, q, torch.cat([k_prefix, k], dim=2), torch.cat([v_prefix, v], dim=2), None, attn.scaling)
+                attn, q, torch.cat([k_prefix, k], dim=2), torch.cat([v_prefix, v], dim=2), mask, attn.scaling)
             hidden = hidden + attn.o_proj(out.reshape(*h.shape[:2], -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return model.norm(hidden)
@@ -246,13 +258,21 @@ def pi0(*, dim: int = 32, expert_dim: int = 16, layers: int = 2, heads: int = 2,
     return TinyPi0(vlm, GemmaForCausalLM(expert_config), action_dim).eval()
 
 
-def pi0_inputs(model: TinyPi0, *, cameras: int = 2, batch: int = 1, text_tokens: int = 4, seed: int = 0):
-    """``(images, input_ids, state)``: one image tensor per camera, ``[BOS, text]`` ids, a state vector."""
+def pi0_inputs(model: TinyPi0, *, cameras: int = 2, batch: int = 1, text_tokens: int = 4, seed: int = 0,
+               lengths: Optional[Sequence[int]] = None):
+    """``(images, input_ids, state)``: one image tensor per camera, ``[BOS, text]`` ids, a state vector.
+
+    ``lengths`` (one per item, at most ``text_tokens``) right-pads the prompts
+    with the pad id 0, as openpi pads to ``max_token_len``; pass
+    ``attention_mask=(input_ids != 0)`` to ``sample_actions``.
+    """
     generator = torch.Generator().manual_seed(seed)
     config = model.paligemma.config
     size = config.vision_config.image_size
     images = [torch.randn(batch, 3, size, size, generator=generator) for _ in range(cameras)]
     ids = torch.randint(3, config.image_token_index, (batch, text_tokens), generator=generator)
     ids[:, 0] = config.text_config.bos_token_id
+    for b, n in enumerate(lengths or ()):
+        ids[b, n:] = config.text_config.pad_token_id
     state = torch.randn(batch, model.action_out_proj.out_features, generator=generator)
     return images, ids, state

@@ -104,11 +104,14 @@ def report(maps, images, info, out: Path) -> None:
     for tower, entry in plan.towers.items():
         print(f"\n{tower}: {entry['title']}")
         print(entry["table"])
+    shares = _plan_kind_shares(plan, towers, maps.layouts)
     _draw(plan)
     summary = _summary(maps, info, plan)
+    summary["kind_shares"] = shares
     text = json.dumps(summary, indent=1, allow_nan=False)
     write_atomic(out / "summary.json", lambda f: f.write(text.encode("utf-8")))
-    write_atomic(out / "summary.md", lambda f: f.write(_markdown(summary).encode("utf-8")))
+    markdown = _markdown(summary) + _kind_shares_markdown(shares)
+    write_atomic(out / "summary.md", lambda f: f.write(markdown.encode("utf-8")))
     folders = sorted({str(path.parent.relative_to(out)) for path, _ in plan.jobs})
     print(f"\nwrote {len(plan.jobs)} figures into {out}/ ({', '.join(f + '/' for f in folders)}), "
           f"{out / 'summary.md'} and {out / 'summary.json'}")
@@ -259,6 +262,48 @@ def _draw(plan: _Plan) -> None:
             write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight"))
         finally:
             plt.close(fig)
+
+
+# --------------------------------------------------------------------------- token kinds
+
+
+def _plan_kind_shares(plan: _Plan, towers: Dict[str, list], layouts) -> Dict[str, Any]:
+    """Per language tower, its first step's token-kind attention shares by layer; the image-share figure."""
+    import matplotlib.pyplot as plt
+
+    from . import plot
+
+    out: Dict[str, Any] = {}
+    for tower, mine in towers.items():
+        mine = AttentionMaps(mine, layouts)
+        if _is_vision(mine) or not mine.maps:
+            continue
+        step, phase = mine.steps[0]
+        chosen = mine.select(step=step)
+        shares = chosen.kind_shares()
+        out[tower] = {"step": step, "phase": phase, "query_kinds": list(shares.query_kinds),
+                      "key_kinds": list(shares.key_kinds), "rows": shares.to_records()}
+        if any(k == "image" or k.startswith("image:") for k in shares.key_kinds):
+            def draw(s=shares, t=tower, ph=phase):
+                fig, ax = plt.subplots(figsize=(4.8, 3.2), layout="constrained")
+                plot.image_share(s, ax=ax)
+                return _titled(fig, f"{t} ({ph}): attention to image tokens by depth")
+
+            plan.figure(tower, phase, "all", "image-share", draw)
+    return out
+
+
+def _kind_shares_markdown(shares: Dict[str, Any]) -> str:
+    lines = []
+    for tower, entry in shares.items():
+        keys = entry["key_kinds"]
+        lines += ["", f"## {tower}: share of each query kind's attention per key kind "
+                      f"(step {entry['step']} {entry['phase']}, mean over heads)", "",
+                  "| layer | queries | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 2)]
+        for rec in entry["rows"]:
+            cells = ["-" if rec.get(k) is None else f"{rec[k]:.3f}" for k in keys]
+            lines.append(f"| {rec['layer']} | {rec['query']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 # --------------------------------------------------------------------------- summary

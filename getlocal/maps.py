@@ -26,8 +26,9 @@ from . import _check
 from ._errors import GetLocalError
 
 #: Token kinds that the adapters write. ``image`` segments carry a ``grid``
-#: (and a ``camera`` when a sequence holds several images).
-KINDS = ("cls", "register", "image", "bos", "text", "generated", "state", "action", "context")
+#: (and a ``camera`` when a sequence holds several images). ``padding``: positions
+#: that the attention mask hides from every query (padded prompts).
+KINDS = ("cls", "register", "image", "bos", "text", "generated", "state", "action", "context", "padding")
 #: Towers and phases that the adapters write; ``select`` rejects other names as typos.
 TOWERS = ("dinov2", "siglip", "llm", "vision", "language", "expert", "vit")
 PHASES = ("encode", "prefill", "decode", "prefix", "denoise")
@@ -194,7 +195,11 @@ class AttentionMap:
     (0, 1, ...) and ``phase`` its kind (``'prefill'``, ``'decode'``,
     ``'prefix'``, ``'denoise'``, ``'encode'``). ``call``: the global call
     index (``getlocal.Call.index``), which orders all maps. ``queries`` /
-    ``keys``: the token layouts of the two last axes.
+    ``keys``: the token layouts of the two last axes. ``padding``: None, or a
+    ``[batch, keys]`` bool array, True where a key position is padding in that
+    batch item (the queries are the last ``Q`` positions); items of one batch
+    can pad different positions, while ``keys`` marks as ``'padding'`` only
+    the positions that every item pads.
     """
 
     array: Any
@@ -207,6 +212,17 @@ class AttentionMap:
     queries: TokenLayout
     keys: TokenLayout
     camera: Optional[str] = None  # set when a whole vision call saw one camera only
+    padding: Optional[Any] = None  # [batch, keys] bool, True where that item pads
+
+    def kind_shares(self):
+        """The share of each query kind's attention going to each key kind, per head.
+
+        :func:`getlocal.patterns.kind_shares` on this map, its layouts and its
+        padding: ``values [heads, query kinds, key kinds]``.
+        """
+        from .patterns import kind_shares
+
+        return kind_shares(self.array, self.queries, self.keys, padding=self.padding)
 
     @property
     def shape(self) -> Tuple[int, ...]:
@@ -226,11 +242,13 @@ class AttentionMap:
         return self.array[..., q, :][..., k]
 
     def meta(self) -> Dict[str, Any]:
-        """Every label, JSON-ready (the array is left out)."""
+        """Every label, JSON-ready (the array is left out; ``padding`` as the padded positions of each item)."""
         return {
             "tower": self.tower, "layer": self.layer, "path": self.path, "step": self.step,
             "phase": self.phase, "call": self.call, "shape": list(self.shape), "camera": self.camera,
             "queries": self.queries.to_dict(), "keys": self.keys.to_dict(),
+            "padding": None if self.padding is None else [
+                np.flatnonzero(np.asarray(row)).tolist() for row in self.padding],
         }
 
     def __repr__(self):
@@ -289,6 +307,28 @@ class AttentionMaps(Sequence):
     def steps(self) -> List[Tuple[int, str]]:
         """``[(step, phase), ...]`` in order."""
         return list(dict.fromkeys((m.step, m.phase) for m in self.maps))
+
+    def kind_shares(self):
+        """:meth:`AttentionMap.kind_shares` of every map, stacked: ``values [maps, heads, query kinds, key kinds]``.
+
+        ``rows[i]`` labels map ``i`` (``tower``, ``layer``, ``step``, ``phase``);
+        kinds are the union over the maps, NaN where a map lacks one (or has
+        fewer heads). Select first, e.g. ``maps.select(tower='llm',
+        phase='prefill').kind_shares()`` for one row per layer.
+        """
+        from .patterns import KindShares
+
+        parts = [m.kind_shares() for m in self.maps]
+        qk = list(dict.fromkeys(k for p in parts for k in p.query_kinds))
+        kk = list(dict.fromkeys(k for p in parts for k in p.key_kinds))
+        heads = max((p.values.shape[0] for p in parts), default=0)
+        values = np.full((len(parts), heads, len(qk), len(kk)), np.nan)
+        for n, p in enumerate(parts):
+            qi = [qk.index(k) for k in p.query_kinds]
+            ki = [kk.index(k) for k in p.key_kinds]
+            values[n, : p.values.shape[0]][np.ix_(range(p.values.shape[0]), qi, ki)] = p.values
+        rows = [{"tower": m.tower, "layer": m.layer, "step": m.step, "phase": m.phase} for m in self.maps]
+        return KindShares(values, qk, kk, rows)
 
     def meta(self) -> Dict[str, Any]:
         """Every label of every map plus the layouts, JSON-ready (arrays left out, in the same order)."""

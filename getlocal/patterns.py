@@ -1,13 +1,18 @@
 """Measure the attention patterns people usually judge by eye.
 
-Three patterns recur in vision transformers (and in the language models of
-VLA policies): a query attends to itself (a *diagonal*), to its spatial
-neighbours (*stripes*: on a flattened ``h x w`` patch grid the neighbours sit
-at offsets ``+-1``, ``+-w`` and ``+-w+-1``), or every query attends to the
-same few keys (*vertical* lines: attention sinks, register or high-norm
-tokens). This module scores each head for each pattern, adds the mean
-attention distance and the normalised entropy, labels the head, and gathers a
-model's layers into one :class:`PatternTable`.
+Four patterns recur in vision transformers and language models (Kovaleva et
+al., EMNLP 2019, "Revealing the Dark Secrets of BERT"; Clark et al., 2019,
+"What Does BERT Look At?"): every query attends to the token at one fixed
+offset (a *diagonal*: itself at offset 0, the previous token at -1, the next
+at +1), to its spatial neighbours (*stripes*: on a flattened ``h x w`` patch
+grid the neighbours sit at offsets ``+-1``, ``+-w`` and ``+-w+-1``), every
+query attends to the same few keys (*vertical* lines: attention sinks,
+[CLS]/[SEP]/BOS, register or high-norm tokens), or queries spread over their
+own segment (*block*). This module scores each head for each pattern, adds the
+mean attention distance and the normalised entropy, labels the head, and
+gathers a model's layers into one :class:`PatternTable`. :func:`kind_shares`
+tells how much attention each kind of token (image, text, action, ...) gives
+each other kind.
 
 Maps are ``[H, Q, K]`` or ``[B, H, Q, K]`` arrays (numpy or torch, any float
 dtype, bfloat16 included); a ``[B, ...]`` map is scored per batch item and the
@@ -24,12 +29,14 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import _check
 from ._convert import converter
+from .maps import TokenLayout
 
 #: A head is labelled after its largest pattern score when that score reaches
 #: these values; otherwise it is ``"mixed"``. 0.5 means "the pattern holds the
@@ -37,6 +44,7 @@ from ._convert import converter
 DIAGONAL_THRESHOLD = 0.5
 STRIPE_THRESHOLD = 0.5
 VERTICAL_THRESHOLD = 0.5
+BLOCK_THRESHOLD = 0.5
 #: A key is a sink when the mean attention it receives exceeds this
 #: (the epsilon = 0.3 of Gu et al., ICLR 2025, "When Attention Sink Emerges in
 #: Language Models", Sec. 3).
@@ -46,7 +54,9 @@ SINK_THRESHOLD = 0.3
 #: ("Vision Transformers Need Registers", Sec. 2) find in large ViTs.
 TOP_KEY_FRACTION = 0.02
 
-LABELS = ("diagonal", "stripe", "vertical", "mixed")
+#: ``"mixed"`` is what Kovaleva et al. (2019) call *heterogeneous*. A ``"diagonal"``
+#: head has an ``offset`` (0: itself, -1: the previous token, ...).
+LABELS = ("diagonal", "stripe", "vertical", "block", "mixed")
 _to_numpy = converter("numpy")
 _NEIGHBOURS_8 = tuple((dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0))
 
@@ -273,6 +283,56 @@ def offset_profile(attn, *, max_offset: Optional[int] = None) -> Tuple[np.ndarra
     return offsets, out
 
 
+def _diagonal_lengths(q: int, k: int, offsets: np.ndarray) -> np.ndarray:
+    """How many queries have a key at each 1-D offset (query ``i`` sits at ``K - Q + i``)."""
+    lo = np.maximum(0, q - k - offsets)
+    hi = np.minimum(q, q - offsets)
+    return np.maximum(hi - lo, 0)
+
+
+def _offset_scores(a: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``(offsets, S)``: the searched 1-D offsets, ``0, -1, 1, -2, 2, ...``, and ``S [H, n]``.
+
+    An offset ``d != 0`` is searched when at least ``max(2, ceil(Q / 2))``
+    queries have a key at ``d``: a mean over one or two queries at the far end
+    of the map would call a sink a diagonal.
+    """
+    q, k = a.shape[-2:]
+    offsets = np.arange(-(k - 1), q)
+    lengths = _diagonal_lengths(q, k, offsets)
+    keep = (offsets == 0) | (lengths >= max(2, math.ceil(q / 2)))
+    offsets = offsets[keep]
+    offsets = offsets[np.lexsort((offsets, np.abs(offsets)))]  # 0, -1, 1, -2, 2, ...: ties go to the nearest
+    out = np.empty((a.shape[1], offsets.size))
+    for j, d in enumerate(offsets):
+        out[:, j] = _head_mean(np.diagonal(a, offset=k - q + int(d), axis1=-2, axis2=-1).mean(-1))
+    return offsets, out
+
+
+def diagonal_offset(attn) -> Tuple[np.ndarray, np.ndarray]:
+    """The 1-D diagonal of each head: ``(offset [H], score [H])``.
+
+    ``score = max_d S(d)`` with ``S`` the :func:`offset_profile`, taken over the
+    offsets that at least half the queries (and at least two) have; ``offset``
+    is the ``d`` that reaches it (the nearest to 0 on ties, the previous token
+    before the next). ``S(0)`` is :func:`self_mass`. A previous-token head
+    (every query on the token before it: Clark et al., 2019, Sec. 3) has
+    offset -1 and score 1, also on a causal map (query 0, which has no
+    previous token, is not counted) and on a decode map (``Q < K``); a
+    next-token head +1; a head on itself 0. Uniform attention scores ``1/K``
+    (about ``ln K / K`` on a causal map).
+
+    >>> import numpy as np
+    >>> offset, score = diagonal_offset(np.eye(5, k=-1)[None])   # each token on the one before
+    >>> offset.tolist(), score.tolist()
+    ([-1], [1.0])
+    """
+    a = _attention(attn)
+    offsets, prof = _offset_scores(a)
+    best = prof.argmax(-1)
+    return offsets[best], prof[np.arange(prof.shape[0]), best]
+
+
 # --------------------------------------------------------------------------- stripes
 
 
@@ -409,7 +469,10 @@ def top_key_mass(attn, *, fraction: float = TOP_KEY_FRACTION, causal: bool = Fal
     The top keys are the ``max(1, ceil(fraction * K))`` keys with the largest
     :func:`received_attention`; the score is ``mean_q sum_{k in top} A[q, k]``.
     It is 1 when every query attends to the same column, ``ceil(0.02 K) / K``
-    for uniform attention. ``fraction`` defaults to 2 %, the share of
+    for uniform attention. With ``causal=True`` the mean runs over the queries
+    that can see the first top key, so a sink at position ``p`` (a [SEP], a
+    full stop, a BOS after padding) scores 1 although the ``p`` queries before
+    it cannot attend to it; uniform causal attention scores about ``ln K / K``. ``fraction`` defaults to 2 %, the share of
     high-norm tokens reported by Darcet et al., ICLR 2024. Returns ``[H]``.
 
     >>> import numpy as np
@@ -430,7 +493,13 @@ def _top_key_mass(a, colsum, fraction, causal):
     n_top = max(1, math.ceil(fraction * k))
     received = colsum / _visible_queries(q, k, causal)
     top = np.argpartition(received, k - n_top, axis=-1)[..., k - n_top :]
-    return _head_mean(np.take_along_axis(colsum, top, -1).sum(-1) / q)
+    mass = np.take_along_axis(colsum, top, -1).sum(-1)
+    if not causal:
+        return _head_mean(mass / q)
+    # only the queries that can see a top key count: a sink at position p is
+    # invisible to the p queries before it under a causal mask
+    seeing = _visible_queries(q, k, causal)[top.min(-1)]
+    return _head_mean(mass / seeing)
 
 
 def sink_keys(attn, *, threshold: float = SINK_THRESHOLD, causal: bool = False) -> List[np.ndarray]:
@@ -448,6 +517,100 @@ def sink_keys(attn, *, threshold: float = SINK_THRESHOLD, causal: bool = False) 
     causal = _check.flag("causal", causal)
     r = received_attention(attn, causal=causal)
     return [np.flatnonzero(row > threshold) for row in r]
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+def _segment_starts(segments, k: int, name: str = "segments") -> np.ndarray:
+    """Segment start positions over ``k`` keys, from a TokenLayout or boundaries."""
+    if isinstance(segments, TokenLayout):  # the layout of the keys
+        if len(segments) != k:
+            raise _check.ArgumentError(
+                f"{name} is a TokenLayout of {len(segments)} tokens but the map has {k} keys; "
+                f"pass the layout of the keys (AttentionMap.keys)")
+        starts = [s.start for s in segments.segments]
+    else:
+        try:
+            starts = [int(v) for v in segments]
+            ok = all(float(v) == int(v) for v in segments)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise _check.ArgumentTypeError(
+                f"{name} must be a TokenLayout or a list of the positions where segments start "
+                f"(e.g. [0, 1, 197]); got {_check._show(segments)}")
+    starts = np.unique(np.asarray([0] + starts, dtype=np.int64))
+    if starts.min() < 0 or starts.max() >= k:
+        raise _check.ArgumentError(
+            f"{name} has segment starts outside the {k} keys of the map: {_check._show(segments)}")
+    return starts
+
+
+def _block_score(a: np.ndarray, starts: np.ndarray, causal: bool) -> np.ndarray:
+    q, k = a.shape[-2:]
+    shift = k - q
+    stops = np.append(starts[1:], k)
+    total = np.zeros(a.shape[:2])
+    used = 0
+    rows = a.sum(-1)
+    for start, stop in zip(starts, stops):
+        first = max(start, shift)
+        if first >= stop:
+            continue
+        pos = np.arange(first, stop)                             # key positions of these queries
+        block = a[..., first - shift : stop - shift, start:stop]  # [B, H, n_q, n]
+        if causal:
+            block = np.where(np.arange(start, stop)[None, :] <= pos[:, None], block, 0)
+            n_vis = pos - start + 1
+            k_vis = pos + 1
+        else:
+            n_vis = np.full(pos.size, stop - start)
+            k_vis = np.full(pos.size, k)
+        ok = (n_vis >= 2) & (n_vis < k_vis)  # a query alone in its segment, or a segment of every key: no block
+        if not ok.any():
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = rows[..., first - shift : stop - shift]
+            spread = (block.sum(-1) - block.max(-1)) / np.where(r > 0, r, 1)
+            u = (n_vis - 1) / k_vis
+            score = np.clip((spread - u) / np.where(ok, 1 - 1 / n_vis - u, 1), 0, 1)
+        total += score[..., ok].sum(-1)
+        used += int(ok.sum())
+    if not used:
+        return np.full(a.shape[1], np.nan)
+    return _head_mean(total / used)
+
+
+def block_score(attn, segments, *, causal: bool = False) -> np.ndarray:
+    """How much each head keeps its attention inside the query's own segment, spread out.
+
+    ``segments`` splits the keys: a :class:`~getlocal.maps.TokenLayout` of the
+    keys (each segment is a block) or the positions where segments start
+    (``[0, 12, 30]``). For each query with ``n`` visible keys in its own
+    segment out of ``N`` visible keys (``causal=True``: the keys up to the
+    query), take ``s = m - x``: its attention to its segment ``m`` less the
+    largest single key of it ``x``, so that a diagonal (of any offset) or a
+    sink inside the segment does not count; uniform attention gives
+    ``u = (n - 1) / N`` and a pure block (uniform over the segment)
+    ``1 - 1/n``. The score is ``(s - u) / (1 - 1/n - u)`` clipped to
+    ``[0, 1]``, averaged over the queries with ``2 <= n < N``. Reference
+    values: 1 for a pure block head, 0 for uniform attention and for any
+    one-hot head (diagonal, previous-token, sink). The pattern is the "block"
+    of Kovaleva et al., EMNLP 2019 (Fig. 1). Returns ``[H]`` (NaN when no
+    query qualifies).
+
+    >>> import numpy as np
+    >>> a = np.zeros((1, 6, 6)); a[0, :3, :3] = 1 / 3; a[0, 3:, 3:] = 1 / 3
+    >>> block_score(a, [0, 3]).tolist()
+    [1.0]
+    """
+    causal = _check.flag("causal", causal)
+    a = _attention(attn)
+    return _block_score(a, _segment_starts(segments, a.shape[-1]), causal)
+
+
+# --------------------------------------------------------------------------- entropy and dependence
 
 
 def _row_entropy(a):
@@ -568,11 +731,83 @@ def _entropy(ent, q, k, causal, normalize):
 # --------------------------------------------------------------------------- labels
 
 
-def _label(diag, stripe, vert) -> str:
-    scores = {"diagonal": diag, "stripe": stripe, "vertical": vert}
-    limits = {"diagonal": DIAGONAL_THRESHOLD, "stripe": STRIPE_THRESHOLD, "vertical": VERTICAL_THRESHOLD}
-    best = max((n for n in scores if not np.isnan(scores[n])), key=lambda n: scores[n] - limits[n])
-    return best if scores[best] >= limits[best] else "mixed"
+def _label(diag, offset, stripe, vert, block, width) -> str:
+    """The label of one head from its scores (see :func:`classify_heads` for the rule)."""
+    # candidates in priority order: on equal margins the earlier one wins
+    cands = [("diagonal", diag, DIAGONAL_THRESHOLD)] if offset == 0 else []
+    cands += [("stripe", stripe, STRIPE_THRESHOLD)]
+    if offset != 0:
+        # a grid-neighbour offset is a stripe unless the head also follows it where the
+        # grid has no such neighbour (across row ends, outside the image): then S(d) > nbr8
+        cands += [("diagonal", diag, DIAGONAL_THRESHOLD)]
+    cands += [("vertical", vert, VERTICAL_THRESHOLD), ("block", block, BLOCK_THRESHOLD)]
+    cands = [c for c in cands if not np.isnan(c[1])]
+    best = max(cands, key=lambda c: c[1] - c[2])
+    return best[0] if best[1] >= best[2] else "mixed"
+
+
+def _kept_positions(exclude, nb: int, k: int):
+    """``[B, K]`` bool of the positions to keep, or None when nothing is excluded."""
+    if exclude is None:
+        return None
+    arr = None
+    if not isinstance(exclude, (slice, tuple)):
+        try:
+            arr = _as_array(exclude, "exclude") if not isinstance(exclude, (list, range)) else np.asarray(exclude)
+        except ValueError:
+            arr = None
+    if arr is not None and arr.dtype != object and arr.ndim in (1, 2) and arr.shape[-1] == k and (
+            arr.dtype == bool or arr.ndim == 2 or (arr.size and set(np.unique(arr)) <= {0, 1} and arr.size == k > 2)):
+        # a mask: [K] or [B, K], True (or 1) where the position is left out
+        mask = np.asarray(exclude).astype(bool) if arr.dtype != bool else arr
+        if mask.ndim == 2 and mask.shape[0] not in (1, nb):
+            raise _check.ArgumentError(
+                f"exclude is a [{mask.shape[0]}, {k}] mask but the map has {nb} batch items; "
+                f"pass one row per item or a single [K] mask")
+        drop = np.broadcast_to(mask.reshape(-1, k), (nb, k))
+    else:
+        if isinstance(exclude, (list, range)) and len(exclude) == 0:
+            return None
+        pos = _image_positions(exclude, k, "exclude")
+        drop = np.zeros((nb, k), dtype=bool)
+        drop[:, pos] = True
+    if not drop.any():
+        return None
+    keep = ~drop
+    if (keep.sum(-1) == 0).any():
+        raise _check.ArgumentError(f"exclude leaves out all {k} keys of a batch item; nothing would be scored")
+    return keep
+
+
+def _compress(a: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """One item's map without the left-out rows and keys, rows renormalised to their old sums."""
+    q, k = a.shape[-2:]
+    rows = keep[k - q :]
+    if not rows.any():
+        return a[..., :0, :][..., keep]
+    out = a[..., rows, :][..., keep]
+    before = a[..., rows, :].sum(-1, keepdims=True)
+    after = out.sum(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(after > 0, out * (before / np.where(after > 0, after, 1)), out)
+
+
+def _renumber(positions, keep: np.ndarray, name: str):
+    """Positions of the full sequence as positions among the kept tokens (None stays None)."""
+    if positions is None:
+        return None
+    k = keep.size
+    if name == "segments":
+        before = np.cumsum(keep) - keep  # kept tokens in front of each position
+        starts = before[_segment_starts(positions, k, name)]
+        return np.unique(np.append(starts[starts < keep.sum()], 0))
+    pos = _image_positions(positions, k, name)
+    idx = np.arange(pos.start, pos.stop) if isinstance(pos, slice) else pos
+    if not keep[idx].all():
+        raise _check.ArgumentError(
+            f"exclude leaves out {int((~keep[idx]).sum())} of the {idx.size} image tokens ({name}); "
+            f"exclude padding only, or pass image_tokens without the excluded positions")
+    return (np.cumsum(keep) - 1)[idx]
 
 
 def head_scores(
@@ -583,15 +818,33 @@ def head_scores(
     causal: bool = False,
     patch_size: Optional[float] = None,
     radius: int = 2,
+    segments=None,
+    exclude=None,
 ) -> Dict[str, Any]:
     """Every score of every head of one layer, computed in one pass.
 
-    Returns a dict of per-head values: ``self_mass``, ``neighbour_mass``,
-    ``top_key_mass``, ``nmi``, ``distance`` (patches), ``distance_px``,
+    Returns a dict of per-head values: ``self_mass``, ``diagonal_mass`` and
+    ``offset`` (:func:`diagonal_offset`), ``neighbour_mass``,
+    ``top_key_mass``, ``block_score`` (:func:`block_score`; NaN without
+    ``segments``), ``nmi``, ``distance`` (patches), ``distance_px``,
     ``entropy`` (nats), ``entropy_norm`` (arrays ``[H]``); ``sinks`` and
-    ``offsets`` (lists per head); ``label`` (list of str, see
-    :func:`classify_heads`). Grid scores are computed when ``image_tokens`` or
-    ``grid`` is given or when ``K`` is a perfect square, and are NaN otherwise.
+    ``offsets`` (lists per head: sink keys, dominant grid offsets); ``label``
+    (list of str, see :func:`classify_heads`). Grid scores are computed when
+    ``image_tokens`` or ``grid`` is given or when ``K`` is a perfect square,
+    and are NaN otherwise. ``segments``: a TokenLayout of the keys or segment
+    start positions, for the block score.
+
+    ``exclude`` leaves tokens out of every score, as if the sequence never had
+    them: padding (``AttentionMap.padding``, ``layout.indices("padding")``).
+    It takes key positions (a slice, ``(start, stop)``, an int array), a
+    ``[K]`` bool mask or a ``[B, K]`` bool mask with one row per batch item
+    (True = left out). The rows of left-out queries are dropped, the left-out
+    keys removed and each remaining row rescaled to its former sum, so a
+    padded map scores exactly as the same map without its padding (positions
+    in ``image_tokens``, ``segments`` and the returned ``sinks`` are those of
+    the full sequence). Items with different masks are scored one by one and
+    their scores averaged, as for a batch; their ``offset`` is NaN where the
+    items disagree.
 
     >>> import numpy as np
     >>> s = head_scores(np.eye(196)[None])
@@ -600,16 +853,68 @@ def head_scores(
     """
     causal, patch_size, radius = _check.flag("causal", causal), _patch_size(patch_size), _radius(radius)
     a = _attention(attn)
-    return _scores(a, image_tokens, grid, bool(causal), patch_size, int(radius))
+    return _scores_excluding(a, image_tokens, grid, bool(causal), patch_size, int(radius), segments, exclude)
 
 
 def _wants_grid(k, image_tokens, grid):
     return image_tokens is not None or grid is not None or math.isqrt(k) ** 2 == k
 
 
-def _scores(a, image_tokens, grid, causal, patch_size, radius):
+def _scores_excluding(a, image_tokens, grid, causal, patch_size, radius, segments, exclude):
+    nb, nh, q, k = a.shape
+    keep = _kept_positions(exclude, nb, k)
+    if keep is None:
+        starts = None if segments is None else _segment_starts(segments, k)
+        return _scores(a, image_tokens, grid, causal, patch_size, radius, starts)
+    # image_tokens=None keeps meaning "every (kept) token": the grid is that of the kept tokens
+    groups: Dict[bytes, List[int]] = {}
+    for b in range(nb):
+        groups.setdefault(keep[b].tobytes(), []).append(b)
+    parts, weights = [], []
+    for items in groups.values():
+        kb = keep[items[0]]
+        sub = _compress(a[items], kb)
+        if sub.shape[-2] == 0:
+            continue
+        img = _renumber(image_tokens, kb, "image_tokens")
+        seg = _renumber(segments, kb, "segments")
+        try:
+            out = _scores(sub, img, grid, causal, patch_size, radius, seg)
+        except ValueError as exc:  # e.g. a grid that no longer fits the kept tokens
+            raise _check.ArgumentError(f"with exclude={_check._show(exclude)}: {exc}") from None
+        full = np.flatnonzero(kb)
+        out["sinks"] = [full[s] for s in out["sinks"]]
+        parts.append(out)
+        weights.append(len(items))
+    if not parts:
+        raise _check.ArgumentError("exclude leaves out every query of the map; nothing would be scored")
+    if len(parts) == 1:
+        return parts[0]
+    w = np.asarray(weights, dtype=np.float64) / sum(weights)
+    merged: Dict[str, Any] = {}
+    for name in _FLOAT_COLUMNS:
+        vals = np.stack([p[name] for p in parts])
+        with np.errstate(invalid="ignore"):
+            merged[name] = np.where(np.isnan(vals).all(0), np.nan, np.nansum(vals * w[:, None], 0))
+    offs = np.stack([p["offset"] for p in parts])
+    merged["offset"] = np.where((offs == offs[0]).all(0), offs[0], np.nan)
+    merged["sinks"] = [np.unique(np.concatenate([p["sinks"][h] for p in parts])) for h in range(nh)]
+    merged["offsets"] = parts[0]["offsets"]
+    merged["label"] = _labels(merged, grid)
+    return merged
+
+
+def _labels(out, hw) -> List[str]:
+    width = hw[1] if hw else None
+    return [_label(*v, width) for v in zip(out["diagonal_mass"], out["offset"], out["neighbour_mass"],
+                                           out["top_key_mass"], out["block_score"])]
+
+
+def _scores(a, image_tokens, grid, causal, patch_size, radius, starts=None):
     nb, nh, q, k = a.shape
     diag = _head_mean(np.diagonal(a, offset=k - q, axis1=-2, axis2=-1).mean(-1))
+    offsets, prof = _offset_scores(a)
+    best = prof.argmax(-1)
     colsum = a.sum(-2)
     received = _head_mean(colsum / _visible_queries(q, k, causal))
     top = _top_key_mass(a, colsum, TOP_KEY_FRACTION, causal)
@@ -617,8 +922,11 @@ def _scores(a, image_tokens, grid, causal, patch_size, radius):
     nmi = _head_mean(_nmi(a, ent, s))
     out = {
         "self_mass": diag,
+        "diagonal_mass": prof[np.arange(nh), best],
+        "offset": offsets[best].astype(np.float64),
         "neighbour_mass": np.full(nh, np.nan),
         "top_key_mass": top,
+        "block_score": np.full(nh, np.nan) if starts is None else _block_score(a, starts, causal),
         "nmi": nmi,
         "distance": np.full(nh, np.nan),
         "distance_px": np.full(nh, np.nan),
@@ -627,6 +935,7 @@ def _scores(a, image_tokens, grid, causal, patch_size, radius):
         "sinks": [np.flatnonzero(r > SINK_THRESHOLD) for r in received],
         "offsets": [[] for _ in range(nh)],
     }
+    hw = None
     if _wants_grid(k, image_tokens, grid):
         block, cells, hw = _image_block(a, image_tokens, grid)
         if cells.size:
@@ -639,20 +948,31 @@ def _scores(a, image_tokens, grid, causal, patch_size, radius):
             out["distance"] = _distance(block, cells, hw)
             if patch_size is not None:
                 out["distance_px"] = out["distance"] * patch_size
-    out["label"] = [_label(*v) for v in zip(diag, out["neighbour_mass"], top)]
+    out["label"] = _labels(out, hw)
     return out
 
 
-def classify_heads(attn, *, image_tokens=None, grid=None, causal: bool = False) -> List[str]:
-    """One label per head: ``"diagonal"``, ``"stripe"``, ``"vertical"`` or ``"mixed"``.
+def classify_heads(attn, *, image_tokens=None, grid=None, causal: bool = False, segments=None,
+                   exclude=None) -> List[str]:
+    """One label per head: ``"diagonal"``, ``"stripe"``, ``"vertical"``, ``"block"`` or ``"mixed"``.
 
-    The scores are :func:`self_mass` (diagonal), :func:`neighbour_mass`
-    (stripe; only with a grid, see :func:`head_scores`) and
-    :func:`top_key_mass` (vertical). A head takes the label whose score exceeds
-    its threshold by the most, provided it reaches it: ``DIAGONAL_THRESHOLD``,
-    ``STRIPE_THRESHOLD`` and ``VERTICAL_THRESHOLD`` are all 0.5, i.e. the
+    The scores are :func:`diagonal_offset` (diagonal: the head's 1-D
+    diagonal at its best offset, 0 for itself, -1 for the previous token;
+    ``head_scores(...)["offset"]`` says which), :func:`neighbour_mass`
+    (stripe; only with a grid, see :func:`head_scores`), :func:`top_key_mass`
+    (vertical) and :func:`block_score` (block; only with ``segments``). A head
+    takes the label whose score exceeds its threshold by the most, provided it
+    reaches it: ``DIAGONAL_THRESHOLD``, ``STRIPE_THRESHOLD``,
+    ``VERTICAL_THRESHOLD`` and ``BLOCK_THRESHOLD`` are all 0.5, i.e. the
     pattern holds the majority of the attention (a choice of this library, not
-    of a paper). Otherwise the head is ``"mixed"``.
+    of a paper). Otherwise the head is ``"mixed"`` (Kovaleva et al.'s
+    *heterogeneous*). On equal scores the order is diagonal at offset 0,
+    stripe, diagonal at another offset, vertical, block. So on an image grid a
+    head on its left neighbour is a stripe, and it is a diagonal of offset -1
+    only when its 1-D score is strictly larger than its neighbour mass: when
+    it also takes the previous token across row ends (where the grid has no
+    left neighbour) or outside the image, as a language model's
+    previous-token head does.
 
     >>> import numpy as np
     >>> a = np.zeros((1, 196, 196)); a[0, :, 0] = 1
@@ -660,12 +980,14 @@ def classify_heads(attn, *, image_tokens=None, grid=None, causal: bool = False) 
     ['vertical']
     """
     causal = _check.flag("causal", causal)
-    return head_scores(attn, image_tokens=image_tokens, grid=grid, causal=causal)["label"]
+    return head_scores(attn, image_tokens=image_tokens, grid=grid, causal=causal, segments=segments,
+                       exclude=exclude)["label"]
 
 
 # --------------------------------------------------------------------------- per-layer table
 
-_FLOAT_COLUMNS = ("self_mass", "neighbour_mass", "top_key_mass", "nmi", "distance", "distance_px", "entropy", "entropy_norm")
+_FLOAT_COLUMNS = ("self_mass", "neighbour_mass", "top_key_mass", "nmi", "distance", "distance_px", "entropy",
+                  "entropy_norm", "diagonal_mass", "offset", "block_score")
 
 
 def _plain_key(key):
@@ -689,11 +1011,15 @@ class PatternTable:
     """Per-head pattern scores of a model's layers (what :func:`summarize` returns).
 
     ``table[name]`` is a ``[layers, max heads]`` float array of one score
-    (NaN where a layer has fewer heads); ``table.labels`` the matching array of
+    (NaN where a layer has fewer heads; ``table["offset"]`` holds the 1-D
+    diagonal offset of each head, whole numbers); ``table.labels`` the matching array of
     labels; ``table.sinks[i][h]`` and ``table.offsets[i][h]`` the sink keys and
     dominant grid offsets of head ``h`` of the ``i``-th layer; ``table.layers``
     the layer names in order. ``print(table)`` shows one line per layer;
-    ``to_records()`` gives plain, JSON-serialisable dicts.
+    ``to_records()`` gives plain, JSON-serialisable dicts. ``print(table)``
+    writes the label counts, mean scores, the offsets of the diagonal heads
+    (``offset``: ``0,-1`` = some heads on themselves, some on the previous
+    token) and the sink keys.
 
     >>> import numpy as np
     >>> t = summarize([np.eye(196)[None]] * 2)
@@ -738,8 +1064,10 @@ class PatternTable:
     def to_records(self, level: str = "head") -> List[Dict[str, Any]]:
         """Plain dicts, one per head (``level="head"``) or per layer (``"layer"``).
 
-        Layer records hold the label counts, the head means of the scores and
-        the union of the sink keys. NaN becomes None so ``json.dumps`` writes
+        Head records hold every score, the label and ``offset`` (the 1-D
+        diagonal offset: 0 itself, -1 the previous token). Layer records hold
+        the label counts, the head means of the scores, the union of the sink
+        keys and, as ``offset``, the sorted offsets of the layer's diagonal heads. NaN becomes None so ``json.dumps`` writes
         strict JSON.
 
         >>> import numpy as np
@@ -765,12 +1093,14 @@ class PatternTable:
                     row = self._data[c][i, :n]
                     rec[c] = None if np.all(np.isnan(row)) else _plain_float(np.nanmean(row))
                 rec["sinks"] = sorted({k for keys in self.sinks[i] for k in keys})
+                offs = self._data["offset"][i, :n][self.labels[i, :n] == "diagonal"]
+                rec["offset"] = sorted({int(o) for o in offs if not np.isnan(o)})  # of the diagonal heads
                 out.append(rec)
         return out
 
     def __str__(self) -> str:
-        head = ("layer", "heads", "diag", "stripe", "vert", "mixed")
-        head += ("self", "nbr8", "top2%", "nmi", "dist", "H/lnN", "sinks")
+        head = ("layer", "heads", "diag", "stripe", "vert", "block", "mixed")
+        head += ("self", "nbr8", "top2%", "nmi", "dist", "H/lnN", "offset", "sinks")
         rows = []
         for rec in self.to_records("layer"):
             sinks = rec["sinks"]
@@ -784,6 +1114,7 @@ class PatternTable:
                     *("-" if rec[c] is None else f"{rec[c]:.3f}" for c in _FLOAT_COLUMNS[:4]),
                     "-" if rec["distance"] is None else f"{rec['distance']:.2f}",
                     "-" if rec["entropy_norm"] is None else f"{rec['entropy_norm']:.3f}",
+                    ",".join(f"{o:+d}" if o else "0" for o in rec["offset"]) or "-",
                     shown or "-",
                 )
             )
@@ -800,6 +1131,8 @@ def summarize(
     causal: bool = False,
     patch_size: Optional[float] = None,
     radius: int = 2,
+    segments=None,
+    exclude=None,
 ) -> PatternTable:
     """Score every head of every layer and return one :class:`PatternTable`.
 
@@ -807,7 +1140,9 @@ def summarize(
     ``get_local.cache['Attention.forward']``; layer names are 0, 1, ...) or a
     dict ``{layer name: map}``; each map is ``[H, Q, K]`` or ``[B, H, Q, K]``.
     The keyword arguments are those of :func:`head_scores` and apply to all
-    layers; ``causal=True`` for decoder (language-model) maps.
+    layers; ``causal=True`` for decoder (language-model) maps, ``segments=``
+    (a TokenLayout of the keys) for the block score, ``exclude=`` to leave
+    padding out (``exclude=m.padding`` for an :class:`~getlocal.maps.AttentionMap`).
 
     >>> import numpy as np
     >>> maps = [np.full((6, 197, 197), 1 / 197) for _ in range(12)]
@@ -828,23 +1163,169 @@ def summarize(
             + "; pass [attn] for one layer, or list(maps) for a stacked [L, H, Q, K] array"
         )
     scores = []
-    options = {"image_tokens": image_tokens, "grid": grid, "causal": bool(causal), "patch_size": patch_size}
+    options = {"image_tokens": image_tokens, "grid": grid, "causal": bool(causal), "patch_size": patch_size,
+               "segments": segments is not None, "exclude": exclude is not None}
     for name, m in zip(names, maps):
         a = _attention(m, name=f"layers[{name!r}]")
         k = a.shape[-1]
         if options["grid"] is None and _wants_grid(k, image_tokens, grid):
             options["grid"] = _grid(None, _count(_image_positions(image_tokens, k)), image_tokens)
-        scores.append(_scores(a, image_tokens, grid, bool(causal), patch_size, int(radius)))
+        scores.append(_scores_excluding(a, image_tokens, grid, bool(causal), patch_size, int(radius), segments, exclude))
     return PatternTable(names, scores, options)
 
+
+
+# --------------------------------------------------------------------------- token kinds
+
+
+class KindShares:
+    """Shares of each query kind's attention that go to each key kind.
+
+    ``values[..., i, j]`` is the mean over the queries of kind
+    ``query_kinds[i]`` of the fraction of their attention that goes to the keys
+    of kind ``key_kinds[j]``; the last axis sums to 1 for a softmax map. Image
+    kinds are per camera (``"image:wrist"``; ``"image"`` when a sequence holds
+    one image). From :func:`kind_shares` ``values`` is ``[heads, query kinds,
+    key kinds]``; from ``AttentionMaps.kind_shares()`` it is ``[maps, heads,
+    query kinds, key kinds]`` and ``rows`` labels the maps (tower, layer,
+    step, phase), NaN where a map lacks a kind or a head.
+
+    >>> import numpy as np
+    >>> from getlocal.maps import Segment, TokenLayout
+    >>> layout = TokenLayout([Segment("image", 0, 2), Segment("text", 2, 4)])
+    >>> s = kind_shares(np.full((1, 4, 4), 0.25), layout, layout)
+    >>> s.key_kinds, s.share("text", "image").tolist()
+    (('image', 'text'), [0.5])
+    """
+
+    def __init__(self, values: np.ndarray, query_kinds: Sequence[str], key_kinds: Sequence[str],
+                 rows: Optional[Sequence[Dict[str, Any]]] = None):
+        self.values = values
+        self.query_kinds = tuple(query_kinds)
+        self.key_kinds = tuple(key_kinds)
+        self.rows = list(rows) if rows is not None else None
+
+    def share(self, query: str, key: str) -> np.ndarray:
+        """``values[..., query, key]``; ``key="image"`` sums every camera."""
+        _check.text("query", query), _check.text("key", key)
+        if query not in self.query_kinds:
+            raise _check.ArgumentError(f"query={query!r} is not a query kind here; they are {', '.join(self.query_kinds)}")
+        cols = [j for j, kk in enumerate(self.key_kinds) if kk == key or (key == "image" and kk.startswith("image:"))]
+        if not cols:
+            raise _check.ArgumentError(f"key={key!r} is not a key kind here; they are {', '.join(self.key_kinds)}")
+        with np.errstate(invalid="ignore"):
+            v = self.values[..., self.query_kinds.index(query), :][..., cols]
+            return np.where(np.isnan(v).all(-1), np.nan, np.nansum(v, -1))
+
+    def to_records(self) -> List[Dict[str, Any]]:
+        """Plain dicts (head means), one per row and query kind: ``{..., "query": kind, key kind: share}``."""
+        vals = self.values if self.rows is not None else self.values[None]
+        rows = self.rows if self.rows is not None else [{}]
+        out = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a kind missing from a map: NaN, said in the docstring
+            mean = np.nanmean(vals, axis=1)  # over heads
+        for r, row in enumerate(rows):
+            for i, qk in enumerate(self.query_kinds):
+                if np.isnan(mean[r, i]).all():
+                    continue
+                rec = dict(row, query=qk)
+                rec.update({kk: _plain_float(mean[r, i, j]) for j, kk in enumerate(self.key_kinds)})
+                out.append(rec)
+        return out
+
+    def __repr__(self):
+        return (f"KindShares({tuple(self.values.shape)}: queries {', '.join(self.query_kinds)}; "
+                f"keys {', '.join(self.key_kinds)})")
+
+
+def _kind_names(layout) -> List[str]:
+    """The kind of each position of a TokenLayout, images per camera."""
+    several = len([s for s in layout.segments if s.kind == "image"]) > 1
+    names = []
+    for seg in layout.segments:
+        name = seg.kind
+        if seg.kind == "image" and several:
+            name = f"image:{seg.camera}"
+        names += [name] * len(seg)
+    return names
+
+
+def kind_shares(attn, queries, keys, *, padding=None) -> KindShares:
+    """The share of each query kind's attention that goes to each key kind, per head.
+
+    ``queries`` and ``keys`` are the :class:`~getlocal.maps.TokenLayout` of the
+    map's last two axes (``AttentionMap.queries`` / ``.keys``). For query
+    kind ``G`` and key kind ``C``: ``mean_{q in G} sum_{k in C} A[q, k] /
+    sum_k A[q, k]`` over the queries of every batch item. ``padding``: a
+    ``[K]`` or ``[B, K]`` bool mask (``AttentionMap.padding``) of the padded
+    positions; they count as kind ``"padding"`` for queries and keys, so the
+    attention spreading onto padding shows up in the ``"padding"`` column.
+    Reference values: uniform attention over ``K`` keys gives each key kind
+    its token count over ``K``; with rows summing to 1 the key shares of a
+    query kind sum to 1. FastV (Chen et al., ECCV 2024, Fig. 2) reads this
+    table for the image column: how little attention text tokens give the
+    image after the first layers. Returns :class:`KindShares` with ``values
+    [heads, query kinds, key kinds]`` (batch mean).
+
+    >>> import numpy as np
+    >>> from getlocal.maps import Segment, TokenLayout
+    >>> layout = TokenLayout([Segment("bos", 0, 1), Segment("text", 1, 4)])
+    >>> a = np.zeros((1, 4, 4)); a[0, :, 0] = 1            # every token on BOS
+    >>> kind_shares(a, layout, layout).share("text", "bos").tolist()
+    [1.0]
+    """
+    a = _attention(attn)
+    nb, nh, q, k = a.shape
+    if not isinstance(queries, TokenLayout) or not isinstance(keys, TokenLayout):
+        raise _check.ArgumentTypeError(
+            f"queries and keys must be TokenLayouts (AttentionMap.queries, AttentionMap.keys); "
+            f"got {type(queries).__name__} and {type(keys).__name__}")
+    if len(queries) != q or len(keys) != k:
+        raise _check.ArgumentError(
+            f"the layouts cover {len(queries)} queries and {len(keys)} keys but the map is [..., {q}, {k}]; "
+            f"pass the layouts of this map (AttentionMap.queries, AttentionMap.keys)")
+    qn = np.array(_kind_names(queries), dtype=object)
+    kn = np.array(_kind_names(keys), dtype=object)
+    qn = np.broadcast_to(qn, (nb, q)).copy()
+    kn = np.broadcast_to(kn, (nb, k)).copy()
+    if padding is not None:
+        pad = np.asarray(_as_array(padding, "padding")).astype(bool)
+        if pad.ndim not in (1, 2) or pad.shape[-1] != k or (pad.ndim == 2 and pad.shape[0] not in (1, nb)):
+            raise _check.ArgumentError(
+                f"padding must be a [K] or [B, K] bool mask with K = {k}, B = {nb}; got shape {tuple(pad.shape)}")
+        pad = np.broadcast_to(pad.reshape(-1, k), (nb, k))
+        kn[pad] = "padding"
+        qn[pad[:, k - q :]] = "padding"
+    qkinds = list(dict.fromkeys(qn.ravel()))
+    kkinds = list(dict.fromkeys(kn.ravel()))
+    rows = a.sum(-1, keepdims=True)
+    norm = np.where(rows > 0, a / np.where(rows > 0, rows, 1), 0)  # [B, H, Q, K]
+    per_key = np.zeros((nb, nh, q, len(kkinds)))
+    for j, kk in enumerate(kkinds):
+        cols = (kn == kk)  # [B, K]
+        per_key[..., j] = np.einsum("bhqk,bk->bhq", norm, cols.astype(norm.dtype))
+    values = np.full((nh, len(qkinds), len(kkinds)), np.nan)
+    live = rows[..., 0] > 0  # [B, H, Q]
+    for i, qk in enumerate(qkinds):
+        sel = (qn == qk)[:, None, :] & live  # [B, H, Q]
+        count = sel.sum((0, 2))
+        total = np.einsum("bhqj,bhq->hj", per_key, sel.astype(per_key.dtype))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values[:, i, :] = np.where(count[:, None] > 0, total / np.where(count > 0, count, 1)[:, None], np.nan)
+    return KindShares(values, qkinds, kkinds)
 
 __all__ = [
     "PatternTable",
     "summarize",
+    "KindShares",
+    "kind_shares",
     "head_scores",
     "classify_heads",
     "self_mass",
     "offset_profile",
+    "diagonal_offset",
+    "block_score",
     "neighbour_map",
     "neighbour_mass",
     "dominant_offsets",
@@ -858,6 +1339,7 @@ __all__ = [
     "DIAGONAL_THRESHOLD",
     "STRIPE_THRESHOLD",
     "VERTICAL_THRESHOLD",
+    "BLOCK_THRESHOLD",
     "SINK_THRESHOLD",
     "TOP_KEY_FRACTION",
 ]

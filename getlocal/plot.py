@@ -758,6 +758,57 @@ def save_figure(fig, root=".", *, name: str, phase: str, layer, mode: str, ext: 
     return path
 
 
+
+LABEL_COLORS.setdefault("block", "#ff7f0e")  # the label of patterns.block_score
+
+
+def image_share(shares, *, ax=None, legend_kws: Optional[dict] = None, **kwargs):
+    """The share of attention that goes to the image tokens against depth, one line per query kind.
+
+    ``shares`` is what ``AttentionMaps.kind_shares()`` returns for the maps
+    of one tower and step (one row per layer, e.g.
+    ``maps.select(tower='llm', phase='prefill').kind_shares()``): each line is
+    the head mean of the share of a query kind's attention that goes to the
+    image keys (every camera together), in ``[0, 1]``: FastV's reading (Chen
+    et al., ECCV 2024). ``**kwargs`` go to ``ax.plot``, ``legend_kws`` to
+    ``ax.legend``. Draws into the current Axes if ``ax`` is None; returns the Axes.
+
+    >>> import numpy as np
+    >>> from getlocal.maps import AttentionMap, AttentionMaps, Segment, TokenLayout
+    >>> lay = TokenLayout([Segment("image", 0, 3), Segment("text", 3, 4)])
+    >>> m = [AttentionMap(np.full((1, 1, 4, 4), 0.25), "llm", i, "p", 0, "prefill", i, lay, lay) for i in range(2)]
+    >>> fig, ax = plt.subplots()
+    >>> ax = image_share(AttentionMaps(m).kind_shares(), ax=ax)
+    >>> [float(y) for y in ax.lines[1].get_ydata()]
+    [0.75, 0.75]
+    """
+    import warnings
+
+    from .patterns import KindShares
+
+    if not isinstance(shares, KindShares) or shares.rows is None:
+        raise _check.ArgumentTypeError(
+            f"shares must be what AttentionMaps.kind_shares() returns; got {_check._show(shares)}; "
+            f"for one map, wrap it: AttentionMaps([m]).kind_shares()")
+    _check.axes("ax", ax), _check.options("legend_kws", legend_kws)
+    if not any(k == "image" or k.startswith("image:") for k in shares.key_kinds):
+        raise _check.ArgumentError(
+            f"these maps have no image keys (key kinds: {', '.join(shares.key_kinds)}); "
+            f"plot a language-model tower of a VLA")
+    ax = plt.gca() if ax is None else ax
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a head or kind missing from a layer: NaN
+        x = np.arange(len(shares.rows))
+        for qk in shares.query_kinds:
+            ax.plot(x, np.nanmean(shares.share(qk, "image"), -1), marker="o", markersize=3, label=f"{qk} queries", **kwargs)
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(r.get("layer", i)) for i, r in enumerate(shares.rows)], fontsize=7)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("share of attention on image tokens")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(**{"fontsize": 8, "frameon": False, **(legend_kws or {})})
+    return ax
+
 __all__ = [
     "attention_map",
     "layer_heads",
@@ -772,4 +823,5 @@ __all__ = [
     "figure_path",
     "save_figure",
     "LABEL_COLORS",
+    "image_share",
 ]

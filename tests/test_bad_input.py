@@ -79,6 +79,7 @@ def _baselines(tmp):
     m = maps.AttentionMap(np.full((1, 2, 7, 7), 1 / 7), "llm", 0, "layers.0", 0, "prefill", 0, prompt, prompt)
     labelled = maps.AttentionMaps([m], {"llm": prompt})
     table = patterns.summarize([layer, layer], grid=(4, 4), patch_size=14)
+    shares = labelled.kind_shares()
     vla = np.full((1, 2, 9, 9), 1 / 9)
     fig = plt.figure()
     P, M, PL = "getlocal.patterns", "getlocal.maps", "getlocal.plot"
@@ -117,6 +118,15 @@ def _baselines(tmp):
         f"{PL}.camera_attention": (plot.camera_attention, {"images": [_picture(), _picture()], "attn": vla,
                                                            "image_tokens": [slice(1, 5), slice(5, 9)],
                                                            "queries": [0], "titles": ["a", "b"]}),
+        f"{M}.AttentionMap.kind_shares": (m.kind_shares, {}),
+        f"{M}.AttentionMaps.kind_shares": (labelled.kind_shares, {}),
+        f"{P}.KindShares.share": (shares.share, {"query": "text", "key": "image"}),
+        f"{P}.KindShares.to_records": (shares.to_records, {}),
+        f"{P}.block_score": (patterns.block_score, {"attn": layer, "segments": [0, 8], "causal": True}),
+        f"{P}.diagonal_offset": (patterns.diagonal_offset, {"attn": layer}),
+        f"{P}.kind_shares": (patterns.kind_shares, {"attn": m.array, "queries": prompt, "keys": prompt,
+                                                    "padding": np.zeros(7, bool)}),
+        f"{PL}.image_share": (plot.image_share, {"shares": shares}),
         f"{PL}.label_map": (plot.label_map, {"table": table}),
         f"{PL}.pattern_scores": (plot.pattern_scores, {"table": table}),
         f"{PL}.attention_distance": (plot.attention_distance, {"table": table, "pixels": True}),

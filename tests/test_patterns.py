@@ -251,7 +251,7 @@ def test_table_prints_one_readable_line_per_layer():
     t = patterns.summarize([identity(196, 3), one_hot_column(196, 0, 3)])
     lines = str(t).splitlines()
     assert len(lines) == 3
-    assert lines[0].split()[:6] == ["layer", "heads", "diag", "stripe", "vert", "mixed"]
+    assert lines[0].split()[:7] == ["layer", "heads", "diag", "stripe", "vert", "block", "mixed"]
     assert lines[2].split()[-1] == "0"  # the sink key of the vertical layer
     assert "2 layers x 3 heads" in repr(t)
 
