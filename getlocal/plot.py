@@ -228,6 +228,14 @@ def _extend(values, norm) -> str:
 def _colorbar(fig, im, values, label, cbar_kws, **defaults):
     kws = {"extend": _extend(values, im.norm), "label": label, **defaults, **(cbar_kws or {})}
     bar = fig.colorbar(im, **kws)
+    if isinstance(im.norm, LogNorm):  # plain numbers at 1-2-5 steps, not 6 x 10^-1
+        lo, hi = im.norm.vmin, im.norm.vmax
+        steps = [m * 10.0**e for e in range(-12, 13) for m in (1, 2, 5)]
+        ticks = [t for t in steps if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)]
+        while len(ticks) > 7:
+            ticks = ticks[::2] if 1 not in ticks else [t for i, t in enumerate(ticks) if (i - ticks.index(1)) % 2 == 0]
+        bar.set_ticks(ticks, labels=[f"{t:g}" for t in ticks])
+        bar.ax.minorticks_off()
     bar.ax.tick_params(labelsize=7)
     bar.ax.yaxis.label.set_size(8)
     return bar
@@ -902,7 +910,8 @@ def attention_distance(table, *, pixels: bool = False, ax=None, **kwargs):
     kwargs.setdefault("cmap", "tab20")
     ax.scatter(x, values.ravel(), **kwargs)
     ax.set_ylabel("mean attention distance (" + ("pixels" if pixels else "patches") + ")")
-    ax.set_ylim(bottom=0)
+    top = float(np.nanmax(values))
+    ax.set_ylim(0, top * 1.12 if top > 0 else 1)  # room above the highest dot: none is cut in half
     _depth_axis(ax, table)
     return ax
 
