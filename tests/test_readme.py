@@ -38,6 +38,12 @@ def test_readme_python_examples_run_as_written_and_print_what_their_comments_say
                 exec(compile(block, f"README.md python block {number}", "exec"), namespace)
             except Exception as exc:
                 raise AssertionError(f"README python block {number} failed:\n{block}") from exc
+        # every plot example made its own figure: none drew over another's axes (an Axes holds one map,
+        # one picture, or a picture under its overlay: never a map under another drawing)
+        axes = [ax for num in plt.get_fignums() for ax in plt.figure(num).axes]
+        assert len(axes) > 10
+        for ax in axes:
+            assert len(ax.images) <= 1 or (len(ax.images) == 2 and ax.images[0].get_array().ndim == 3), ax
     finally:
         plt.close("all")
         get_local.deactivate()
@@ -49,7 +55,3 @@ def test_readme_python_examples_run_as_written_and_print_what_their_comments_say
     assert "{'Attention.forward': [(1, 4, 10, 10), (1, 4, 10, 10)]}" in printed
     assert "language_model.model.layers.1.self_attn (1, 4, 1, 15)" in printed
     assert "TokenLayout(bos 0:1, image 2x2 1:5, text 5:9, generated 9:15)" in printed
-    # every plot example made its own figure: none drew over another's axes
-    # (an Axes holds one map, one picture, or a picture under its overlay: never a map under another drawing)
-    for ax in (ax for num in plt.get_fignums() for ax in plt.figure(num).axes):
-        assert len(ax.images) <= 1 or (len(ax.images) == 2 and ax.images[0].get_array().ndim == 3), ax
