@@ -30,6 +30,7 @@ from matplotlib.ticker import MaxNLocator
 
 from . import _check
 from ._files import write_atomic
+from .maps import TokenLayout
 from .patterns import LABELS, PatternTable, _as_array, _count, _grid, _image_positions
 
 #: Colours of the pattern labels in :func:`label_map`.
@@ -250,7 +251,7 @@ _MARKED = {"cls": "#ff7f0e", "register": "#9467bd"}  # drawn as lines around the
 def _layout(layout, k: int):
     if layout is None:
         return None
-    if not hasattr(layout, "segments") or not hasattr(layout, "find"):
+    if not isinstance(layout, TokenLayout):
         raise _check.ArgumentTypeError(f"layout must be a TokenLayout (a map's .keys) or None; got {_check._show(layout)}")
     if len(layout) != k:
         raise ValueError(f"layout has {len(layout)} tokens but the map has {k} keys; pass the map's own .keys")
@@ -625,6 +626,7 @@ def query_heatmap(attn, *, image_tokens, queries, grid=None, reduce: str = "mean
     [[0.0, 0.0], [1.0, 0.0]]
     """
     fn = _reduce("reduce", reduce)
+    _check.choice("scale", scale, SCALES)
     maps, _ = _prepare(attn, scale="uniform" if scale == "uniform" else "linear", sinks=None)
     nh, q, k = maps.shape
     positions = _image_positions(image_tokens, k)
