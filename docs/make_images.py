@@ -23,9 +23,12 @@ from PIL import Image  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from getlocal import patterns, plot  # noqa: E402
+from getlocal.maps import Segment, TokenLayout  # noqa: E402
+
+VIT_TOKENS = TokenLayout([Segment("cls", 0, 1), Segment("image", 1, 197, grid=(14, 14))])
 
 OUT = ROOT / "docs" / "images"
-DPI = 80
+DPI = 110
 
 
 def picture(size=(256, 300)):
@@ -89,12 +92,14 @@ def main():
     print(table)
     img = picture()
 
-    fig, ax = plt.subplots(figsize=(4.2, 3.6))
-    plot.attention_map(vit[5], head=0, ax=ax, cmap="viridis", vmax=0.1, cbar_kws={"extend": "max"})
-    ax.set_title("block 5, head 0: stripes at +-1 and +-14", fontsize=9)
+    fig, ax = plt.subplots(figsize=(4.6, 3.8))
+    plot.attention_map(vit[5], head=0, layout=VIT_TOKENS, ax=ax)
+    ax.set_title("block 5, head 0 (synthetic): stripes at +-1 and +-14", fontsize=9)
     save(fig, "attention_map.png")
 
-    save(plot.layer_heads(vit[3], ncols=4, vmax=0.05, panel_size=1.6), "layer_heads.png")
+    fig = plot.layer_heads(vit[3], layout=VIT_TOKENS, ncols=4)
+    fig.suptitle("block 3, every head (synthetic maps)", fontsize=10, y=1.0, va="bottom")
+    save(fig, "layer_heads.png")
 
     fig, ax = plt.subplots(figsize=(3.2, 3.6))
     plot.patch_grid(img, grid=(14, 14), cells=[(3, 7), (4, 7), 12 * 14 + 10], ax=ax)

@@ -15,7 +15,7 @@ from ._errors import GetLocalError
 from ._files import safe_name, write_atomic
 from .maps import AttentionMaps
 
-DPI = 80
+DPI = 110  # a 16 x 16 patch grid stays legible in a 2.6 inch panel
 _VISION_KINDS = {"cls", "register", "image"}
 
 def _per_step(maps) -> Dict[Tuple[int, str], Dict[str, list]]:
@@ -69,8 +69,9 @@ def _picture_of(images, camera):
 class _Plan:
     """The figures to write (drawn later, under a progress bar) and the tables to print."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, random: bool = False):
         self.out = out
+        self.random = random  # every figure's title then says the weights were random
         self.jobs: List[Tuple[Path, Callable[[], Any]]] = []
         self.towers: Dict[str, Dict[str, Any]] = {}
         self._taken = set()
@@ -89,9 +90,22 @@ class _Plan:
         self.jobs.append((path, draw))
 
 
-def report(maps, images, info, out: Path) -> None:
+def random_weights(info) -> bool:
+    """Whether the capture came from random weights, by the demo's own flag (or the words of older captures)."""
+    flag = info.get("random_weights")
+    if isinstance(flag, bool):
+        return flag
+    return str(info.get("weights") or "").startswith("random init")
+
+
+RANDOM_NOTE = ("these weights are random: every head is close to uniform attention (white on the figures' scale) "
+               "and labelled mixed; the figures show the machinery, not learned patterns. For trained weights: "
+               "--pretrained, or --weights PATH to a checkpoint on disk")
+
+
+def report(maps, images, info, out: Path, *, quiet: bool = False) -> None:
     """Analyse ``maps``, print the tables and write figures and summary into ``out``: the demo's and plot's shared half."""
-    plan = _Plan(out)
+    plan = _Plan(out, random_weights(info))
     towers: Dict[str, list] = {}
     for m in maps:  # one pass: select(tower=) per tower is quadratic in a capture of many towers
         towers.setdefault(m.tower, []).append(m)
@@ -105,7 +119,7 @@ def report(maps, images, info, out: Path) -> None:
         print(f"\n{tower}: {entry['title']}")
         print(entry["table"])
     shares = _plan_kind_shares(plan, towers, maps.layouts)
-    _draw(plan)
+    _draw(plan, quiet)
     summary = _summary(maps, info, plan)
     summary["kind_shares"] = shares
     text = json.dumps(summary, indent=1, allow_nan=False)
@@ -135,8 +149,8 @@ def _plan_vision(plan: _Plan, tower: str, maps, images, info) -> None:
     cls = layout.find("cls")
     for layer in _chosen(list(layers)):
         arr = layers[layer].array[0]
-        plan.figure(tower, phase, layer, "heads", lambda a=arr, t=f"{tower} layer {layer}": _titled(
-            plot.layer_heads(a, panel_size=1.8), t))
+        plan.figure(tower, phase, layer, "heads", lambda a=arr, lay=layout, t=f"{tower} layer {layer}": _titled(
+            plot.layer_heads(a, layout=lay), t))
         if picture is None:
             continue
         for r, c in _query_cells(layout.grid()):
@@ -186,8 +200,13 @@ def _plan_language(plan: _Plan, tower: str, maps, images, info) -> None:
                               "layout": layout.to_dict()}
         for layer in _chosen(list(layers)):
             arr = layers[layer].array[0]
-            plan.figure(tower, sample.phase, layer, "heads", lambda a=arr, t=f"{tower} layer {layer}, {sample.phase}":
-                        _titled(plot.layer_heads(a, panel_size=1.8), t))
+            plan.figure(tower, sample.phase, layer, "heads", lambda a=arr, lay=layout, t=f"{tower} layer {layer}, {sample.phase}":
+                        _titled(plot.layer_heads(a, layout=lay), t))
+            sinks = sorted({int(k) for head in patterns.sink_keys(arr, causal=True) for k in head})
+            if sinks:  # first-token sinks dwarf everything else: the same heads without them, rows renormalised
+                plan.figure(tower, sample.phase, layer, "heads-without-sinks",
+                            lambda a=arr, s=sinks, lay=layout, t=f"{tower} layer {layer}, {sample.phase}, without sinks":
+                            _titled(plot.layer_heads(a, layout=lay, sinks=s), t))
             rows = layout.indices("text")
             if cameras and rows.size:
                 plan.figure(tower, sample.phase, layer, "text-to-image",
@@ -238,11 +257,11 @@ def _overlay(arr, rows, layout, cameras, images, title):
 
 
 def _titled(fig, title):
-    fig.suptitle(title, fontsize=10, y=1.04)  # above the panels' own titles; savefig's tight box keeps it
+    fig.suptitle(title, fontsize=10, y=1.0, va="bottom")  # above the panels and their titles, whatever its lines; savefig's tight box keeps it
     return fig
 
 
-def _draw(plan: _Plan) -> None:
+def _draw(plan: _Plan, quiet: bool = False) -> None:
     import matplotlib.pyplot as plt
 
     try:
@@ -252,8 +271,11 @@ def _draw(plan: _Plan) -> None:
             return items
     # disable=None: a bar on a terminal, nothing when the output is a file or a pipe
     inside = plan.out.resolve()
-    for path, draw in tqdm(plan.jobs, desc="figures", unit="fig", file=sys.stderr, disable=None):
+    for path, draw in tqdm(plan.jobs, desc="figures", unit="fig", file=sys.stderr, disable=True if quiet else None):
         fig = draw()
+        title = getattr(fig, "_suptitle", None)
+        if plan.random and title is not None:
+            title.set_text(title.get_text() + "\nRANDOM WEIGHTS: nearly uniform attention, no learned pattern")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if inside not in (path.parent.resolve(), *path.parent.resolve().parents):
@@ -321,7 +343,8 @@ def _summary(maps, info, plan: _Plan) -> Dict[str, Any]:
             "note": None if scored else table,
         }
     return {
-        "model": info.get("model"), "weights": info.get("weights"), "image": info.get("image"),
+        "model": info.get("model"), "weights": info.get("weights"), "random_weights": plan.random,
+        "image": info.get("image"),
         "preprocessing": info.get("preprocessing"),
         "steps": [{"step": s, "phase": p, "maps": {t: n for t, (n, _) in towers.items()}}
                   for (s, p), towers in _per_step(maps).items()],
@@ -330,10 +353,31 @@ def _summary(maps, info, plan: _Plan) -> Dict[str, Any]:
     }
 
 
+_LEGEND = [
+    ("layer", "the block's index, 0 the first."),
+    ("heads", "how many heads the layer has."),
+    ("diag, stripe, vert, mixed", "how many of its heads got each label (getlocal.patterns.classify_heads): "
+                                  "diagonal (each token attends to itself), stripe (to its neighbouring patches), "
+                                  "vertical (every query to the same few keys), mixed (none of these dominates)."),
+    ("self", "mean over heads of the attention each query gives its own position (the diagonal)."),
+    ("nbr8", "mean over heads of the attention each image query gives its 8 neighbouring patches (stripes)."),
+    ("top2%", "mean over heads of the attention that goes to the top 2 % of keys (vertical lines: sinks, registers)."),
+    ("dist", "mean attention distance in patches (ViT paper, Fig. 7): how far on the grid a query looks; "
+             "uniform attention over a 14 x 14 grid gives about 7.3."),
+    ("H/lnN", "mean attention entropy divided by ln(number of keys): 1 is uniform attention, 0 all on one key."),
+    ("-", "not defined for this tower (no image grid, or no image queries)."),
+]
+
+
 def _markdown(summary: Dict[str, Any]) -> str:
     lines = [f"# getlocal: {summary['model']}", "",
              f"- weights: {summary['weights']}", f"- image: {summary['image']}",
-             f"- preprocessing: {summary['preprocessing']}", "", "## Steps", "",
+             f"- preprocessing: {summary['preprocessing']}"]
+    if summary.get("random_weights"):
+        lines.append(f"- **{RANDOM_NOTE}**")
+    if any(entry["layers"] for entry in summary["towers"].values()):
+        lines += ["", "## Columns of the per-layer tables", ""] + [f"- **{c}**: {text}" for c, text in _LEGEND]
+    lines += ["", "## Steps", "",
              "| step | phase | maps per tower |", "| --- | --- | --- |"]
     for s in summary["steps"]:
         lines.append(f"| {s['step']} | {s['phase']} | " + ", ".join(f"{t}: {n}" for t, n in s["maps"].items()) + " |")

@@ -17,12 +17,13 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from ._report import describe_steps, report
+from ._report import RANDOM_NOTE, describe_steps, random_weights, report
 
 DEMO_MODEL = "vit_small_patch16_224"
 TINY_MODELS = ("openvla-tiny", "paligemma-tiny")
 DEFAULT_OUT = "getlocal-demo"
 TINY_IMAGE = 112  # the tiny models see 8 x 8 patches of 14 px
+HUB_TIMEOUT = 3.0  # seconds to reach the hub before --pretrained gives up
 
 _EPILOG = """examples:
   python -m getlocal demo                                  # ViT-S/16 on a sample photo -> getlocal-demo/
@@ -33,6 +34,7 @@ _EPILOG = """examples:
 _EPILOG_DEMO = f"""examples:
   python -m getlocal demo                              # {DEMO_MODEL}, random init unless its weights are cached
   python -m getlocal demo --pretrained                 # download the trained weights first (about 90 MB)
+  python -m getlocal demo --weights vit_s16.safetensors  # a timm state dict on disk: trained figures offline
   python -m getlocal demo --image cat.jpg --out cat/   # your picture, your output directory
   python -m getlocal demo --model deit_small_patch16_224
   python -m getlocal demo --model openvla-tiny         # DINOv2 + SigLIP + Llama, prefill and 6 decode steps
@@ -84,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"output directory (default ./{DEFAULT_OUT}/)")
     demo.add_argument("--pretrained", action="store_true",
                       help="download the trained weights of a timm model from the Hugging Face hub if not cached")
+    demo.add_argument("--weights", metavar="PATH",
+                      help="load the model's weights from disk: a state-dict file (.safetensors, .pth, .pt, .bin) "
+                           "or a directory holding model.safetensors or pytorch_model.bin (what save_pretrained "
+                           "writes); no network")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars (they only show on a terminal anyway)")
     demo.set_defaults(run=_demo)
     plot = commands.add_parser(
         "plot", help="draw the figures and summary of a saved capture, without the model",
@@ -93,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG_PLOT, formatter_class=raw)
     plot.add_argument("capture", metavar="CAPTURE_DIR", help="a directory written by getlocal.save()")
     plot.add_argument("--out", required=True, metavar="DIR", help="output directory for figures and summary")
+    plot.add_argument("--quiet", action="store_true", help="no progress bar (it only shows on a terminal anyway)")
     plot.set_defaults(run=_plot)
     view = commands.add_parser(
         "view", help="write one self-contained HTML page to explore a saved capture in the browser",
@@ -193,8 +201,12 @@ def _check_model(name: str) -> None:
 
 def _demo(args) -> int:
     if args.pretrained and args.model in TINY_MODELS:
-        raise CommandError(f"--pretrained is for timm models; {args.model} is random init by design")
+        raise CommandError(f"--pretrained is for timm models; {args.model} is random init by design "
+                           "(--weights PATH loads a checkpoint of it from disk)")
+    if args.pretrained and args.weights:
+        raise CommandError("--pretrained and --weights both say where the weights come from; give one")
     _check_model(args.model)
+    weights = _weights_file(args.weights) if args.weights else None
     file, described = _picture_file(args.image)
     picture = _open_picture(file)
     out = _out_dir(args.out)
@@ -203,22 +215,47 @@ def _demo(args) -> int:
     matplotlib.use("Agg")  # a command line writes files; it never opens windows
     from . import saved
 
-    if args.model == "openvla-tiny":
-        maps, images, info = _run_openvla(picture)
-    elif args.model == "paligemma-tiny":
-        maps, images, info = _run_pi0(picture)
-    else:
-        maps, images, info = _run_vit(args.model, args.pretrained, picture)
-    info.update(model=args.model, image=described)
+    stages = _progress(args.quiet, total=2, desc=args.model, unit="stage")
+    stages.set_postfix_str("building and running the model")
+    try:
+        if args.model == "openvla-tiny":
+            maps, images, info = _run_openvla(picture, weights)
+        elif args.model == "paligemma-tiny":
+            maps, images, info = _run_pi0(picture, weights)
+        else:
+            maps, images, info = _run_vit(args.model, args.pretrained, picture, weights)
+        stages.update()
+        stages.set_postfix_str("saving the capture")
+        info.update(model=args.model, image=described)
+        capture = saved.save(out / "capture", maps, images=images, info=info)
+        stages.update()
+    finally:
+        stages.close()
     print(f"{args.model}: {info['weights']}")
     print(f"image: {described}, {info['preprocessing']}")
     print(describe_steps(maps))
-    capture = saved.save(out / "capture", maps, images=images, info=info)
     size = sum(f.stat().st_size for f in capture.rglob("*") if f.is_file())
     print(f"saved the capture to {capture}/ ({len(maps)} maps, {size / 2**20:.1f} MB); "
           f"`python -m getlocal plot {capture} --out DIR` redraws everything below without the model")
-    report(maps, images, info, out)
+    report(maps, images, info, out, quiet=args.quiet)
+    if random_weights(info):
+        print(f"\nnote: {RANDOM_NOTE}")
     return 0
+
+
+def _progress(quiet: bool, **kwargs):
+    """A tqdm bar on stderr when it is a terminal (none with --quiet, or when tqdm is missing)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is in the demo extra
+        quiet = True
+
+        class tqdm:  # noqa: N801 - the same few calls, doing nothing
+            def __init__(self, *a, **k): pass
+            def update(self, *a): pass
+            def set_postfix_str(self, *a): pass
+            def close(self): pass
+    return tqdm(file=sys.stderr, disable=True if quiet else None, **kwargs)
 
 
 def _plot(args) -> int:
@@ -239,11 +276,13 @@ def _plot(args) -> int:
           f"(saved by getlocal {found.version or '?'})")
     print(describe_steps(found.data))
     try:
-        report(found.data, found.images, info, out)
+        report(found.data, found.images, info, out, quiet=args.quiet)
     except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as exc:
         # load() checked every label getlocal relies on; this is a capture no getlocal wrote
         raise CommandError(f"cannot draw {args.capture}: {type(exc).__name__}: {exc}; its maps are not what "
                            "getlocal saves (was it edited?)") from None
+    if random_weights(info):
+        print(f"\nnote: {RANDOM_NOTE}")
     return 0
 
 
@@ -251,6 +290,8 @@ def _known_info(info):
     """The parts of a capture's free-form info that the report reads, when they have the types the demo writes."""
     out = {k: v for k, v in info.items() if k in ("model", "weights", "image", "preprocessing", "generated")
            and isinstance(v, str)}
+    if isinstance(info.get("random_weights"), bool):
+        out["random_weights"] = info["random_weights"]
     patch = info.get("patch_size")
     if isinstance(patch, dict):
         out["patch_size"] = {k: v for k, v in patch.items()
@@ -267,9 +308,86 @@ def _view(args) -> int:
     return 0
 
 
-def _vit_model(name: str, pretrained: bool):
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _weights_file(path: str) -> str:
+    """The state-dict file that ``--weights`` names (a file, or a directory that save_pretrained wrote)."""
+    if "\0" not in path and os.path.isdir(path):
+        for name in _WEIGHT_FILES:
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        raise CommandError(f"--weights {path}: a directory without {' or '.join(_WEIGHT_FILES)}; give the "
+                           "checkpoint file itself or a directory written by save_pretrained")
+    if "\0" in path or not os.path.isfile(path):
+        raise CommandError(f"--weights {path}: no such file; give a .safetensors/.pth state dict of the model")
+    return path
+
+
+def _load_weights(model, path: str, what: str) -> None:
+    """Load the state dict in ``path`` into ``model``, every key and shape exactly; else one line."""
+    import torch
+
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same mistake for the user
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CommandError(f"--weights {path}: not a readable state dict ({first[:160]}); give a .safetensors "
+                           "or .pth file saved from the model's state_dict()") from None
+    for wrapper in ("state_dict", "model"):  # training checkpoints often nest the weights one level down
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CommandError(f"--weights {path}: not a state dict (a mapping of names to tensors)")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        parts = [f"{len(v)} {word} (e.g. {v[0]})" for v, word in ((missing, "missing"), (unexpected, "unexpected"),
+                                                                    (wrong, "of another shape")) if v]
+        raise CommandError(f"--weights {path} does not fit {what}: keys {', '.join(parts)}; give a checkpoint "
+                           "of this very model")
+    model.load_state_dict(state, strict=True)
+
+
+def _check_hub(repo: str) -> None:
+    """Fail within seconds, in one line, where the hub cannot be reached (instead of the client's minute of retries)."""
+    import socket
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise CommandError(f"--pretrained needs the network to download {repo}, but HF_HUB_OFFLINE is set; "
+                           "unset it, or pass --weights PATH to a checkpoint on disk")
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    url = urlsplit(endpoint)
+    proxy = getproxies().get(url.scheme)
+    target = urlsplit(proxy) if proxy else url
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        socket.create_connection((target.hostname or "", port), timeout=HUB_TIMEOUT).close()
+    except OSError as exc:
+        why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        via = f" through the proxy {proxy}" if proxy else ""
+        raise CommandError(f"--pretrained: cannot reach {endpoint}{via} ({why}); check the network (and "
+                           "HF_ENDPOINT), pass --weights PATH to a checkpoint on disk, or leave --pretrained out "
+                           "for random weights") from None
+
+
+def _vit_model(name: str, pretrained: bool, weights: Optional[str] = None):
     """The timm model and a sentence saying which weights it has. Never touches the network unless asked."""
     import timm
+
+    if weights:
+        model = timm.create_model(name, pretrained=False)
+        _load_weights(model, weights, f"{name}")
+        return model, f"weights from {weights}"
 
     repo = getattr(timm.models.get_pretrained_cfg(name) or object(), "hf_hub_id", None)
     cached = None
@@ -288,6 +406,7 @@ def _vit_model(name: str, pretrained: bool):
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": cached})
         return model, f"trained weights from the local Hugging Face cache ({repo})"
     if pretrained:
+        _check_hub(repo or name)
         try:
             model = timm.create_model(name, pretrained=True)
         except Exception as exc:
@@ -306,14 +425,14 @@ def _vit_model(name: str, pretrained: bool):
                    "Random weights show the machinery; trained ones show the patterns")
 
 
-def _run_vit(name: str, pretrained: bool, picture):
+def _run_vit(name: str, pretrained: bool, picture, weights: Optional[str] = None):
     import numpy as np
     import torch
 
     from getlocal import get_local
     from getlocal.adapters import vit
 
-    model, weights = _vit_model(name, pretrained)
+    model, described = _vit_model(name, pretrained, weights)
     model.eval()
     if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
         raise CommandError(f"--model {name} is not a vision transformer (no blocks/patch_embed); "
@@ -335,7 +454,8 @@ def _run_vit(name: str, pretrained: bool, picture):
     if not len(maps):
         raise CommandError(f"--model {name}: no attention map was captured; its blocks are not timm Attention "
                            f"modules; give a ViT such as {DEMO_MODEL}")
-    info = {"weights": weights, "patch_size": {"vit": vit.patch_size(model)},
+    info = {"weights": described, "random_weights": described.startswith("random init"),
+            "patch_size": {"vit": vit.patch_size(model)},
             "preprocessing": f"centre square resized to {size}x{size}, normalised with mean {mean.tolist()} "
                              f"std {std.tolist()}"}
     return maps, {"image": shown}, info
@@ -347,11 +467,13 @@ def _tiny_pixels(shown):
     return torch.from_numpy(shown / 127.5 - 1.0).float().permute(2, 0, 1)[None]  # [-1, 1], as SigLIP
 
 
-def _run_openvla(picture):
+def _run_openvla(picture, weights: Optional[str] = None):
     from getlocal import get_local
     from getlocal.adapters import openvla, tiny
 
     model = tiny.openvla(image_size=TINY_IMAGE)
+    if weights:
+        _load_weights(model, weights, "openvla-tiny")
     shown = _square(picture, TINY_IMAGE)
     _, ids = tiny.openvla_inputs(model)
     get_local.clear()
@@ -362,15 +484,17 @@ def _run_openvla(picture):
     finally:
         openvla.deactivate()
         get_local.clear()
-    info = {"weights": "random init (a small OpenVLA-shaped model: timm DINOv2 with registers + SigLIP, an MLP "
+    info = {"weights": f"weights from {weights}" if weights else
+                       "random init (a small OpenVLA-shaped model: timm DINOv2 with registers + SigLIP, an MLP "
                        "projector and a 2-layer Llama; no trained weights exist for it)",
+            "random_weights": not weights,
             "patch_size": {"dinov2": 14, "siglip": 14},
             "preprocessing": f"centre square resized to {TINY_IMAGE}x{TINY_IMAGE}; 7 generated (action) tokens",
             "generated": "action"}
     return maps, {"image": shown}, info
 
 
-def _run_pi0(picture):
+def _run_pi0(picture, weights: Optional[str] = None):
     import numpy as np
     from PIL import Image
 
@@ -378,6 +502,8 @@ def _run_pi0(picture):
     from getlocal.adapters import paligemma, tiny
 
     model = tiny.pi0(image_size=TINY_IMAGE)
+    if weights:
+        _load_weights(model, weights, "paligemma-tiny")
     exterior = _square(picture, TINY_IMAGE)
     w, h = picture.size
     wrist = picture.crop((w // 4, h // 2, 3 * w // 4, h)).resize((TINY_IMAGE, TINY_IMAGE), Image.BICUBIC)
@@ -391,8 +517,10 @@ def _run_pi0(picture):
     finally:
         paligemma.deactivate()
         get_local.clear()
-    info = {"weights": "random init (a small Pi0-shaped model: PaliGemma = SigLIP + 2-layer Gemma, beside a Gemma "
+    info = {"weights": f"weights from {weights}" if weights else
+                       "random init (a small Pi0-shaped model: PaliGemma = SigLIP + 2-layer Gemma, beside a Gemma "
                        "action expert; no trained weights exist for it)",
+            "random_weights": not weights,
             "patch_size": {"vision": 14},
             "preprocessing": (f"two cameras: exterior = centre square, wrist = a crop of the lower half, both "
                               f"resized to {TINY_IMAGE}x{TINY_IMAGE}; 1 state + 4 action tokens, 3 denoising steps")}

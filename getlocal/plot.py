@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.colors import ListedColormap, Normalize
+from matplotlib.colors import ListedColormap, LogNorm, Normalize
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from . import _check
 from ._files import write_atomic
+from .maps import TokenLayout
 from .patterns import LABELS, PatternTable, _as_array, _count, _grid, _image_positions
 
 #: Colours of the pattern labels in :func:`label_map`.
@@ -101,41 +103,6 @@ def _show_image(ax, img, **kwargs):
     return ax.imshow(img, **kwargs)
 
 
-def _resize(a: np.ndarray, shape) -> np.ndarray:
-    """Bilinear resize of a 2-D array with pixel centres at half-integers (as PIL)."""
-    h, w = a.shape
-    H, W = shape
-
-    def axis(n_in, n_out):
-        x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-        lo = np.floor(x).astype(int)
-        hi = np.minimum(lo + 1, n_in - 1)
-        return lo, hi, x - lo
-
-    y0, y1, wy = axis(h, H)
-    x0, x1, wx = axis(w, W)
-    top = a[y0][:, x0] * (1 - wx) + a[y0][:, x1] * wx
-    bottom = a[y1][:, x0] * (1 - wx) + a[y1][:, x1] * wx
-    return top * (1 - wy)[:, None] + bottom * wy[:, None]
-
-
-def _heat_on_picture(heat: np.ndarray, size, pad_to_square: bool) -> np.ndarray:
-    """Upsample a grid heat map to the picture's ``(H, W)``, undoing a letterbox.
-
-    With ``pad_to_square`` the model saw the picture scaled so its longer side
-    filled a square and the shorter side padded symmetrically (openpi's
-    ``resize_with_pad``): the heat map covers that square, so it is upsampled
-    to a square of the longer side and the padded band is cropped away.
-    """
-    h, w = size
-    if not pad_to_square:
-        return _resize(heat, (h, w))
-    side = max(h, w)
-    full = _resize(heat, (side, side))
-    top, left = (side - h) // 2, (side - w) // 2
-    return full[top : top + h, left : left + w]
-
-
 def _cell(cell, grid, name="cell"):
     """``(row, col)`` of a cell given as ``(row, col)`` or as a flat index."""
     h, w = grid
@@ -157,53 +124,256 @@ def _reduce(name, reduce):
     return np.mean if reduce == "mean" else np.max
 
 
+# --------------------------------------------------------------------------- colour scales
+
+#: The colour scales every map and overlay helper takes as ``scale=``.
+SCALES = ("uniform", "log", "linear")
+_SCALE_HELP = ("scale='uniform' (attention x visible keys: 1 = uniform, log colours centred on it), "
+               "'log' (raw weights, log colours) or 'linear' (raw weights from 0 to the maximum)")
+_LABELS = {"uniform": "attention x visible keys (1 = uniform)", "log": "attention (log scale)",
+           "linear": "attention"}
+_NEUTRAL_CMAP = "RdBu_r"  # white at its centre: 1 (uniform) on the 'uniform' scale
+
+
+def _nanmean(a, axis):
+    """The mean over ``axis`` ignoring NaN (keys a row could not see); NaN where nothing is left, silently."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(a, axis)
+
+
+def _visible(maps: np.ndarray) -> np.ndarray:
+    """``[Q, K]`` bool: which keys each query row could see.
+
+    A map that is exactly zero above its diagonal (offset by ``K - Q`` for the
+    decode rows of a longer sequence) is taken as causal: row ``i`` sees the
+    keys up to its own position. Otherwise every row sees every key.
+    """
+    _, q, k = maps.shape
+    if q > 1 and k >= q:
+        upper = np.triu(np.ones((q, k), dtype=bool), k - q + 1)
+        if upper.any() and not np.any(maps[:, upper]):
+            return ~upper
+    return np.ones((q, k), dtype=bool)
+
+
+def _keys_index(value, k: int, name: str) -> np.ndarray:
+    try:
+        if value is None or isinstance(value, bool):
+            raise TypeError
+        picked = np.atleast_1d(np.arange(k)[value])
+    except Exception:  # noqa: BLE001 - whatever numpy cannot index with is the same mistake
+        raise ValueError(f"{name}={value!r} does not index the {k} keys of the map; give a key position, "
+                         "a list of them or a slice") from None
+    return picked
+
+
+def _without(maps: np.ndarray, sinks, visible: np.ndarray):
+    """Mask the ``sinks`` key columns and renormalise every row over the keys left."""
+    cols = _keys_index(sinks, maps.shape[-1], "sinks")
+    maps = maps.astype(np.float64, copy=True)
+    maps[..., cols] = 0.0
+    total = maps.sum(-1, keepdims=True)
+    maps = np.divide(maps, total, out=np.full_like(maps, np.nan), where=total > 0)
+    visible = visible.copy()
+    visible[:, cols] = False
+    return maps, visible, cols
+
+
+def _scaled(maps: np.ndarray, scale: str, visible: np.ndarray) -> np.ndarray:
+    """The values drawn on ``scale``: keys a row could not see are NaN (drawn grey) except on 'linear'."""
+    if scale == "linear":
+        return np.where(visible, maps, 0.0)
+    out = np.where(visible, maps, np.nan)
+    if scale == "uniform":
+        out = out * visible.sum(-1, keepdims=True)
+    return out
+
+
+def _norm(values, scale: str, kwargs: dict, default_cmap: str):
+    """Pop ``vmin``/``vmax`` from ``kwargs`` and set its ``norm`` and ``cmap`` for ``scale``; returns the bar label."""
+    vmin, vmax = kwargs.pop("vmin", None), kwargs.pop("vmax", None)
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    top_seen = float(finite.max()) if finite.size else 1.0
+    if scale == "uniform":
+        top = float(vmax) if vmax is not None else max(2.0, top_seen)
+        bottom = float(vmin) if vmin is not None else 1.0 / top
+        kwargs.setdefault("norm", LogNorm(bottom, top, clip=False))
+        kwargs.setdefault("cmap", _NEUTRAL_CMAP)
+    elif scale == "log":
+        top = float(vmax) if vmax is not None else (top_seen if top_seen > 0 else 1.0)
+        positive = finite[finite > 0]
+        bottom = float(vmin) if vmin is not None else max(float(positive.min()) if positive.size else top * 1e-4,
+                                                           top * 1e-4)
+        kwargs.setdefault("norm", LogNorm(bottom, max(top, bottom * 10), clip=False))
+        kwargs.setdefault("cmap", default_cmap)
+    else:
+        kwargs.setdefault("norm", Normalize(0.0 if vmin is None else float(vmin),
+                                            float(vmax) if vmax is not None else (top_seen if top_seen > 0 else 1.0)))
+        kwargs.setdefault("cmap", default_cmap)
+    cmap = plt.get_cmap(kwargs["cmap"]) if isinstance(kwargs["cmap"], str) else kwargs["cmap"]
+    kwargs["cmap"] = cmap.with_extremes(bad="#d9d9d9")  # keys a query could not see, and masked sinks
+    return _LABELS[scale]
+
+
+def _extend(values, norm) -> str:
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if not finite.size:
+        return "neither"
+    low, high = finite.min() < norm.vmin, finite.max() > norm.vmax
+    return "both" if low and high else "min" if low else "max" if high else "neither"
+
+
+def _colorbar(fig, im, values, label, cbar_kws, **defaults):
+    kws = {"extend": _extend(values, im.norm), "label": label, **defaults, **(cbar_kws or {})}
+    bar = fig.colorbar(im, **kws)
+    if isinstance(im.norm, LogNorm):  # plain numbers at 1-2-5 steps, not 6 x 10^-1
+        lo, hi = im.norm.vmin, im.norm.vmax
+        steps = [m * 10.0**e for e in range(-12, 13) for m in (1, 2, 5)]
+        ticks = [t for t in steps if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)]
+        while len(ticks) > 7:
+            ticks = ticks[::2] if 1 not in ticks else [t for i, t in enumerate(ticks) if (i - ticks.index(1)) % 2 == 0]
+        bar.set_ticks(ticks, labels=[f"{t:g}" for t in ticks])
+        bar.ax.minorticks_off()
+    bar.ax.tick_params(labelsize=7)
+    bar.ax.yaxis.label.set_size(8)
+    return bar
+
+
 # --------------------------------------------------------------------------- maps
 
 
+_MARKED = {"cls": "#ff7f0e", "register": "#9467bd"}  # drawn as lines around their rows and columns
+
+
+def _layout(layout, k: int):
+    if layout is None:
+        return None
+    if not isinstance(layout, TokenLayout):
+        raise _check.ArgumentTypeError(f"layout must be a TokenLayout (a map's .keys) or None; got {_check._show(layout)}")
+    if len(layout) != k:
+        raise ValueError(f"layout has {len(layout)} tokens but the map has {k} keys; pass the map's own .keys")
+    return layout
+
+
+def _token_ticks(layout, start: int, stop: int):
+    """``(positions, labels, boundaries)`` for the tokens ``start..stop`` of ``layout``, short runs merged."""
+    spans = []
+    for s in layout.segments:
+        lo, hi = max(s.start, start), min(s.stop, stop)
+        if lo < hi:
+            name = {"register": "reg"}.get(s.kind, s.kind) + (f" {s.camera}" if s.camera else "")
+            spans.append([lo - start, hi - start, name])
+    merged = []
+    small = 0.06 * (stop - start)
+    for span in spans:  # runs too short to hold their own label share one (cls + 4 registers: "cls+reg")
+        if merged and span[1] - span[0] < small and merged[-1][1] - merged[-1][0] < small:
+            merged[-1] = [merged[-1][0], span[1], merged[-1][2] + "+" + span[2]]
+        else:
+            merged.append(span)
+    positions = [(lo + hi) / 2 - 0.5 for lo, hi, _ in merged]
+    return positions, [name for _, _, name in merged], [hi - 0.5 for _, hi, _ in spans[:-1]]
+
+
+def _token_axes(ax, layout, q: int, k: int, *, xlabels=True, ylabels=True):
+    """Label the key axis (and the query axis: the last ``q`` of the keys) by token kind, and mark cls/registers."""
+    for axis, (start, stop), show in (("x", (0, k), xlabels), ("y", (k - q, k), ylabels)):
+        positions, labels, bounds = _token_ticks(layout, start, stop)
+        line = ax.axvline if axis == "x" else ax.axhline
+        for b in bounds:
+            line(b, color="white", linewidth=0.6, alpha=0.8)
+        getattr(ax, f"set_{axis}ticks")(positions)
+        getattr(ax, f"set_{axis}ticklabels")(labels if show else [], fontsize=7,
+                                           **({"rotation": 90, "va": "center"} if axis == "y" else {}))
+        ax.tick_params(axis=axis, length=0)
+    for kind, colour in _MARKED.items():
+        for s in layout.find(kind):
+            ax.axvspan(s.start - 0.5, s.stop - 0.5, facecolor="none", edgecolor=colour, linewidth=0.8)
+            lo, hi = max(s.start, k - q) - (k - q), min(s.stop, k) - (k - q)
+            if lo < hi:
+                ax.axhspan(lo - 0.5, hi - 0.5, facecolor="none", edgecolor=colour, linewidth=0.8)
+
+
+def _prepare(attn, *, scale, sinks, name="attn"):
+    """``[H, Q, K]`` values on ``scale`` (sinks masked, rows renormalised), and the words that say so."""
+    _check.choice("scale", scale, SCALES)
+    maps = _maps(attn, name)
+    visible = _visible(maps)
+    note = ""
+    if sinks is not None:
+        maps, visible, cols = _without(maps, sinks, visible)
+        shown = ", ".join(str(int(c)) for c in cols[:6]) + (", ..." if len(cols) > 6 else "")
+        note = f"without sinks (keys {shown} masked, rows renormalised)"
+    return _scaled(maps, scale, visible), note
+
+
 def attention_map(
-    attn, *, head: Optional[int] = None, ax=None, cbar: bool = True, cbar_kws: Optional[dict] = None, **kwargs
+    attn, *, head: Optional[int] = None, scale: str = "uniform", sinks=None, layout=None, ax=None, cbar: bool = True,
+    cbar_kws: Optional[dict] = None, **kwargs
 ):
     """Draw one head's ``[Q, K]`` map with a colour bar.
 
     ``attn`` is ``[Q, K]``, or ``[H, Q, K]`` / ``[1, H, Q, K]`` with ``head``
-    picking the head (the mean over heads when None). Draws into ``ax`` (the
-    current Axes if None) and returns it; ``**kwargs`` go to ``ax.imshow``,
-    ``cbar_kws`` to ``fig.colorbar``.
+    picking the head (the mean over heads when None). ``scale`` is one of
+    :data:`SCALES`: ``'uniform'`` (the default) draws each weight times the
+    number of keys its query could see, so 1 is uniform attention and is
+    white, more is red, less is blue, on a log scale; ``'log'`` the raw
+    weights on a log scale; ``'linear'`` the raw weights from 0 to the
+    largest. A map exactly zero above its diagonal is causal: the keys a
+    query cannot see are grey (on 'uniform' and 'log'). ``sinks`` (key
+    positions: an int, a list or a slice) masks those key columns and
+    renormalises every row over the other keys, and the colour bar says so:
+    the view of a language model without its attention sinks. ``layout``
+    (the map's ``.keys`` TokenLayout) labels both axes by token kind and
+    frames the cls/register rows and columns. Draws into ``ax`` (the
+    current Axes if None) and returns it; ``**kwargs`` go to ``ax.imshow``
+    (``vmin``/``vmax`` bound the chosen scale), ``cbar_kws`` to
+    ``fig.colorbar``.
 
     >>> import numpy as np
     >>> fig, ax = plt.subplots()
-    >>> ax = attention_map(np.eye(4), ax=ax, cmap="magma")
-    >>> ax.images[0].get_array().shape
-    (4, 4)
+    >>> ax = attention_map(np.full((4, 4), 0.25), ax=ax)
+    >>> float(ax.images[0].norm(ax.images[0].get_array())[0, 0])   # uniform: the centre of the colours
+    0.5
     """
     _check.integer("head", head, low=None, optional=True)
     _check.axes("ax", ax), _check.flag("cbar", cbar), _check.options("cbar_kws", cbar_kws)
-    maps = _maps(attn)
+    values, note = _prepare(attn, scale=scale, sinks=sinks)
+    layout = _layout(layout, values.shape[-1])
     if head is None:
-        m = maps.mean(0)
+        m = _nanmean(values, 0)
     else:
-        if not -maps.shape[0] <= head < maps.shape[0]:
-            raise ValueError(f"head={head} but attn has {maps.shape[0]} heads")
-        m = maps[head]
+        if not -values.shape[0] <= head < values.shape[0]:
+            raise ValueError(f"head={head} but attn has {values.shape[0]} heads")
+        m = values[head]
     ax = plt.gca() if ax is None else ax
     kwargs.setdefault("interpolation", "nearest")
-    im = ax.imshow(m, **kwargs)
+    label = _norm(m, scale, kwargs, "viridis")
+    im = ax.imshow(np.ma.masked_invalid(m), **kwargs)
     ax.set_xlabel("key")
     ax.set_ylabel("query")
+    if layout is not None:
+        _token_axes(ax, layout, m.shape[0], m.shape[1])
     if cbar:
-        ax.figure.colorbar(im, ax=ax, **(cbar_kws or {}))
+        _colorbar(ax.figure, im, m, label + (f"\n{note}" if note else ""), cbar_kws, ax=ax)
     return ax
 
 
 def layer_heads(
-    attn, *, ncols: Optional[int] = None, average: bool = True, cbar: bool = True, panel_size: float = 2.2, **kwargs
+    attn, *, scale: str = "uniform", sinks=None, layout=None, ncols: Optional[int] = None, average: bool = True,
+    cbar: bool = True, panel_size: float = 2.6, cbar_kws: Optional[dict] = None, **kwargs
 ):
     """Draw every head of a layer in a grid, plus their mean; returns the Figure.
 
     Works for any number of heads (one head gives a single row). All panels
-    share one colour scale and one colour bar so heads can be compared.
-    ``ncols`` defaults to at most 4 panels a row; ``**kwargs`` go to each
-    ``ax.imshow``.
+    share one colour scale and one colour bar so heads can be compared;
+    ``scale``, ``sinks`` and ``layout`` as in :func:`attention_map` (the
+    default 'uniform' scale makes a uniform head white). ``ncols`` defaults
+    to at most 4 panels a row; ``panel_size`` is each panel's side in
+    inches; ``**kwargs`` go to each ``ax.imshow``, ``cbar_kws`` to the
+    colour bar.
 
     >>> import numpy as np
     >>> fig = layer_heads(np.random.default_rng(0).random((3, 5, 5)))
@@ -211,30 +381,34 @@ def layer_heads(
     4
     """
     _check.integer("ncols", ncols, low=1, high=256, optional=True)
-    _check.flag("average", average), _check.flag("cbar", cbar)
+    _check.flag("average", average), _check.flag("cbar", cbar), _check.options("cbar_kws", cbar_kws)
     _check.number("panel_size", panel_size, low=0, high=100, low_open=True)
-    maps = _maps(attn)
-    panels = list(maps) + ([maps.mean(0)] if average else [])
-    titles = [f"head {i}" for i in range(len(maps))] + (["mean"] if average else [])
+    values, note = _prepare(attn, scale=scale, sinks=sinks)
+    layout = _layout(layout, values.shape[-1])
+    mean = _nanmean(values, 0)
+    panels = list(values) + ([mean] if average else [])
+    titles = [f"head {i}" for i in range(len(values))] + (["mean"] if average else [])
     ncols = min(len(panels), 4) if ncols is None else int(ncols)
-    if ncols < 1:
-        raise ValueError(f"ncols must be >= 1; got {ncols}")
     nrows = math.ceil(len(panels) / ncols)
-    figsize = (panel_size * ncols + (0.8 if cbar else 0), panel_size * nrows)
+    figsize = (panel_size * ncols + (1.2 if cbar else 0), panel_size * nrows + 0.3)
     fig, axes = plt.subplots(nrows, ncols, figsize=figsize, squeeze=False)
-    kwargs.setdefault("vmin", float(min(p.min() for p in panels)))
-    kwargs.setdefault("vmax", float(max(p.max() for p in panels)))
+    label = _norm(np.stack(panels), scale, kwargs, "viridis")
     kwargs.setdefault("interpolation", "nearest")
     im = None
-    for ax, panel, title in zip(axes.flat, panels, titles):
-        im = ax.imshow(panel, **kwargs)
+    for i, (ax, panel, title) in enumerate(zip(axes.flat, panels, titles)):
+        im = ax.imshow(np.ma.masked_invalid(panel), **kwargs)
         ax.set_title(title, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        if layout is not None:
+            _token_axes(ax, layout, panel.shape[0], panel.shape[1], xlabels=i >= len(panels) - ncols,
+                        ylabels=i % ncols == 0)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     if cbar:
-        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
+        _colorbar(fig, im, np.stack(panels), label + (f"\n{note}" if note else ""), cbar_kws,
+                  ax=axes.ravel().tolist(), shrink=0.8)
     return fig
 
 
@@ -311,20 +485,36 @@ def _grid_cells(grid):
     return h * w
 
 
-def _overlay(ax, img, heat, *, pad_to_square=False, alpha=0.5, cbar=True, cbar_kws=None, image_kws=None, **kwargs):
+def _heat_extent(size, pad_to_square: bool):
+    """Where the heat map's grid lies over a picture of ``size`` ``(H, W)``, undoing a letterbox.
+
+    With ``pad_to_square`` the model saw the picture scaled so its longer side
+    filled a square and the shorter side padded symmetrically (openpi's
+    ``resize_with_pad``): the grid covers that square, centred on the
+    picture, and the Axes limits crop the padded band away.
+    """
+    h, w = size
+    if not pad_to_square:
+        return (0, w, h, 0)
+    side = max(h, w)
+    top, left = (side - h) / 2, (side - w) / 2
+    return (-left, side - left, side - top, -top)
+
+
+def _overlay(ax, img, heat, *, scale="uniform", pad_to_square=False, alpha=0.5, cbar=True, cbar_kws=None,
+             image_kws=None, **kwargs):
+    """The picture, and over it one block of colour per patch (no smoothing: one value per patch, as the model saw)."""
     H, W = img.shape[:2]
     _show_image(ax, img, **(image_kws or {}))
-    up = _heat_on_picture(heat, (H, W), pad_to_square)
-    kwargs.setdefault("cmap", "jet")
-    kwargs.setdefault("vmin", 0.0)
-    kwargs.setdefault("vmax", float(heat.max()) if heat.max() > 0 else 1.0)
-    im = ax.imshow(up, alpha=alpha, extent=(0, W, H, 0), interpolation="nearest", **kwargs)
+    label = _norm(heat, scale, kwargs, "jet")
+    im = ax.imshow(np.ma.masked_invalid(heat), alpha=alpha, extent=_heat_extent((H, W), pad_to_square),
+                   interpolation="nearest", **kwargs)
     ax.set_xlim(0, W)
     ax.set_ylim(H, 0)
     ax.set_xticks([])
     ax.set_yticks([])
     if cbar:
-        ax.figure.colorbar(im, ax=ax, **(cbar_kws or {}))
+        _colorbar(ax.figure, im, heat, label, cbar_kws, ax=ax)
     return im
 
 
@@ -337,6 +527,7 @@ def grid_to_grid(
     image_tokens=None,
     cls_token: Optional[int] = None,
     head: Optional[int] = None,
+    scale: str = "uniform",
     alpha: float = 0.6,
     cell_kws: Optional[dict] = None,
     figsize=None,
@@ -345,10 +536,12 @@ def grid_to_grid(
     """The attention of one query patch drawn over the picture; returns the Figure.
 
     Left: the picture with the query cell filled red. Right: that patch's
-    attention to every image patch, upsampled and overlaid on the picture.
-    With ``cls_token`` (the class token's position, usually 0) a middle panel
-    shows the weight the query gives the class token in its own cell, coloured
-    on the overlay's scale and written out as its real value.
+    attention to every image patch, one block of colour per patch over the
+    picture, on ``scale`` (see :func:`attention_map`; on the default
+    'uniform' scale white is uniform attention). With ``cls_token`` (the
+    class token's position, usually 0) a middle panel shows the weight the
+    query gives the class token in its own cell, coloured on the overlay's
+    scale and written out as its real value.
     ``query`` is a ``(row, col)`` cell or a flat cell index; ``head`` picks a
     head (the mean over heads when None); ``image_tokens`` and ``grid`` as in
     :mod:`getlocal.patterns`; ``cell_kws`` go to :func:`patch_grid`;
@@ -364,8 +557,9 @@ def grid_to_grid(
     _check.integer("head", head, low=None, optional=True)
     _check.number("alpha", alpha, low=0, high=1), _check.options("cell_kws", cell_kws)
     _figsize(figsize)
-    maps = _maps(attn)
-    q, k = maps.shape[-2:]
+    raw = _maps(attn)
+    values, _ = _prepare(raw, scale=scale, sinks=None)
+    q, k = raw.shape[-2:]
     positions = _image_positions(image_tokens, k)
     n = _count(positions)
     hw = _grid(grid, n, image_tokens)
@@ -377,12 +571,12 @@ def grid_to_grid(
             f"query={query!r} is image token {keys[r * hw[1] + c]}, which is not among the {q} queries of this decode map"
         )
     if head is None:
-        weights = maps[:, row, :].mean(0)
+        weights, shown = raw[:, row, :].mean(0), _nanmean(values[:, row, :], 0)
     else:
-        if not -maps.shape[0] <= head < maps.shape[0]:
-            raise ValueError(f"head={head} but attn has {maps.shape[0]} heads")
-        weights = maps[head, row, :]
-    heat = weights[keys].reshape(hw)
+        if not -raw.shape[0] <= head < raw.shape[0]:
+            raise ValueError(f"head={head} but attn has {raw.shape[0]} heads")
+        weights, shown = raw[head, row, :], values[head, row, :]
+    heat = shown[keys].reshape(hw)
     img = _image(image)
 
     with_cls = cls_token is not None
@@ -393,17 +587,15 @@ def grid_to_grid(
     fig, axes = plt.subplots(1, len(ratios), figsize=figsize, gridspec_kw={"width_ratios": ratios})
     patch_grid(img, grid=hw, cells=[(r, c)], ax=axes[0], **(cell_kws or {}))
     axes[0].set_title(f"query patch ({r}, {c})", fontsize=9)
-    kwargs.setdefault("cmap", "jet")
-    vmax = kwargs.setdefault("vmax", float(heat.max()) if heat.max() > 0 else 1.0)
-    vmin = kwargs.setdefault("vmin", 0.0)
-    clipped = with_cls and weights[cls_token] > vmax
-    _overlay(axes[-1], img, heat, alpha=alpha, cbar=True, cbar_kws={"extend": "max"} if clipped else None, **kwargs)
+    im = _overlay(axes[-1], img, heat, scale=scale, alpha=alpha, cbar=False, **kwargs)
+    both = np.append(heat.ravel(), shown[cls_token]) if with_cls else heat
+    _colorbar(fig, im, both, _LABELS[scale], None, ax=axes[-1])
     axes[-1].set_title("attention to patches", fontsize=9)
     if with_cls:
         value = float(weights[cls_token])
         cax = axes[1]
-        # coloured on the overlay's scale (clipped at its top), the number is exact
-        cax.imshow([[value]], cmap=kwargs["cmap"], norm=Normalize(vmin, vmax, clip=True))
+        # coloured on the overlay's scale (clipped at its ends), the number is exact
+        cax.imshow([[float(shown[cls_token])]], cmap=im.get_cmap(), norm=im.norm)
         cax.text(0, 0, f"{value:.3g}", ha="center", va="center", fontsize=9, color="white",
                  bbox={"facecolor": "black", "alpha": 0.5, "linewidth": 0, "pad": 1})
         cax.set_title("CLS", fontsize=9)
@@ -415,14 +607,18 @@ def grid_to_grid(
 # --------------------------------------------------------------------------- VLA overlays
 
 
-def query_heatmap(attn, *, image_tokens, queries, grid=None, reduce: str = "mean", heads=None) -> np.ndarray:
+def query_heatmap(attn, *, image_tokens, queries, grid=None, reduce: str = "mean", heads=None,
+                  scale: str = "linear") -> np.ndarray:
     """The attention from chosen query tokens to the image tokens, as an ``[h, w]`` grid.
 
     Rows ``queries`` of the map (an int, a slice or a list of query indices;
     for a prefill map these are token positions, for a decode map the rows of
     the new tokens) are averaged, then the heads (``heads`` picks some, all
     when None) are reduced by ``reduce`` (``'mean'`` or ``'max'``). The image
-    tokens' weights are laid out on ``grid`` (inferred when square).
+    tokens' weights are laid out on ``grid`` (inferred when square). With
+    ``scale='uniform'`` each row's weights are first multiplied by the number
+    of keys that row could see (1 = uniform attention; see
+    :func:`attention_map`); 'linear' and 'log' give the weights themselves.
 
     >>> import numpy as np
     >>> a = np.zeros((2, 10, 10)); a[:, 9, 1 + 2] = 1
@@ -430,7 +626,8 @@ def query_heatmap(attn, *, image_tokens, queries, grid=None, reduce: str = "mean
     [[0.0, 0.0], [1.0, 0.0]]
     """
     fn = _reduce("reduce", reduce)
-    maps = _maps(attn)
+    _check.choice("scale", scale, SCALES)
+    maps, _ = _prepare(attn, scale="uniform" if scale == "uniform" else "linear", sinks=None)
     nh, q, k = maps.shape
     positions = _image_positions(image_tokens, k)
     hw = _grid(grid, _count(positions), image_tokens)
@@ -450,7 +647,7 @@ def query_heatmap(attn, *, image_tokens, queries, grid=None, reduce: str = "mean
             maps = maps[np.atleast_1d(np.arange(nh)[heads])]
         except Exception:  # noqa: BLE001
             raise ValueError(f"heads={heads!r} does not index the {nh} heads of the map") from None
-    per_head = maps[:, picked, :].mean(1)[:, positions]
+    per_head = _nanmean(maps[:, picked, :][..., positions], 1)
     return fn(per_head, axis=0).reshape(hw)
 
 
@@ -463,6 +660,7 @@ def image_attention(
     grid=None,
     reduce: str = "mean",
     heads=None,
+    scale: str = "uniform",
     pad_to_square: bool = False,
     ax=None,
     alpha: float = 0.5,
@@ -473,8 +671,10 @@ def image_attention(
 ):
     """Overlay the attention of chosen queries (text, action tokens) on the picture.
 
-    The heat map is :func:`query_heatmap`, upsampled bilinearly to the
-    picture. Pass ``pad_to_square=True`` when the model's preprocessing
+    The heat map is :func:`query_heatmap`, one block of colour per patch over
+    the picture, on ``scale`` (see :func:`attention_map`; on the default
+    'uniform' scale white is uniform attention, so a map with nothing in it
+    looks neutral). Pass ``pad_to_square=True`` when the model's preprocessing
     letterboxed the picture (scaled the longer side to the square and padded
     the shorter side symmetrically, like openpi's ``resize_with_pad``): the
     padded band is cropped so the heat map lines up with the original
@@ -488,15 +688,17 @@ def image_attention(
     >>> fig, ax = plt.subplots()
     >>> ax = image_attention(np.zeros((60, 90, 3)), a, image_tokens=slice(4, 20), queries=[18, 19],
     ...                      pad_to_square=True, ax=ax)
-    >>> ax.images[-1].get_array().shape
-    (60, 90)
+    >>> ax.images[-1].get_array().shape   # one value per patch of the 4 x 4 grid
+    (4, 4)
     """
     _check.flag("pad_to_square", pad_to_square), _check.axes("ax", ax), _check.flag("cbar", cbar)
     _check.number("alpha", alpha, low=0, high=1)
     _check.options("cbar_kws", cbar_kws), _check.options("image_kws", image_kws)
-    heat = query_heatmap(attn, image_tokens=image_tokens, queries=queries, grid=grid, reduce=reduce, heads=heads)
+    _check.choice("scale", scale, SCALES)
+    heat = query_heatmap(attn, image_tokens=image_tokens, queries=queries, grid=grid, reduce=reduce, heads=heads,
+                         scale=scale)
     ax = plt.gca() if ax is None else ax
-    _overlay(ax, _image(image), heat, pad_to_square=pad_to_square, alpha=alpha, cbar=cbar, cbar_kws=cbar_kws,
+    _overlay(ax, _image(image), heat, scale=scale, pad_to_square=pad_to_square, alpha=alpha, cbar=cbar, cbar_kws=cbar_kws,
              image_kws=image_kws, **kwargs)
     return ax
 
@@ -519,6 +721,7 @@ def camera_attention(
     reduce: str = "mean",
     heads=None,
     pad_to_square=False,
+    scale: str = "uniform",
     per_head: bool = False,
     titles: Optional[Sequence[str]] = None,
     alpha: float = 0.5,
@@ -530,7 +733,7 @@ def camera_attention(
     ``images`` and ``image_tokens`` hold one entry per camera (e.g. exterior
     and wrist views, each with its own token range); ``grids`` and
     ``pad_to_square`` are one value for all or one per camera. All panels
-    share one colour scale. With ``per_head=True`` the result is a list of
+    share one colour scale (``scale`` as in :func:`image_attention`). With ``per_head=True`` the result is a list of
     Figures, one per head (of ``heads``, all when None). Other arguments as in
     :func:`image_attention`; ``**kwargs`` go to each overlay's ``ax.imshow``.
 
@@ -551,7 +754,7 @@ def camera_attention(
     if grids is not None and not isinstance(grids, (list, tuple)):
         raise _check.ArgumentTypeError(f"grids must be None, one (h, w) pair, or a list of them; got {_check._show(grids)}")
     _check.flag("per_head", per_head), _check.number("alpha", alpha, low=0, high=1)
-    _check.number("panel_size", panel_size, low=0, high=100, low_open=True)
+    _check.number("panel_size", panel_size, low=0, high=100, low_open=True), _check.choice("scale", scale, SCALES)
     images = list(images)
     n = len(images)
     if n == 0:
@@ -568,25 +771,25 @@ def camera_attention(
         chosen = np.atleast_1d(np.arange(nh)[heads]) if heads is not None else np.arange(nh)
         return [
             camera_attention(images, attn, image_tokens=image_tokens, queries=queries, grids=grids, reduce=reduce,
-                             heads=[int(h)], pad_to_square=pads, titles=[f"{t}, head {int(h)}" for t in titles],
+                             heads=[int(h)], pad_to_square=pads, scale=scale, titles=[f"{t}, head {int(h)}" for t in titles],
                              alpha=alpha, panel_size=panel_size, **kwargs)
             for h in chosen
         ]
     heats = [
-        query_heatmap(attn, image_tokens=t, queries=queries, grid=g, reduce=reduce, heads=heads)
+        query_heatmap(attn, image_tokens=t, queries=queries, grid=g, reduce=reduce, heads=heads, scale=scale)
         for t, g in zip(image_tokens, grids)
     ]
-    kwargs.setdefault("vmin", 0.0)
-    kwargs.setdefault("vmax", max(float(h.max()) for h in heats) or 1.0)
+    every = np.concatenate([h.ravel() for h in heats])
+    label = _norm(every, scale, kwargs, "jet")  # one norm and colour map for all panels
     pictures = [_image(im, f"images[{i}]") for i, im in enumerate(images)]
     ratios = [p.shape[1] / p.shape[0] for p in pictures]
     figsize = (panel_size * sum(ratios) + 0.8, panel_size)
     fig, axes = plt.subplots(1, n, figsize=figsize, squeeze=False, gridspec_kw={"width_ratios": ratios})
     im = None
     for ax, pic, heat, pad, title in zip(axes[0], pictures, heats, pads, titles):
-        im = _overlay(ax, pic, heat, pad_to_square=bool(pad), alpha=alpha, cbar=False, **kwargs)
+        im = _overlay(ax, pic, heat, scale=scale, pad_to_square=bool(pad), alpha=alpha, cbar=False, **kwargs)
         ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    _colorbar(fig, im, every, label, None, ax=axes[0].tolist(), shrink=0.8)
     return fig
 
 
@@ -709,7 +912,8 @@ def attention_distance(table, *, pixels: bool = False, ax=None, **kwargs):
     kwargs.setdefault("cmap", "tab20")
     ax.scatter(x, values.ravel(), **kwargs)
     ax.set_ylabel("mean attention distance (" + ("pixels" if pixels else "patches") + ")")
-    ax.set_ylim(bottom=0)
+    top = float(np.nanmax(values))
+    ax.set_ylim(0, top * 1.12 if top > 0 else 1)  # room above the highest dot: none is cut in half
     _depth_axis(ax, table)
     return ax
 
@@ -818,6 +1022,7 @@ __all__ = [
     "image_attention",
     "camera_attention",
     "label_map",
+    "SCALES",
     "pattern_scores",
     "attention_distance",
     "figure_path",

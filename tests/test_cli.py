@@ -221,15 +221,6 @@ def test_tiny_models_without_transformers_say_what_to_install(tmp_path):
                                     'python -m pip install -e ".[adapters]"'
 
 
-def test_pretrained_without_network_says_how_to_go_on(tmp_path):
-    result = run("demo", "--model", "deit_tiny_patch16_224", "--pretrained", "--out", str(tmp_path))
-    if result.returncode == 0 and "from the local Hugging Face cache" in result.stdout:
-        pytest.skip("the weights are cached here, so nothing is downloaded")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    (line,) = result.stderr.strip().splitlines()
-    assert "could not download the weights of timm/deit_tiny_patch16_224" in line and "without --pretrained" in line
-
-
 def test_plot_of_a_capture_without_maps(capsys, tmp_path):
     from getlocal import saved
     from getlocal.maps import AttentionMaps

@@ -70,7 +70,7 @@ def test_attention_map_puts_queries_on_rows_and_keys_on_columns():
     a = np.zeros((5, 5))
     a[1, 3] = 1.0
     fig, ax = plt.subplots()
-    assert plot.attention_map(a, ax=ax) is ax
+    assert plot.attention_map(a, ax=ax, scale="linear") is ax
     hot, cold = pixel(fig, ax, 3, 1), pixel(fig, ax, 1, 3)
     assert np.allclose(hot, cmap_rgb("viridis", 1.0), atol=2)
     assert np.allclose(cold, cmap_rgb("viridis", 0.0), atol=2)
@@ -81,7 +81,7 @@ def test_attention_map_draws_into_the_current_axes_and_picks_a_head():
     a = np.stack([np.eye(4), np.ones((4, 4)) / 4])
     fig, ax = plt.subplots()
     assert plot.attention_map(a, head=1, cbar=False) is ax
-    assert np.allclose(ax.images[0].get_array(), 0.25)
+    assert np.allclose(ax.images[0].get_array(), 1.0)  # 0.25 over 4 keys: uniform, 1 on the default scale
 
 
 @pytest.mark.parametrize("heads, ncols, shape", [(1, None, (1, 2)), (3, None, (1, 4)), (7, None, (2, 4)), (12, 5, (3, 5))])
@@ -91,7 +91,7 @@ def test_layer_heads_lays_out_any_number_of_heads_plus_their_mean(rng, heads, nc
     panels = [ax for ax in fig.axes if ax.images]
     assert len(panels) == heads + 1
     assert fig.axes[0].get_subplotspec().get_gridspec().get_geometry() == shape
-    assert np.allclose(panels[-1].images[0].get_array(), a.mean(0))
+    assert np.allclose(panels[-1].images[0].get_array(), a.mean(0) * 6)  # x 6 visible keys: 1 = uniform
     assert [ax.get_title() for ax in panels][-1] == "mean"
 
 
@@ -99,7 +99,7 @@ def test_layer_heads_shares_one_colour_scale_so_the_hot_cell_shows_in_its_head()
     a = np.zeros((2, 4, 4))
     a[0, 0, 0] = 1.0
     a[1, 2, 3] = 0.5
-    fig = plot.layer_heads(a, average=False, cmap="gray")
+    fig = plot.layer_heads(a, average=False, cmap="gray", scale="linear")
     ax0, ax1 = [ax for ax in fig.axes if ax.images]
     assert pixel(fig, ax0, 0, 0).min() > 250
     assert abs(int(pixel(fig, ax1, 3, 2)[0]) - 128) <= 2  # 0.5 on the shared 0..1 scale
@@ -130,7 +130,7 @@ def test_patch_grid_takes_flat_indices_on_a_non_square_grid():
 def test_grid_to_grid_highlights_the_query_and_peaks_over_the_attended_patch():
     query, target = (2, 3), (10, 11)
     a = peak_map(197, 1 + target[0] * 14 + target[1], 1 + query[0] * 14 + query[1])
-    fig = plot.grid_to_grid(a, np.zeros((224, 224, 3)), query=query, image_tokens=slice(1, 197))
+    fig = plot.grid_to_grid(a, np.zeros((224, 224, 3)), query=query, image_tokens=slice(1, 197), scale="linear")
     left, right = fig.axes[0], fig.axes[1]
     r, g, b = pixel(fig, left, 3.5 * 16, 2.5 * 16)
     assert r > 100 and g < 20 and b < 20
@@ -146,7 +146,8 @@ def test_grid_to_grid_shows_the_class_token_weight_as_its_real_value(weight, tex
     a[0, 1 + 30, 0] = weight
     a[0, 1 + 30, 1:] = (1 - weight) / 196
     a[0, 1 + 30, 1 + 50] += 0.001  # a patch that stands out a little
-    fig = plot.grid_to_grid(a, np.zeros((56, 56)), query=30, image_tokens=slice(1, 197), cls_token=0)
+    fig = plot.grid_to_grid(a, np.zeros((56, 56)), query=30, image_tokens=slice(1, 197), cls_token=0,
+                            scale="linear")
     cls_ax = fig.axes[1]
     assert [t.get_text() for t in cls_ax.texts] == [text]
     assert cls_ax.get_title() == "CLS"
@@ -189,16 +190,18 @@ def test_image_attention_undoes_pad_to_square_so_the_peak_lands_on_the_picture()
     img, a = _letterbox_case(6, 2)
     fig, ax = bare_axes(300, 200)
     plot.image_attention(img, a, image_tokens=slice(1, 65), queries=slice(65, 68), pad_to_square=True,
-                         ax=ax, cbar=False, alpha=1.0, cmap="gray")
-    y, x = bright_centroid(render(fig))
-    # cell centre in the padded 300 x 300 square is (6.5, 2.5) * 37.5; the top 50 rows were padding
-    assert abs(y - (6.5 * 37.5 - 50)) < 4 and abs(x - 2.5 * 37.5) < 4
+                         ax=ax, cbar=False, alpha=1.0, cmap="gray", scale="linear")
+    gray = render(fig).mean(-1)
+    rows, cols = np.nonzero(gray > 200)
+    # cell (6, 2) of the padded 300 x 300 square spans rows 225..262.5 and columns 75..112.5; the top 50 rows
+    # were padding, so on the picture it starts at row 175 and is cut by the picture's bottom edge at 200
+    assert (rows.min(), rows.max() + 1) == (175, 200) and abs(cols.min() - 75) <= 1 and abs(cols.max() + 1 - 112.5) <= 1
 
 
 def test_image_attention_without_padding_stretches_the_grid_over_the_picture():
     img, a = _letterbox_case(6, 2)
     fig, ax = bare_axes(300, 200)
-    plot.image_attention(img, a, image_tokens=slice(1, 65), queries=[65, 66, 67], ax=ax, cbar=False, alpha=1.0, cmap="gray")
+    plot.image_attention(img, a, image_tokens=slice(1, 65), queries=[65, 66, 67], ax=ax, cbar=False, alpha=1.0, cmap="gray", scale="linear")
     y, x = bright_centroid(render(fig))
     assert abs(y - 6.5 * 25) < 4 and abs(x - 2.5 * 37.5) < 4
 
@@ -207,7 +210,7 @@ def test_image_attention_undoes_padding_of_a_tall_picture_too():
     a = peak_map(16, 5, 15)  # a 4 x 4 grid on tokens 0..15; token 5 is cell (1, 1)
     fig, ax = bare_axes(100, 200)
     plot.image_attention(np.zeros((200, 100)), a, image_tokens=slice(0, 16), queries=-1, pad_to_square=True,
-                         ax=ax, cbar=False, alpha=1.0, cmap="gray")
+                         ax=ax, cbar=False, alpha=1.0, cmap="gray", scale="linear")
     y, x = bright_centroid(render(fig))
     assert abs(y - 1.5 * 50) < 4 and abs(x - (1.5 * 50 - 50)) < 4
 
@@ -232,7 +235,7 @@ def test_image_attention_accepts_pictures_and_maps_of_every_kind(kind):
     fig, ax = plt.subplots()
     plot.image_attention(image, a, image_tokens=slice(0, 16), queries=16, ax=ax, pad_to_square=True)
     assert ax.images[0].get_array().shape[:2] == (40, 60)
-    assert ax.images[-1].get_array().shape == (40, 60)
+    assert ax.images[-1].get_array().shape == (4, 4)  # one value per patch
     render(fig)
 
 
@@ -249,8 +252,9 @@ def test_camera_attention_puts_cameras_side_by_side_on_one_scale():
     heats = [ax.images[-1] for ax in panels]
     assert heats[0].get_clim() == heats[1].get_clim()
     ext, wrist = (h.get_array() for h in heats)
-    assert np.unravel_index(np.argmax(ext), ext.shape) == pytest.approx((1.5 * 90 / 4 - 15, 1.5 * 90 / 4), abs=1.5)
-    assert np.unravel_index(np.argmax(wrist), wrist.shape) == pytest.approx((3.5 * 50 / 4, 2.5 * 50 / 4), abs=1.5)
+    assert np.unravel_index(np.argmax(ext), ext.shape) == (1, 1) and np.unravel_index(np.argmax(wrist), wrist.shape) == (3, 2)
+    # the exterior's grid covers the letterboxed square: 90 px wide, centred on the 60 px high picture
+    assert list(heats[0].get_extent()) == [0, 90, 75, -15] and list(heats[1].get_extent()) == [0, 50, 50, 0]
 
 
 def test_camera_attention_per_head_gives_one_figure_per_head():
