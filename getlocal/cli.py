@@ -238,8 +238,12 @@ def _demo(args) -> int:
     print(f"saved the capture to {capture}/ ({len(maps)} maps, {size / 2**20:.1f} MB); "
           f"`python -m getlocal plot {capture} --out DIR` redraws everything below without the model")
     report(maps, images, info, out, quiet=args.quiet)
+    from .viewer import view
+
+    page = view(capture, out=out / "view.html")
     if random_weights(info):
         print(f"\nnote: {RANDOM_NOTE}")
+    print(f"\nexplore the capture in a browser: open {page.path} (one self-contained page)")
     return 0
 
 

@@ -34,7 +34,8 @@ from .maps import TokenLayout
 from .patterns import LABELS, PatternTable, _as_array, _count, _grid, _image_positions
 
 #: Colours of the pattern labels in :func:`label_map`.
-LABEL_COLORS = {"diagonal": "#1f77b4", "stripe": "#2ca02c", "vertical": "#d62728", "mixed": "#c7c7c7"}
+LABEL_COLORS = {"diagonal": "#1f77b4", "stripe": "#2ca02c", "vertical": "#d62728", "block": "#ff7f0e",
+                "mixed": "#c7c7c7"}
 
 
 # --------------------------------------------------------------------------- input
@@ -963,7 +964,6 @@ def save_figure(fig, root=".", *, name: str, phase: str, layer, mode: str, ext: 
 
 
 
-LABEL_COLORS.setdefault("block", "#ff7f0e")  # the label of patterns.block_score
 
 
 def image_share(shares, *, ax=None, legend_kws: Optional[dict] = None, **kwargs):

@@ -77,6 +77,16 @@ def test_demo_writes_figures_summary_and_capture_into_the_default_out_dir(vit_de
     assert f"wrote {len(names)} figures into getlocal-demo/" in result.stdout
 
 
+def test_demo_writes_the_viewer_page_and_names_it_in_its_last_line(vit_demo):
+    result, out = vit_demo
+    page = out / "view.html"
+    assert page.is_file() and page.stat().st_size > 10_000
+    text = page.read_text(encoding="utf-8")
+    assert "<script" in text and "http://" not in text and "https://" not in text
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("explore the capture in a browser: open ") and last.endswith("view.html (one self-contained page)")
+
+
 def test_plot_from_the_saved_capture_reproduces_the_demo_figures_pixel_for_pixel(vit_demo, tmp_path):
     _, out = vit_demo
     result = run("plot", str(out / "capture"), "--out", str(tmp_path / "again"))
