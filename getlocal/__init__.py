@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 get_local = GetLocal()
 
-__all__ = ["get_local", "GetLocal", "GetLocalError", "Call", "save", "load", "__version__"]
+__all__ = ["get_local", "GetLocal", "GetLocalError", "Call", "save", "load", "record", "__version__"]
 
 
 def __getattr__(name):
@@ -29,4 +29,8 @@ def __getattr__(name):
         from . import saved
 
         return getattr(saved, name)
+    if name == "record":
+        from . import recording
+
+        return recording.record
     raise AttributeError(f"module 'getlocal' has no attribute {name!r}")
