@@ -844,7 +844,7 @@ def episode_grid(run, *, layers=None, pad_to_square=False, max_steps: int = 10, 
     Each panel is the step's frame with the attention of the action (or
     generated) tokens to that camera's patches on top, the letterbox of
     ``pad_to_square`` undone (a bool, or ``{camera: bool}``). All panels share
-    one colour scale. ``layers``: the layers to average (all when None).
+    one colour scale, from the episode's lowest patch to its highest. ``layers``: the layers to average (all when None).
     ``**kwargs`` go to each overlay's ``ax.imshow``. Returns the Figure.
     """
     _check.integer("max_steps", max_steps, low=1)
@@ -852,8 +852,12 @@ def episode_grid(run, *, layers=None, pad_to_square=False, max_steps: int = 10, 
     picks = sorted(set(np.linspace(0, len(data) - 1, min(max_steps, len(data))).round().astype(int)))
     data = [data[i] for i in picks]
     cameras = list(dict.fromkeys(c for d in data for c in d["heats"]))
-    kwargs.setdefault("vmin", 0.0)
-    kwargs.setdefault("vmax", max(float(h.max()) for d in data for h in d["heats"].values()) or 1.0)
+    # one scale for the episode, from its lowest to its highest patch: a model that spreads its
+    # attention evenly still shows where it leans (both ends are written on the colour bar)
+    kwargs.setdefault("vmin", min(float(h.min()) for d in data for h in d["heats"].values()))
+    kwargs.setdefault("vmax", max(float(h.max()) for d in data for h in d["heats"].values()))
+    if kwargs["vmax"] <= kwargs["vmin"]:
+        kwargs["vmax"] = kwargs["vmin"] + 1e-9
     fig, axes = plt.subplots(len(cameras), len(data), figsize=(panel_size * len(data) + 1.2, panel_size * len(cameras) + 0.7),
                              squeeze=False)
     im = None
@@ -917,8 +921,9 @@ def episode_gif(run, path, *, layers=None, pad_to_square=False, height: int = 19
     The overlay is the attention of the action (or generated) tokens to that
     camera's patches, upsampled onto the frame with the letterbox of
     ``pad_to_square`` undone (as :func:`camera_attention`), on one colour scale
-    for the whole episode (the bar at the bottom). Frames are ``height`` pixels
-    high, shown ``duration`` ms each. Written with Pillow (no ffmpeg), through
+    for the whole episode, lowest to highest patch (the bar at the bottom).
+    Each frame: a 30-pixel title band, then the cameras ``height`` pixels high,
+    6 pixels apart from x=6, shown ``duration`` ms. Written with Pillow (no ffmpeg), through
     a temporary file. Returns the path.
     """
     from PIL import Image, ImageDraw, ImageFont
@@ -927,7 +932,9 @@ def episode_gif(run, path, *, layers=None, pad_to_square=False, height: int = 19
     _check.integer("duration", duration, low=1)
     data, kind = _episode(run, layers)
     cameras = list(dict.fromkeys(c for d in data for c in d["heats"]))
-    vmax = max(float(h.max()) for d in data for h in d["heats"].values()) or 1.0
+    vmin = min(float(h.min()) for d in data for h in d["heats"].values())
+    vmax = max(float(h.max()) for d in data for h in d["heats"].values())
+    span = (vmax - vmin) or 1.0
     colormap = plt.get_cmap(cmap)
     font = ImageFont.load_default()
     frames = []
@@ -945,7 +952,7 @@ def episode_gif(run, path, *, layers=None, pad_to_square=False, height: int = 19
                 (width, height), Image.BILINEAR), dtype=np.float64) / 255
             if heat is not None:
                 up = _heat_on_picture(np.asarray(heat, dtype=np.float64), (height, width), _pad_of(pad_to_square, camera))
-                shown = (1 - alpha) * shown + alpha * colormap(np.clip(up / vmax, 0, 1))[..., :3]
+                shown = (1 - alpha) * shown + alpha * colormap(np.clip((up - vmin) / span, 0, 1))[..., :3]
             panels.append((camera, (shown * 255).round().astype(np.uint8)))
         gap, top, bottom = 6, 30, 26
         total = sum(p.shape[1] for _, p in panels) + gap * (len(panels) + 1)
@@ -959,9 +966,10 @@ def episode_gif(run, path, *, layers=None, pad_to_square=False, height: int = 19
             x += panel.shape[1] + gap
         bar_w = min(160, canvas.width - 90)
         bar = (colormap(np.linspace(0, 1, bar_w))[None, :, :3].repeat(8, axis=0) * 255).astype(np.uint8)
-        canvas.paste(Image.fromarray(bar), (gap + 12, top + height + 4))
-        draw.text((gap, top + height + 2), "0", fill="black", font=font)
-        draw.text((gap + 16 + bar_w, top + height + 2), f"{vmax:.3g}", fill="black", font=font)
+        bar_w = min(bar_w, canvas.width - 150)
+        draw.text((gap, top + height + 2), f"{vmin:.3g}", fill="black", font=font)
+        canvas.paste(Image.fromarray(bar[:, :bar_w]), (gap + 44, top + height + 4))
+        draw.text((gap + 48 + bar_w, top + height + 2), f"{vmax:.3g} per patch", fill="black", font=font)
         frames.append(canvas)
     path = Path(path)
     write_atomic(path, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
