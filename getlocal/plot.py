@@ -788,9 +788,16 @@ def _episode(run, layers=None):
     """
     from ._errors import GetLocalError
     from .maps import AttentionMaps
+    from .recording import Recording
 
-    if not hasattr(run, "steps") or not hasattr(run, "select"):
+    if not issubclass(type(run), Recording):
         raise _check.ArgumentTypeError(f"run must be a Recording (getlocal.load of a recorded run); got {_check._show(run)}")
+    if layers is not None:
+        if isinstance(layers, (str, bytes)) or not isinstance(layers, (list, tuple, range, set)) \
+                or not all(type(n) is int for n in layers):
+            raise _check.ArgumentTypeError(f"layers must be None or a list of layer numbers (int); got {_check._show(layers)}")
+        if not len(layers):
+            raise _check.ArgumentError("layers is empty; give the layer numbers to average, or None for all")
     out = []
     kinds = set()
     for step in run:
@@ -816,6 +823,9 @@ def _episode(run, layers=None):
         out.append({"step": step.step, "rank": step.rank, "source": step, "tower": chosen[0].tower,
                     "heats": {c: np.mean(h, axis=0) for c, h in heats.items()},
                     "share": {layer: float(np.mean(v)) for layer, v in share.items()}})
+    if not out and layers is not None:
+        present = sorted({m.layer for step in run for m in step.maps})
+        raise _check.ArgumentError(f"layers={_check._show(layers)} matches no recorded layer; the run has layers {present}")
     if not out:
         raise GetLocalError(f"{getattr(run, 'path', 'the run')}: no step holds maps from action or generated tokens to "
                             "image tokens; record a VLA's language/expert tower (select= kept other towers only?)")
@@ -829,6 +839,17 @@ def _episode_picture(images, camera):
     if camera is not None and camera in images:
         return images[camera]
     return images["image"] if "image" in images else images[names[0]]
+
+
+def _episode_options(pad_to_square, alpha=0.5, **numbers):
+    if isinstance(pad_to_square, dict):
+        for camera, pad in pad_to_square.items():
+            _check.flag(f"pad_to_square[{camera!r}]", pad)
+    else:
+        _check.flag("pad_to_square", pad_to_square)
+    _check.number("alpha", alpha, low=0, high=1)
+    for name, value in numbers.items():
+        _check.number(name, value, low=0, high=100, low_open=True)
 
 
 def _pad_of(pad_to_square, camera):
@@ -848,6 +869,7 @@ def episode_grid(run, *, layers=None, pad_to_square=False, max_steps: int = 10, 
     ``**kwargs`` go to each overlay's ``ax.imshow``. Returns the Figure.
     """
     _check.integer("max_steps", max_steps, low=1)
+    _episode_options(pad_to_square, alpha, panel_size=panel_size)
     data, kind = _episode(run, layers)
     picks = sorted(set(np.linspace(0, len(data) - 1, min(max_steps, len(data))).round().astype(int)))
     data = [data[i] for i in picks]
@@ -892,6 +914,7 @@ def episode_image_share(run, *, layers=None, ax=None, **kwargs):
     A heat map with the steps across and the layers down, on a fixed 0..1
     scale; ``**kwargs`` go to ``ax.imshow``. Returns the Axes.
     """
+    _check.axes("ax", ax)
     data, kind = _episode(run, layers)
     ax = ax if ax is not None else plt.gca()
     shown = sorted({layer for d in data for layer in d["share"]})
@@ -930,6 +953,11 @@ def episode_gif(run, path, *, layers=None, pad_to_square=False, height: int = 19
 
     _check.integer("height", height, low=16, high=4096)
     _check.integer("duration", duration, low=1)
+    _episode_options(pad_to_square, alpha)
+    if not isinstance(path, (str, os.PathLike)) or "\0" in os.fspath(path) or not str(os.fspath(path)).lower().endswith(".gif"):
+        raise _check.ArgumentTypeError(f"path must be a file name ending in .gif (str or Path); got {_check._show(path)}")
+    if not isinstance(cmap, str) or cmap not in plt.colormaps():
+        raise _check.ArgumentError(f"cmap={_check._show(cmap)} is not a matplotlib colour map; try 'jet' or 'viridis'")
     data, kind = _episode(run, layers)
     cameras = list(dict.fromkeys(c for d in data for c in d["heats"]))
     vmin = min(float(h.min()) for d in data for h in d["heats"].values())
