@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 get_local = GetLocal()
 
-__all__ = ["get_local", "GetLocal", "GetLocalError", "Call", "save", "load", "view", "__version__"]
+__all__ = ["get_local", "GetLocal", "GetLocalError", "Call", "save", "load", "record", "view", "__version__"]
 
 
 def __getattr__(name):
@@ -33,4 +33,8 @@ def __getattr__(name):
         from .viewer import view
 
         return view
+    if name == "record":
+        from . import recording
+
+        return recording.record
     raise AttributeError(f"module 'getlocal' has no attribute {name!r}")

@@ -398,3 +398,33 @@ def _markdown(summary: Dict[str, Any]) -> str:
     lines += ["", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in summary["figures"]]
     return "\n".join(lines) + "\n"
+
+
+def report_run(run, out: Path) -> List[str]:
+    """``episode.gif``, ``episode-grid.png`` and ``image-share.png`` for each part of a recorded run; what was written."""
+    import matplotlib.pyplot as plt
+
+    from . import plot
+    from ._files import safe_name, write_atomic
+
+    lines = []
+    for name, part in run.parts.items():
+        steps = run.select(part=name)
+        if not len(steps):
+            continue
+        info = part.get("info") or {}
+        pad = info.get("pad_to_square", False)
+        pad = pad if isinstance(pad, (bool, dict)) else False
+        folder = out / safe_name(name) if len(run.parts) > 1 else out
+        folder.mkdir(parents=True, exist_ok=True)
+        gif = plot.episode_gif(steps, folder / "episode.gif", pad_to_square=pad)
+        fig = plot.episode_grid(steps, pad_to_square=pad)
+        write_atomic(folder / "episode-grid.png", lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+        plt.close(fig)
+        fig, ax = plt.subplots(figsize=(min(12.0, 3.0 + 0.25 * len(steps)), 2.8))
+        plot.episode_image_share(steps, ax=ax)
+        write_atomic(folder / "image-share.png", lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+        plt.close(fig)
+        lines.append(f"{name} (rank {part.get('rank')}): {len(steps)} steps -> {gif}, {folder / 'episode-grid.png'}, "
+                     f"{folder / 'image-share.png'}")
+    return lines

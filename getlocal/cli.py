@@ -266,6 +266,8 @@ def _plot(args) -> int:
     from . import saved
 
     found = saved.read(args.capture)
+    if hasattr(found.data, "ranks"):  # a recorded episode (getlocal.record)
+        return _plot_run(args, found.data)
     if not hasattr(found.data, "select"):
         raise CommandError(f"{args.capture} holds a raw cache (get_local.cache); plot draws labelled maps: "
                            "save the AttentionMaps of an adapter's collect() instead")
@@ -287,6 +289,21 @@ def _plot(args) -> int:
                            "getlocal saves (was it edited?)") from None
     if random_weights(info):
         print(f"\nnote: {RANDOM_NOTE}")
+    return 0
+
+
+def _plot_run(args, run) -> int:
+    """Episode figures of a run recorded by getlocal.record: one set per part (process)."""
+    if not len(run):
+        raise CommandError(f"{args.capture} is a recorded run with no completed step; nothing to draw")
+    out = _out_dir(args.out)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ._report import report_run
+
+    for line in report_run(run, out):
+        print(line)
     return 0
 
 

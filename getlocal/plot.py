@@ -1030,3 +1030,236 @@ __all__ = [
     "LABEL_COLORS",
     "image_share",
 ]
+
+
+# --------------------------------------------------------------------------- recorded episodes
+
+
+def _episode(run, layers=None):
+    """Per recorded step: the action/generated tokens' attention to each camera, and the image share per layer.
+
+    A step's "action maps" are those whose queries hold ``action`` tokens (Pi0's
+    expert) or, when none does, ``generated`` tokens (OpenVLA's decode passes).
+    Heat maps average the query rows, heads, layers and passes; the share is the
+    fraction of those rows' attention that lands on image tokens, per layer.
+    """
+    from ._errors import GetLocalError
+    from .maps import AttentionMaps
+    from .recording import Recording
+
+    if not issubclass(type(run), Recording):
+        raise _check.ArgumentTypeError(f"run must be a Recording (getlocal.load of a recorded run); got {_check._show(run)}")
+    if layers is not None:
+        if isinstance(layers, (str, bytes)) or not isinstance(layers, (list, tuple, range, set)) \
+                or not all(type(n) is int for n in layers):
+            raise _check.ArgumentTypeError(f"layers must be None or a list of layer numbers (int); got {_check._show(layers)}")
+        if not len(layers):
+            raise _check.ArgumentError("layers is empty; give the layer numbers to average, or None for all")
+    out = []
+    kinds = set()
+    for step in run:
+        maps = step.maps
+        if not isinstance(maps, AttentionMaps):
+            raise _check.ArgumentError(f"step {step.step} of {run.path} holds a raw cache; episode figures need the "
+                                       "labelled maps of an adapter: record with collect=lambda: adapter.collect(model)")
+        kind = "action" if any(m.queries.find("action") for m in maps) else "generated"
+        chosen = [m for m in maps if m.queries.find(kind) and m.keys.find("image")
+                  and (layers is None or m.layer in layers)]
+        if not chosen:
+            continue
+        kinds.add(kind)
+        heats, share = {}, {}
+        for m in chosen:
+            arr = np.asarray(m.array, dtype=np.float32)[0]  # the first sample of the batch
+            rows = m.queries.indices(kind)
+            for camera in m.keys.cameras:
+                heat = query_heatmap(arr, image_tokens=m.keys.image(camera), queries=rows, grid=m.keys.grid(camera))
+                heats.setdefault(camera, []).append(heat)
+            on_image = arr[:, rows][..., m.keys.indices("image")].sum(-1).mean()
+            share.setdefault(m.layer, []).append(float(on_image))
+        out.append({"step": step.step, "rank": step.rank, "source": step, "tower": chosen[0].tower,
+                    "heats": {c: np.mean(h, axis=0) for c, h in heats.items()},
+                    "share": {layer: float(np.mean(v)) for layer, v in share.items()}})
+    if not out and layers is not None:
+        present = sorted({m.layer for step in run for m in step.maps})
+        raise _check.ArgumentError(f"layers={_check._show(layers)} matches no recorded layer; the run has layers {present}")
+    if not out:
+        raise GetLocalError(f"{getattr(run, 'path', 'the run')}: no step holds maps from action or generated tokens to "
+                            "image tokens; record a VLA's language/expert tower (select= kept other towers only?)")
+    return out, ("action" if "action" in kinds else "generated")
+
+
+def _episode_picture(images, camera):
+    names = list(images)
+    if not names:
+        return None
+    if camera is not None and camera in images:
+        return images[camera]
+    return images["image"] if "image" in images else images[names[0]]
+
+
+def _episode_options(pad_to_square, alpha=0.5, **numbers):
+    if isinstance(pad_to_square, dict):
+        for camera, pad in pad_to_square.items():
+            _check.flag(f"pad_to_square[{camera!r}]", pad)
+    else:
+        _check.flag("pad_to_square", pad_to_square)
+    _check.number("alpha", alpha, low=0, high=1)
+    for name, value in numbers.items():
+        _check.number(name, value, low=0, high=100, low_open=True)
+
+
+def _pad_of(pad_to_square, camera):
+    if isinstance(pad_to_square, dict):
+        return bool(pad_to_square.get(camera, pad_to_square.get("image", False)))
+    return bool(pad_to_square)
+
+
+def episode_grid(run, *, layers=None, pad_to_square=False, max_steps: int = 10, alpha: float = 0.5,
+                 panel_size: float = 1.6, **kwargs):
+    """Small multiples: one row per camera, one column per step (at most ``max_steps``, evenly spaced).
+
+    Each panel is the step's frame with the attention of the action (or
+    generated) tokens to that camera's patches on top, the letterbox of
+    ``pad_to_square`` undone (a bool, or ``{camera: bool}``). All panels share
+    one colour scale, from the episode's lowest patch to its highest. ``layers``: the layers to average (all when None).
+    ``**kwargs`` go to each overlay's ``ax.imshow``. Returns the Figure.
+    """
+    _check.integer("max_steps", max_steps, low=1)
+    _episode_options(pad_to_square, alpha, panel_size=panel_size)
+    data, kind = _episode(run, layers)
+    picks = sorted(set(np.linspace(0, len(data) - 1, min(max_steps, len(data))).round().astype(int)))
+    data = [data[i] for i in picks]
+    cameras = list(dict.fromkeys(c for d in data for c in d["heats"]))
+    # one scale for the episode, from its lowest to its highest patch: a model that spreads its
+    # attention evenly still shows where it leans (both ends are written on the colour bar)
+    kwargs.setdefault("vmin", min(float(h.min()) for d in data for h in d["heats"].values()))
+    kwargs.setdefault("vmax", max(float(h.max()) for d in data for h in d["heats"].values()))
+    if kwargs["vmax"] <= kwargs["vmin"]:
+        kwargs["vmax"] = kwargs["vmin"] + 1e-9
+    fig, axes = plt.subplots(len(cameras), len(data), figsize=(panel_size * len(data) + 1.2, panel_size * len(cameras) + 0.7),
+                             squeeze=False)
+    im = None
+    for col, d in enumerate(data):
+        images = d["source"].images
+        for row, camera in enumerate(cameras):
+            ax = axes[row, col]
+            heat, picture = d["heats"].get(camera), _episode_picture(images, camera)
+            if heat is None:
+                ax.set_axis_off()
+                continue
+            if picture is None:
+                im = ax.imshow(heat, cmap=kwargs.get("cmap", "jet"), vmin=kwargs["vmin"], vmax=kwargs["vmax"])
+                ax.set_xticks([]), ax.set_yticks([])
+            else:
+                im = _overlay(ax, _image(picture), heat, pad_to_square=_pad_of(pad_to_square, camera), alpha=alpha,
+                              cbar=False, **kwargs)
+            if row == 0:
+                ax.set_title(f"step {d['step']}", fontsize=8)
+            if col == 0:
+                ax.set_ylabel(camera or "image", fontsize=8)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="attention per patch")
+    fig.suptitle(f"{data[0]['tower']}: attention of the {kind} tokens to each camera, "
+                 f"mean of {'all layers' if layers is None else 'layers ' + ', '.join(map(str, layers))}, heads and passes",
+                 fontsize=9)
+    return fig
+
+
+def episode_image_share(run, *, layers=None, ax=None, **kwargs):
+    """The share of the action (or generated) tokens' attention that goes to image tokens, per layer over the steps.
+
+    A heat map with the steps across and the layers down, on a fixed 0..1
+    scale; ``**kwargs`` go to ``ax.imshow``. Returns the Axes.
+    """
+    _check.axes("ax", ax)
+    data, kind = _episode(run, layers)
+    ax = ax if ax is not None else plt.gca()
+    shown = sorted({layer for d in data for layer in d["share"]})
+    table = np.array([[d["share"].get(layer, np.nan) for d in data] for layer in shown])
+    kwargs.setdefault("cmap", "viridis")
+    kwargs.setdefault("vmin", 0.0)
+    kwargs.setdefault("vmax", 1.0)
+    im = ax.imshow(table, aspect="auto", interpolation="nearest", **kwargs)
+    ax.set_yticks(range(len(shown)))
+    ax.set_yticklabels([str(layer) for layer in shown], fontsize=7)
+    ax.set_ylabel(f"{data[0]['tower']} layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=12))
+    ax.set_xticklabels([])
+    ticks = [t for t in ax.get_xticks() if 0 <= t < len(data)]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(data[int(t)]["step"]) for t in ticks], fontsize=7)
+    ax.set_xlabel("recorded step")
+    ax.set_title(f"share of the {kind} tokens' attention on image tokens", fontsize=9)
+    ax.figure.colorbar(im, ax=ax, label="share (0 to 1)")
+    return ax
+
+
+def episode_gif(run, path, *, layers=None, pad_to_square=False, height: int = 192, alpha: float = 0.5,
+                duration: int = 200, cmap: str = "jet") -> Path:
+    """An animated GIF, one frame per recorded step: each camera's frame with the attention on top.
+
+    The overlay is the attention of the action (or generated) tokens to that
+    camera's patches, upsampled onto the frame with the letterbox of
+    ``pad_to_square`` undone (as :func:`camera_attention`), on one colour scale
+    for the whole episode, lowest to highest patch (the bar at the bottom).
+    Each frame: a 30-pixel title band, then the cameras ``height`` pixels high,
+    6 pixels apart from x=6, shown ``duration`` ms. Written with Pillow (no ffmpeg), through
+    a temporary file. Returns the path.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    _check.integer("height", height, low=16, high=4096)
+    _check.integer("duration", duration, low=1)
+    _episode_options(pad_to_square, alpha)
+    if not isinstance(path, (str, os.PathLike)) or "\0" in os.fspath(path) or not str(os.fspath(path)).lower().endswith(".gif"):
+        raise _check.ArgumentTypeError(f"path must be a file name ending in .gif (str or Path); got {_check._show(path)}")
+    if not isinstance(cmap, str) or cmap not in plt.colormaps():
+        raise _check.ArgumentError(f"cmap={_check._show(cmap)} is not a matplotlib colour map; try 'jet' or 'viridis'")
+    data, kind = _episode(run, layers)
+    cameras = list(dict.fromkeys(c for d in data for c in d["heats"]))
+    vmin = min(float(h.min()) for d in data for h in d["heats"].values())
+    vmax = max(float(h.max()) for d in data for h in d["heats"].values())
+    span = (vmax - vmin) or 1.0
+    colormap = plt.get_cmap(cmap)
+    font = ImageFont.load_default()
+    frames = []
+    for d in data:
+        images = d["source"].images
+        panels = []
+        for camera in cameras:
+            heat, picture = d["heats"].get(camera), _episode_picture(images, camera)
+            pic = _image(picture) if picture is not None else np.zeros((height, height, 3))
+            if pic.ndim == 2:
+                pic = np.repeat(pic[..., None], 3, axis=2)
+            pic = pic[..., :3].astype(np.float64) / (255.0 if pic.dtype == np.uint8 else 1.0)
+            width = max(1, round(pic.shape[1] * height / pic.shape[0]))
+            shown = np.asarray(Image.fromarray((np.clip(pic, 0, 1) * 255).astype(np.uint8)).resize(
+                (width, height), Image.BILINEAR), dtype=np.float64) / 255
+            if heat is not None:
+                up = _heat_on_picture(np.asarray(heat, dtype=np.float64), (height, width), _pad_of(pad_to_square, camera))
+                shown = (1 - alpha) * shown + alpha * colormap(np.clip((up - vmin) / span, 0, 1))[..., :3]
+            panels.append((camera, (shown * 255).round().astype(np.uint8)))
+        gap, top, bottom = 6, 30, 26
+        total = sum(p.shape[1] for _, p in panels) + gap * (len(panels) + 1)
+        canvas = Image.new("RGB", (max(total, 260), top + height + bottom), "white")
+        draw = ImageDraw.Draw(canvas)
+        draw.text((gap, 2), f"step {d['step']} (rank {d['rank']}): {kind} tokens -> image", fill="black", font=font)
+        x = gap
+        for camera, panel in panels:
+            draw.text((x, 16), camera or "image", fill="black", font=font)
+            canvas.paste(Image.fromarray(panel), (x, top))
+            x += panel.shape[1] + gap
+        bar_w = min(160, canvas.width - 90)
+        bar = (colormap(np.linspace(0, 1, bar_w))[None, :, :3].repeat(8, axis=0) * 255).astype(np.uint8)
+        bar_w = min(bar_w, canvas.width - 150)
+        draw.text((gap, top + height + 2), f"{vmin:.3g}", fill="black", font=font)
+        canvas.paste(Image.fromarray(bar[:, :bar_w]), (gap + 44, top + height + 4))
+        draw.text((gap + 48 + bar_w, top + height + 2), f"{vmax:.3g} per patch", fill="black", font=font)
+        frames.append(canvas)
+    path = Path(path)
+    write_atomic(path, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
+                                               duration=duration, loop=0, optimize=False))
+    return path
+
+
+__all__ += ["episode_grid", "episode_image_share", "episode_gif"]

@@ -446,8 +446,12 @@ def _plain_json(value, where: str, depth: int = 0):
 # --------------------------------------------------------------------------- load
 
 
-def load(path) -> Union[AttentionMaps, Dict[str, List[Any]]]:
+def load(path):
     """The capture saved in ``path``: ``AttentionMaps`` or a cache dict, as it was saved.
+
+    For a run directory written by ``getlocal.record``, a ``Recording`` of its
+    steps (every part, each step tagged with its rank), opened without reading
+    any array.
 
     Raises ``GetLocalError`` naming the file and the way out when the
     directory is not a capture or a file is missing, truncated, altered or a link.
@@ -463,6 +467,10 @@ class _Missing(GetLocalError):
 def read(path) -> Saved:
     """Everything in the capture directory ``path``, checked against its index (see :class:`Saved`)."""
     root = _path(path, "load")
+    from . import recording
+
+    if recording.is_run(root):  # a recorded episode (getlocal.record): its steps, arrays read when touched
+        return Saved(root, recording.read_run(root), version=_version())
     for attempt in range(3):
         raw = _index_bytes(root)
         try:

@@ -8,10 +8,13 @@ ValueError whose message names the parameter: never an IndexError,
 ZeroDivisionError, AttributeError or numpy error from deep inside.
 """
 import inspect
+import os
 import math
 import random
 
 import numpy as np
+
+import getlocal
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -135,6 +138,19 @@ def _baselines(tmp):
         f"{PL}.save_figure": (plot.save_figure, {"fig": fig, "root": str(tmp), "name": "n", "phase": "prefill",
                                                  "layer": 0, "mode": "mean", "ext": "png"}),
     }
+    rec_path = os.path.join(str(tmp), "episode")
+    if not os.path.exists(rec_path):
+        with getlocal.record(rec_path, durable=False) as rec:
+            keys = maps.TokenLayout(list(prompt.segments) + [maps.Segment("action", 7, 9)])
+            rec.step(maps.AttentionMaps([maps.AttentionMap(np.full((1, 2, 2, 9), 1 / 9), "expert", 0, "l.0", 0,
+                                                           "denoise", 0, keys.window(7, 9), keys)]),
+                     images={"image": _picture()})
+    run = getlocal.load(rec_path)
+    rows[f"{PL}.episode_gif"] = (plot.episode_gif, {"run": run, "path": os.path.join(str(tmp), "e.gif"),
+                                                    "layers": [0], "pad_to_square": True, "height": 32})
+    rows[f"{PL}.episode_grid"] = (plot.episode_grid, {"run": run, "layers": [0], "pad_to_square": False,
+                                                      "max_steps": 2, "alpha": 0.5, "panel_size": 1.0})
+    rows[f"{PL}.episode_image_share"] = (plot.episode_image_share, {"run": run, "layers": [0]})
     for name in ("self_mass", "received_attention", "query_key_nmi", "attention_entropy", "classify_heads",
                  "neighbour_mass"):
         rows[f"{P}.{name}"] = (getattr(patterns, name), {"attn": layer})

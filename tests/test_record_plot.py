@@ -1,0 +1,86 @@
+"""Episode figures of a recorded run: one GIF frame per step, the overlay where the model looked, the command line."""
+import numpy as np
+import pytest
+from PIL import Image
+
+import getlocal
+from getlocal import plot
+from getlocal.cli import main
+from getlocal.maps import AttentionMap, AttentionMaps, Segment, TokenLayout
+
+PROMPT = TokenLayout([Segment("image", 0, 16, camera="wrist", grid=(4, 4)), Segment("text", 16, 18)])
+
+
+def episode(tmp_path, steps=5, hot=(1, 0)):
+    """Pi0-shaped steps: 2 action tokens attend only to patch ``hot`` of a 4x4 grid of a 40x20 letterboxed frame."""
+    run = tmp_path / "run"
+    keys = TokenLayout(list(PROMPT.segments) + [Segment("action", 18, 20)])
+    with getlocal.record(run, durable=False, info={"pad_to_square": True}) as rec:
+        for t in range(steps):
+            attn = np.zeros((1, 2, 2, 20), np.float32)
+            attn[..., hot[0] * 4 + hot[1]] = 0.5 + 0.1 * t
+            attn[..., 16] = 0.5 - 0.1 * t  # the rest on text: the image share grows over the steps
+            maps = AttentionMaps([AttentionMap(attn, "expert", 0, "gemma_expert.layers.0", 1, "denoise", t,
+                                               keys.window(18, 20), keys)])
+            rec.step(maps, images={"wrist": np.full((20, 40, 3), 128, np.uint8)}, info={"t": t})
+    return run
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def redness_centre(frame, height):
+    """Centre of the red (hot) pixels of the panel, as fractions of its height and width (panel at x=6, y=30)."""
+    panel = np.asarray(frame.convert("RGB"), dtype=float)[30:30 + height, 6:6 + 2 * height]
+    red = np.clip(panel[..., 0] - panel[..., 2], 0, None)
+    red[red < 0.5 * red.max()] = 0
+    rows, cols = np.indices(red.shape)
+    return (rows * red).sum() / red.sum() / height, (cols * red).sum() / red.sum() / (2 * height)
+
+
+def test_the_gif_has_one_frame_per_step_and_the_overlay_sits_where_the_letterboxed_model_looked(tmp_path):
+    run = getlocal.load(episode(tmp_path))
+    gif = plot.episode_gif(run, tmp_path / "episode.gif", pad_to_square=True, height=96)
+    frames = Image.open(gif)
+    assert frames.n_frames == 5
+    frames.seek(4)
+    row, col = redness_centre(frames, 96)
+    # patch (1, 0) of the padded 40x40 square is the top-left quarter-width band of the 40x20 frame's upper half:
+    # rows 0..10 of 20 (centre 0.25) once the letterbox is undone; stretched without undoing it, 0.375
+    assert abs(row - 0.25) < 0.06 and abs(col - 0.125) < 0.06, (row, col)
+    stretched = plot.episode_gif(run, tmp_path / "stretched.gif", pad_to_square=False, height=96)
+    frames = Image.open(stretched)
+    frames.seek(4)
+    assert abs(redness_centre(frames, 96)[0] - 0.375) < 0.06  # the test can tell the two apart
+
+
+def test_the_grid_has_a_panel_per_camera_and_step_and_the_share_plot_a_column_per_step(tmp_path):
+    run = getlocal.load(episode(tmp_path, steps=5))
+    fig = plot.episode_grid(run, pad_to_square=True, max_steps=3)
+    assert [ax.get_title() for ax in fig.axes if ax.images] == ["step 0", "step 2", "step 4"]
+    import matplotlib.pyplot as plt
+
+    ax = plot.episode_image_share(run, ax=plt.subplots()[1])
+    share = ax.images[0].get_array()
+    assert share.shape == (1, 5) and np.allclose(share[0], [0.5, 0.6, 0.7, 0.8, 0.9])
+
+
+def test_python_m_getlocal_plot_draws_a_recorded_run(tmp_path, capsys):
+    run = episode(tmp_path, steps=4)
+    assert main(["plot", str(run), "--out", str(tmp_path / "figs")]) == 0
+    assert Image.open(tmp_path / "figs" / "episode.gif").n_frames == 4
+    assert (tmp_path / "figs" / "episode-grid.png").stat().st_size > 0
+    assert (tmp_path / "figs" / "image-share.png").stat().st_size > 0
+    assert "rank-00000 (rank 0): 4 steps" in capsys.readouterr().out
+
+
+def test_episode_figures_of_a_raw_cache_say_how_to_record_labelled_maps(tmp_path):
+    with getlocal.record(tmp_path / "run", durable=False) as rec:
+        rec.step({"f": [np.zeros((2, 2))]})
+    with pytest.raises(ValueError, match="holds a raw cache.*collect=lambda: adapter.collect"):
+        plot.episode_gif(getlocal.load(tmp_path / "run"), tmp_path / "x.gif")
