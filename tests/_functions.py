@@ -22,6 +22,11 @@ import warnings
 from typing import Dict, List
 
 MAX_DEPTH = 4
+# 3.9 and 3.10 copy a finally body (and the cleanup of `with` and `except as`)
+# onto every way out of its block, so nesting multiplies the code: these
+# budgets keep a function small on every Python.
+MAX_COMPOUND = 7
+MAX_FINALLIES = 2
 INPUTS = (0, 1, 2, 3)
 _MISSING = "<unbound>"
 
@@ -43,31 +48,38 @@ def source(seed: int, index: int) -> str:
     lines = ["def f(x):", "    y = 0"]
     # Assigned on entry, or on a branch that never runs so that it is a local, unbound.
     lines.append("    attn = x" if rng.random() < 0.6 else "    if x > 9:\n        attn = -1")
-    lines += _block(rng, 1, in_loop=False)
+    lines += _block(rng, 1, in_loop=False, budget={'compound': MAX_COMPOUND, 'finally': MAX_FINALLIES})
     if rng.random() < 0.5:
         lines.append(f"    return {_value(rng)}")
     return "\n".join(lines) + "\n"
 
 
-def _block(rng: random.Random, depth: int, in_loop: bool) -> List[str]:
+def _block(rng: random.Random, depth: int, in_loop: bool, budget: Dict[str, int]) -> List[str]:
     lines = []
     for _ in range(rng.randint(1, 3)):
-        lines += _statement(rng, depth, in_loop)
+        lines += _statement(rng, depth, in_loop, budget)
     return lines
 
 
-def _statement(rng: random.Random, depth: int, in_loop: bool) -> List[str]:
+def _statement(rng: random.Random, depth: int, in_loop: bool, budget: Dict[str, int]) -> List[str]:
     pad = "    " * depth
     kinds = ["assign", "assign", "assign", "count", "return", "return", "raise", "del"]
     if in_loop:
         kinds += ["break", "continue"]
-    if depth < MAX_DEPTH:
+    if depth < MAX_DEPTH and budget["compound"] > 0:
         kinds += ["if", "for", "while", "try_except", "try_finally", "try_full", "with"] * 2
 
     def inner(loop=in_loop):
-        return _block(rng, depth + 1, loop)
+        return _block(rng, depth + 1, loop, budget)
 
     kind = rng.choice(kinds)
+    if kind in _COMPOUND:
+        budget["compound"] -= 1
+    if kind in ("try_finally", "try_full"):
+        if budget["finally"] > 0:
+            budget["finally"] -= 1
+        else:
+            kind = "try_except"
     if kind == "assign":
         return [f"{pad}attn = {rng.choice(_EXPRESSIONS).format(k=rng.randint(0, 3))}"]
     if kind == "count":
@@ -108,6 +120,7 @@ def _statement(rng: random.Random, depth: int, in_loop: bool) -> List[str]:
     return lines
 
 
+_COMPOUND = {"if", "for", "while", "try_except", "try_finally", "try_full", "with"}
 _EXPRESSIONS = ["x + {k}", "attn * 2", "attn + {k}", "y - {k}", "{k} // (x - {k})", "x * y + {k}"]
 _HANDLERS = [
     "except ValueError", "except (KeyError, ZeroDivisionError) as err", "except Exception as attn",
