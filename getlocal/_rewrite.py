@@ -17,7 +17,8 @@ interpreter (3.12+), so each return point gets one of two calls:
   where the analysis cannot prove the cheap path safe.
 
 The user's own instructions are never changed, so what the function returns,
-raises, and sees of its own locals stays exactly the same.
+raises, and sees of its own locals stays exactly the same; ``_verify`` checks
+that of every twin before the interpreter runs it.
 """
 import builtins
 import inspect

@@ -22,10 +22,6 @@ _JUMPS = frozenset(dis.hasjrel) | frozenset(dis.hasjabs)
 # Instructions whose argument indexes co_consts or co_names, tables that the
 # rebuild may reorder: compare what they load, not the index.
 _BY_VALUE = frozenset(dis.hasconst) | frozenset(dis.hasname)
-# Everything _versions.call emits: loads, the call itself, POP_TOP of its result.
-_CALL_OPNAMES = frozenset(
-    {"PUSH_NULL", "LOAD_CONST", "LOAD_FAST", "LOAD_DEREF", "PRECALL", "CALL", "CALL_FUNCTION", "POP_TOP"}
-)
 _SAME_ATTRIBUTES = (
     "co_argcount", "co_posonlyargcount", "co_kwonlyargcount", "co_flags",
     "co_varnames", "co_cellvars", "co_freevars", "co_name", "co_firstlineno",
@@ -120,7 +116,7 @@ def _same_instruction(old: dis.Instruction, new: dis.Instruction, lands: Dict[in
 def _call_problem(call: List[dis.Instruction], recorders: Sequence[object], room: int) -> Optional[str]:
     if not call:
         return "is missing"
-    strangers = [i.opname for i in call if i.opname not in _CALL_OPNAMES]
+    strangers = [i.opname for i in call if i.opname not in _versions.CALL_OPNAMES]
     if strangers:
         return f"contains {', '.join(strangers)}"
     constants = [i.argval for i in call if i.opname == "LOAD_CONST"]

@@ -22,6 +22,13 @@ RETURN_OPCODES = frozenset({"RETURN_VALUE", "RETURN_CONST"} if PY312 else {"RETU
 DELETE_OPCODES = frozenset({"DELETE_FAST", "DELETE_DEREF"})
 
 
+# Every opcode `call` below emits, on any version: the verifier accepts
+# nothing else in front of a return.
+CALL_OPNAMES = frozenset(
+    {"PUSH_NULL", "LOAD_CONST", "LOAD_FAST", "LOAD_DEREF", "PRECALL", "CALL", "CALL_FUNCTION", "POP_TOP"}
+)
+
+
 def call(func: object, args: List[List[Instr]], lineno: int, keep: bool = False) -> List[Instr]:
     """Instructions that call ``func(*args)`` and discard the result.
 
