@@ -202,22 +202,26 @@ def run(seed: int, start: int, stop: int, timeout: float = 600) -> List[Dict]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     failures = []
     while start < stop:
-        child = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), str(seed), str(start), str(stop)],
-            capture_output=True, text=True, env=env, timeout=timeout,
-        )
+        try:
+            child = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), str(seed), str(start), str(stop)],
+                capture_output=True, text=True, env=env, timeout=timeout,
+            )
+            out, died = child.stdout, child.returncode and f"died with code {child.returncode}: {child.stderr[-2000:]}"
+        except subprocess.TimeoutExpired as hung:
+            # The output captured so far comes back as bytes on POSIX, whatever `text` says.
+            out = hung.stdout.decode() if isinstance(hung.stdout, bytes) else hung.stdout or ""
+            died = f"hung: still running after {timeout} s"
         last = start
-        for line in child.stdout.splitlines():
+        for line in out.splitlines():
             if line.startswith("#"):
                 last = int(line[1:])
             elif line.startswith("{"):
                 failures.append(json.loads(line))
-        if child.returncode == 0:
+        if not died:
             break
-        failures.append({
-            "seed": seed, "index": last, "source": source(seed, last),
-            "problems": [f"the process died with code {child.returncode}: {child.stderr[-2000:]}"],
-        })
+        failures.append({"seed": seed, "index": last, "source": source(seed, last),
+                         "problems": [f"the process {died}"]})
         start = last + 1
     return failures
 
