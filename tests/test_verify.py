@@ -8,7 +8,7 @@ import textwrap
 import warnings
 
 import pytest
-from bytecode import Bytecode, ControlFlowGraph, Instr
+from bytecode import Bytecode, ControlFlowGraph, Instr, Label
 
 from getlocal import GetLocalError, _rewrite, _verify, _versions, get_local
 
@@ -76,6 +76,15 @@ def test_changed_user_instruction_is_rejected():
         index = next(i for i, instr in enumerate(instructions)
                      if isinstance(instr, Instr) and instr.name == "LOAD_CONST" and instr.arg == 2)
         instructions[index] = Instr("LOAD_CONST", 3, lineno=instructions[index].lineno)
+
+    _rejects(_rebuilt(_twin(_original()), edit), "became")
+
+
+def test_jump_that_lands_elsewhere_is_rejected():
+    def edit(instructions):
+        jumps = [instr for instr in instructions if isinstance(instr, Instr) and isinstance(instr.arg, Label)]
+        first = jumps[0]
+        first.arg = next(j.arg for j in jumps if j.arg is not first.arg)
 
     _rejects(_rebuilt(_twin(_original()), edit), "became")
 
