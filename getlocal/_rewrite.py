@@ -17,7 +17,8 @@ interpreter (3.12+), so each return point gets one of two calls:
   where the analysis cannot prove the cheap path safe.
 
 The user's own instructions are never changed, so what the function returns,
-raises, and sees of its own locals stays exactly the same.
+raises, and sees of its own locals stays exactly the same; ``_verify`` checks
+that of every twin before the interpreter runs it.
 """
 import builtins
 import inspect
@@ -26,7 +27,7 @@ from typing import Dict, FrozenSet, Sequence, Tuple
 
 from bytecode import Bytecode, CellVar, ControlFlowGraph, FreeVar, Instr, TryBegin
 
-from . import _versions
+from . import _verify, _versions
 
 _STORES = {"STORE_FAST", "STORE_DEREF"}
 # 3.13 fused pairs of local accesses into single instructions (gh-113305).
@@ -130,33 +131,67 @@ def _load(code: CodeType, name: str, lineno: int) -> Instr:
 
 
 def instrument(code: CodeType, names: Sequence[str], fast, from_locals) -> Tuple[CodeType, Dict[str, int]]:
-    """Return the twin and how many return points use each call.
+    """Return the verified twin and how many return points use each call.
 
     The counts are ``{'fast': n, 'locals': m, 'unreachable': k}``; unreachable
     returns (3.9 and 3.10 keep an implicit ``return None`` after an if/else
     that returns on both branches) never run, and get the safe call.
+
+    The twin is built from the flat instruction list, not from the
+    control-flow graph (which serves the analysis only), and keeps the
+    original's exception-table depths: ``bytecode`` recomputes a depth per
+    try region from the stack height where it meets the region, which is
+    wrong for a region resumed after a nested handler's cleanup (a return in
+    an ``except`` nested in a ``finally``), and a handler that unwinds to a
+    wrong depth crashes 3.11+. The inserted calls leave the stack as they
+    found it and sit in the region of the return they precede, so the
+    original depths stay right. Raises GetLocalError when ``_verify`` finds
+    the twin differs from the original in anything but the inserted calls.
     """
     owner = first_argument(code)
     needed = set(names) | ({owner} if owner else set())
-    cfg = ControlFlowGraph.from_bytecode(Bytecode.from_code(code))
+    bytecode = Bytecode.from_code(code, conserve_exception_block_stackdepth=True)
+    cfg = ControlFlowGraph.from_bytecode(bytecode)
     bound = bound_at_returns(cfg, code, [n for n in needed if n not in code.co_freevars])
+    # The graph copies the instructions in order, so its returns pair with the list's by position.
+    states = iter([bound.get(id(i)) for block in cfg for i in block if _is_return(i)])
     used = {"fast": 0, "locals": 0, "unreachable": 0}
-    for block in cfg:
-        items = list(block)
-        block.clear()
-        for item in items:
-            if isinstance(item, Instr) and item.name in _versions.RETURN_OPCODES:
-                lineno = item.lineno
-                if id(item) not in bound:
-                    used["unreachable"] += 1
-                if needed <= bound.get(id(item), frozenset()):
-                    args = [[_load(code, owner, lineno) if owner else Instr("LOAD_CONST", None, lineno=lineno)]]
-                    args += [[_load(code, name, lineno)] for name in names]
-                    block.extend(_versions.call(fast, args, lineno))
-                    used["fast"] += 1
-                else:
-                    args = [_versions.call(builtins.locals, [], lineno, keep=True)]
-                    block.extend(_versions.call(from_locals, args, lineno))
-                    used["locals"] += id(item) in bound
-            block.append(item)
-    return cfg.to_code(), used
+    items, extra = [], 0
+    for item in bytecode:
+        if _is_return(item):
+            state, lineno = next(states), item.lineno
+            if state is None:
+                used["unreachable"] += 1
+            if needed <= (state or frozenset()):
+                args = [[_load(code, owner, lineno) if owner else Instr("LOAD_CONST", None, lineno=lineno)]]
+                args += [[_load(code, name, lineno)] for name in names]
+                call = _versions.call(fast, args, lineno)
+                used["fast"] += 1
+            else:
+                args = [_versions.call(builtins.locals, [], lineno, keep=True)]
+                call = _versions.call(from_locals, args, lineno)
+                used["locals"] += state is not None
+            items += call
+            extra = max(extra, _peak(call))
+        items.append(item)
+    bytecode.clear()
+    bytecode.extend(items)
+    # `bytecode` numbers locals by first use after `argnames`; seeding it with
+    # every local keeps co_varnames (what locals() and debuggers list) in order.
+    bytecode.argnames = list(code.co_varnames)
+    # The stack is at most co_stacksize deep at a return, and a call adds at most `extra` on top.
+    twin = bytecode.to_code(stacksize=code.co_stacksize + extra, compute_exception_stack_depths=False)
+    _verify.twin_matches(code, twin, (fast, from_locals))
+    return twin, used
+
+
+def _is_return(item) -> bool:
+    return isinstance(item, Instr) and item.name in _versions.RETURN_OPCODES
+
+
+def _peak(instrs: Sequence[Instr]) -> int:
+    depth = peak = 0
+    for instr in instrs:
+        depth += instr.stack_effect(jump=False)
+        peak = max(peak, depth)
+    return peak

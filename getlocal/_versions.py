@@ -4,7 +4,7 @@ Nothing else in getlocal looks at ``sys.version_info``: the rest imports the
 flags and the small instruction builders below.
 """
 import sys
-from typing import List
+from typing import List, Tuple
 
 from bytecode import Instr
 
@@ -20,6 +20,13 @@ RETURN_OPCODES = frozenset({"RETURN_VALUE", "RETURN_CONST"} if PY312 else {"RETU
 # Opcodes that unbind a local. A captured name that one of them touches cannot
 # be pre-bound to a sentinel without changing what the user's code sees.
 DELETE_OPCODES = frozenset({"DELETE_FAST", "DELETE_DEREF"})
+
+
+# Every opcode `call` below emits, on any version: the verifier accepts
+# nothing else in front of a return.
+CALL_OPNAMES = frozenset(
+    {"PUSH_NULL", "LOAD_CONST", "LOAD_FAST", "LOAD_DEREF", "PRECALL", "CALL", "CALL_FUNCTION", "POP_TOP"}
+)
 
 
 def call(func: object, args: List[List[Instr]], lineno: int, keep: bool = False) -> List[Instr]:
@@ -49,3 +56,33 @@ def call(func: object, args: List[List[Instr]], lineno: int, keep: bool = False)
         tail = [Instr("CALL_FUNCTION", n, lineno=lineno)]
     pop = [] if keep else [Instr("POP_TOP", lineno=lineno)]
     return head + [instr for arg in args for instr in arg] + tail + pop
+
+
+def exception_table(code) -> List[Tuple[int, int, int, int, bool]]:
+    """``[(start, end, handler, depth, lasti), ...]`` in byte offsets; empty before 3.11.
+
+    3.11 (bpo-40222, "zero-cost" exceptions) replaced SETUP_FINALLY and the
+    block stack with ``co_exceptiontable``: per entry four varints of 6-bit
+    chunks, most significant first, 0x40 marking that another chunk follows
+    and 0x80 marking an entry's first byte; offsets are in code units, and the
+    last varint is ``depth << 1 | lasti`` (Objects/exception_handling_notes.txt).
+    """
+    if not PY311:
+        return []
+    data = iter(code.co_exceptiontable)
+
+    def varint(byte):
+        value = byte & 63
+        while byte & 64:
+            byte = next(data)
+            value = (value << 6) | (byte & 63)
+        return value
+
+    entries = []
+    for first in data:
+        start = varint(first) * 2
+        end = start + varint(next(data)) * 2
+        handler = varint(next(data)) * 2
+        depth_lasti = varint(next(data))
+        entries.append((start, end, handler, depth_lasti >> 1, bool(depth_lasti & 1)))
+    return entries

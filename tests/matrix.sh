@@ -21,7 +21,7 @@ find_python() {  # python3.X from PATH if it runs, else from pyenv's versions
   return 1
 }
 
-core_tests="tests/test_rewrite.py tests/test_get_local.py tests/test_real_code.py tests/test_convert.py"
+core_tests="tests/test_rewrite.py tests/test_verify.py tests/test_rewrite_fuzz.py tests/test_get_local.py tests/test_real_code.py tests/test_convert.py"
 for v in 3.9 3.10 3.11 3.12 3.13; do
   if ! py=$(find_python "$v"); then missing+=("$v"); continue; fi
   echo "== core tests on Python $v ($py)"

@@ -4,6 +4,8 @@ Each case is a function plus calls with the value the local must hold when the
 function returns. Cases are source text so that syntax of newer Pythons
 (``match``) only compiles where it exists.
 """
+import os
+import subprocess
 import sys
 import textwrap
 
@@ -336,3 +338,45 @@ def test_returns_where_the_local_is_provably_bound_take_the_cheap_call():
     assert uses(CASES["return_in_try_body"][0])["locals"] == 0
     # `del` anywhere makes the name unprovable at the returns after it.
     assert uses(CASES["local_deleted_on_one_path"][0])["locals"] >= 1
+
+
+def _run_child(source):
+    """Run ``source`` in a fresh interpreter that imports this getlocal: a crash fails the test, not pytest."""
+    import getlocal
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(getlocal.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(source)],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_return_in_a_handler_nested_in_a_finally_neither_crashes_nor_changes_the_result():
+    # 3.11-3.13 crashed here: the handlers around the return inside the
+    # finally's loop unwound to exception-table depths that bytecode had
+    # recomputed wrongly.
+    child = _run_child("""
+        def f():
+            attn = 1
+            try:
+                return attn
+            finally:
+                for _ in range(2):
+                    try:
+                        try:
+                            raise ValueError
+                        except ValueError:
+                            raise ValueError
+                    except ValueError:
+                        try:
+                            attn = attn * 2
+                        except ValueError:
+                            return attn
+
+        from getlocal import get_local
+        plain = f()
+        get_local('attn')(f)
+        get_local.activate(convert='raw')
+        print(plain, f(), get_local.cache['f'])
+        """)
+    assert child.returncode == 0, f"the child died with code {child.returncode}: {child.stderr[-2000:]}"
+    assert child.stdout.split() == ["1", "1", "[4]"]
