@@ -502,6 +502,16 @@ def _heat_extent(size, pad_to_square: bool):
     return (-left, side - left, side - top, -top)
 
 
+def _heat_pixels(heat: np.ndarray, size, pad_to_square: bool) -> np.ndarray:
+    """One value per pixel of a picture of ``size`` ``(H, W)``: each patch's value over its whole
+    block (no smoothing, as :func:`_overlay` draws it), the letterbox undone as in :func:`_heat_extent`."""
+    h, w = size
+    x0, x1, y1, y0 = _heat_extent(size, pad_to_square)
+    rows = np.clip(((np.arange(h) + 0.5 - y0) / (y1 - y0) * heat.shape[0]).astype(int), 0, heat.shape[0] - 1)
+    cols = np.clip(((np.arange(w) + 0.5 - x0) / (x1 - x0) * heat.shape[1]).astype(int), 0, heat.shape[1] - 1)
+    return heat[rows[:, None], cols[None, :]]
+
+
 def _overlay(ax, img, heat, *, scale="uniform", pad_to_square=False, alpha=0.5, cbar=True, cbar_kws=None,
              image_kws=None, **kwargs):
     """The picture, and over it one block of colour per patch (no smoothing: one value per patch, as the model saw)."""
@@ -1072,8 +1082,10 @@ def _episode(run, layers=None):
         for m in chosen:
             arr = np.asarray(m.array, dtype=np.float32)[0]  # the first sample of the batch
             rows = m.queries.indices(kind)
+            # on the 'uniform' scale of the other figures: each weight times the keys its row could see
+            ratio = arr * _visible(arr).sum(-1, keepdims=True)
             for camera in m.keys.cameras:
-                heat = query_heatmap(arr, image_tokens=m.keys.image(camera), queries=rows, grid=m.keys.grid(camera))
+                heat = query_heatmap(ratio, image_tokens=m.keys.image(camera), queries=rows, grid=m.keys.grid(camera))
                 heats.setdefault(camera, []).append(heat)
             on_image = arr[:, rows][..., m.keys.indices("image")].sum(-1).mean()
             share.setdefault(m.layer, []).append(float(on_image))
@@ -1087,6 +1099,11 @@ def _episode(run, layers=None):
         raise GetLocalError(f"{getattr(run, 'path', 'the run')}: no step holds maps from action or generated tokens to "
                             "image tokens; record a VLA's language/expert tower (select= kept other towers only?)")
     return out, ("action" if "action" in kinds else "generated")
+
+
+def _episode_top(data) -> float:
+    """The top of an episode's 'uniform' colour scale: its largest ratio to uniform, at least 2."""
+    return max([2.0] + [float(np.nanmax(h)) for d in data for h in d["heats"].values() if np.isfinite(h).any()])
 
 
 def _episode_picture(images, camera):
@@ -1122,7 +1139,9 @@ def episode_grid(run, *, layers=None, pad_to_square=False, max_steps: int = 10, 
     Each panel is the step's frame with the attention of the action (or
     generated) tokens to that camera's patches on top, the letterbox of
     ``pad_to_square`` undone (a bool, or ``{camera: bool}``). All panels share
-    one colour scale, from the episode's lowest patch to its highest. ``layers``: the layers to average (all when None).
+    one colour scale, the ``'uniform'`` scale of the other figures (attention
+    times the keys a row could see: 1, white, is uniform attention), up to the
+    episode's largest value (at least 2). ``layers``: the layers to average (all when None).
     ``**kwargs`` go to each overlay's ``ax.imshow``. Returns the Figure.
     """
     _check.integer("max_steps", max_steps, low=1)
@@ -1131,12 +1150,10 @@ def episode_grid(run, *, layers=None, pad_to_square=False, max_steps: int = 10, 
     picks = sorted(set(np.linspace(0, len(data) - 1, min(max_steps, len(data))).round().astype(int)))
     data = [data[i] for i in picks]
     cameras = list(dict.fromkeys(c for d in data for c in d["heats"]))
-    # one scale for the episode, from its lowest to its highest patch: a model that spreads its
-    # attention evenly still shows where it leans (both ends are written on the colour bar)
-    kwargs.setdefault("vmin", min(float(h.min()) for d in data for h in d["heats"].values()))
-    kwargs.setdefault("vmax", max(float(h.max()) for d in data for h in d["heats"].values()))
-    if kwargs["vmax"] <= kwargs["vmin"]:
-        kwargs["vmax"] = kwargs["vmin"] + 1e-9
+    # one scale for the whole episode, as on the other figures: 1 (uniform attention) is white
+    top = _episode_top(data)
+    kwargs.setdefault("vmin", 1.0 / top)
+    kwargs.setdefault("vmax", top)
     fig, axes = plt.subplots(len(cameras), len(data), figsize=(panel_size * len(data) + 1.2, panel_size * len(cameras) + 0.7),
                              squeeze=False)
     im = None
@@ -1149,7 +1166,8 @@ def episode_grid(run, *, layers=None, pad_to_square=False, max_steps: int = 10, 
                 ax.set_axis_off()
                 continue
             if picture is None:
-                im = ax.imshow(heat, cmap=kwargs.get("cmap", "jet"), vmin=kwargs["vmin"], vmax=kwargs["vmax"])
+                im = ax.imshow(heat, cmap=kwargs.get("cmap", _NEUTRAL_CMAP),
+                               norm=LogNorm(kwargs["vmin"], kwargs["vmax"]))
                 ax.set_xticks([]), ax.set_yticks([])
             else:
                 im = _overlay(ax, _image(picture), heat, pad_to_square=_pad_of(pad_to_square, camera), alpha=alpha,
@@ -1158,7 +1176,8 @@ def episode_grid(run, *, layers=None, pad_to_square=False, max_steps: int = 10, 
                 ax.set_title(f"step {d['step']}", fontsize=8)
             if col == 0:
                 ax.set_ylabel(camera or "image", fontsize=8)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="attention per patch")
+    _colorbar(fig, im, np.concatenate([h.ravel() for d in data for h in d["heats"].values()]), _LABELS["uniform"],
+              None, ax=axes.ravel().tolist(), shrink=0.8)
     fig.suptitle(f"{data[0]['tower']}: attention of the {kind} tokens to each camera, "
                  f"mean of {'all layers' if layers is None else 'layers ' + ', '.join(map(str, layers))}, heads and passes",
                  fontsize=9)
@@ -1195,13 +1214,15 @@ def episode_image_share(run, *, layers=None, ax=None, **kwargs):
 
 
 def episode_gif(run, path, *, layers=None, pad_to_square=False, height: int = 192, alpha: float = 0.5,
-                duration: int = 200, cmap: str = "jet") -> Path:
+                duration: int = 200, cmap: str = _NEUTRAL_CMAP) -> Path:
     """An animated GIF, one frame per recorded step: each camera's frame with the attention on top.
 
     The overlay is the attention of the action (or generated) tokens to that
     camera's patches, upsampled onto the frame with the letterbox of
     ``pad_to_square`` undone (as :func:`camera_attention`), on one colour scale
-    for the whole episode, lowest to highest patch (the bar at the bottom).
+    for the whole episode: the ``'uniform'`` scale of the other figures
+    (attention times the keys a row could see, log colours, 1 = uniform in
+    white), up to the episode's largest value, at least 2 (the bar at the bottom).
     Each frame: a 30-pixel title band, then the cameras ``height`` pixels high,
     6 pixels apart from x=6, shown ``duration`` ms. Written with Pillow (no ffmpeg), through
     a temporary file. Returns the path.
@@ -1217,9 +1238,9 @@ def episode_gif(run, path, *, layers=None, pad_to_square=False, height: int = 19
         raise _check.ArgumentError(f"cmap={_check._show(cmap)} is not a matplotlib colour map; try 'jet' or 'viridis'")
     data, kind = _episode(run, layers)
     cameras = list(dict.fromkeys(c for d in data for c in d["heats"]))
-    vmin = min(float(h.min()) for d in data for h in d["heats"].values())
-    vmax = max(float(h.max()) for d in data for h in d["heats"].values())
-    span = (vmax - vmin) or 1.0
+    vmax = _episode_top(data)
+    vmin = 1.0 / vmax
+    norm = LogNorm(vmin, vmax, clip=True)
     colormap = plt.get_cmap(cmap)
     font = ImageFont.load_default()
     frames = []
@@ -1236,8 +1257,8 @@ def episode_gif(run, path, *, layers=None, pad_to_square=False, height: int = 19
             shown = np.asarray(Image.fromarray((np.clip(pic, 0, 1) * 255).astype(np.uint8)).resize(
                 (width, height), Image.BILINEAR), dtype=np.float64) / 255
             if heat is not None:
-                up = _heat_on_picture(np.asarray(heat, dtype=np.float64), (height, width), _pad_of(pad_to_square, camera))
-                shown = (1 - alpha) * shown + alpha * colormap(np.clip((up - vmin) / span, 0, 1))[..., :3]
+                up = _heat_pixels(np.asarray(heat, dtype=np.float64), (height, width), _pad_of(pad_to_square, camera))
+                shown = (1 - alpha) * shown + alpha * colormap(norm(up))[..., :3]
             panels.append((camera, (shown * 255).round().astype(np.uint8)))
         gap, top, bottom = 6, 30, 26
         total = sum(p.shape[1] for _, p in panels) + gap * (len(panels) + 1)
@@ -1254,7 +1275,7 @@ def episode_gif(run, path, *, layers=None, pad_to_square=False, height: int = 19
         bar_w = min(bar_w, canvas.width - 150)
         draw.text((gap, top + height + 2), f"{vmin:.3g}", fill="black", font=font)
         canvas.paste(Image.fromarray(bar[:, :bar_w]), (gap + 44, top + height + 4))
-        draw.text((gap + 48 + bar_w, top + height + 2), f"{vmax:.3g} per patch", fill="black", font=font)
+        draw.text((gap + 48 + bar_w, top + height + 2), f"{vmax:.3g} x uniform (white: 1)", fill="black", font=font)
         frames.append(canvas)
     path = Path(path)
     write_atomic(path, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
