@@ -48,7 +48,7 @@ def openvla_capture(tmp_path_factory, picture):
 def pi0_capture(tmp_path_factory, picture):
     """The demo's tiny Pi0 (two cameras, an action expert), saved with both pictures and two token strings."""
     maps, images, info = cli._run_pi0(picture)
-    info.update(model="paligemma-tiny", tokens={"expert": {128: "<bos>", 129: "pick", 133: "a0"}})
+    info.update(model="paligemma-tiny", tokens={"expert": {"128": "<bos>", "129": "pick", "133": "a0"}})  # JSON keys
     return saved.save(tmp_path_factory.mktemp("pi0") / "capture", maps, images=images, info=info)
 
 
