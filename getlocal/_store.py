@@ -160,7 +160,7 @@ class Store:
                 index = next(counter)
                 slot[0].append(entry)
                 slot[1].append((index, ref))
-                if self._cfg.bounded:
+                if cfg.bounded:
                     self._bound(key, slot, index, entry)
             finally:
                 release()
