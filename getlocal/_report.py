@@ -194,7 +194,9 @@ def _plan_language(plan: _Plan, tower: str, maps, images, info) -> None:
         layout = sample.keys
         cameras = [s.camera for s in layout.find("image")]
         grid_args = {"image_tokens": layout.image(cameras[0]), "grid": layout.grid(cameras[0])} if cameras else {}
-        table = patterns.summarize({k: m.array for k, m in layers.items()}, causal=True, **grid_args)
+        # the layout's runs of one kind (bos, image, text, ...) are the segments of the block pattern
+        segments = {"segments": layout} if len(layout.segments) > 1 else {}
+        table = patterns.summarize({k: m.array for k, m in layers.items()}, causal=True, **grid_args, **segments)
         plan.towers[tower] = {"title": f"step {step} {sample.phase}, {len(layers)} layers, tokens {layout}",
                               "table": table, "phase": sample.phase, "step": step, "camera": None,
                               "layout": layout.to_dict()}
@@ -356,9 +358,12 @@ def _summary(maps, info, plan: _Plan) -> Dict[str, Any]:
 _LEGEND = [
     ("layer", "the block's index, 0 the first."),
     ("heads", "how many heads the layer has."),
-    ("diag, stripe, vert, mixed", "how many of its heads got each label (getlocal.patterns.classify_heads): "
-                                  "diagonal (each token attends to itself), stripe (to its neighbouring patches), "
-                                  "vertical (every query to the same few keys), mixed (none of these dominates)."),
+    ("diag, stripe, vert, block, mixed", "how many of its heads got each label (getlocal.patterns.classify_heads): "
+                                         "diagonal (each token attends to one position at a fixed offset: itself, "
+                                         "the previous token, ...), stripe (to its neighbouring patches), vertical "
+                                         "(every query to the same few keys), block (within its own segment), mixed "
+                                         "(none of these holds half of the attention)."),
+    ("offset", "the offsets of the layer's diagonal heads: 0 itself, -1 the previous token, +1 the next."),
     ("self", "mean over heads of the attention each query gives its own position (the diagonal)."),
     ("nbr8", "mean over heads of the attention each image query gives its 8 neighbouring patches (stripes)."),
     ("top2%", "mean over heads of the attention that goes to the top 2 % of keys (vertical lines: sinks, registers)."),
@@ -367,6 +372,16 @@ _LEGEND = [
     ("H/lnN", "mean attention entropy divided by ln(number of keys): 1 is uniform attention, 0 all on one key."),
     ("-", "not defined for this tower (no image grid, or no image queries)."),
 ]
+
+
+def _cell(value) -> str:
+    if value is None or value == []:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, list):
+        return ", ".join(f"{int(v):+d}" if v else "0" for v in value)
+    return str(value)
 
 
 def _markdown(summary: Dict[str, Any]) -> str:
@@ -382,7 +397,8 @@ def _markdown(summary: Dict[str, Any]) -> str:
     for s in summary["steps"]:
         lines.append(f"| {s['step']} | {s['phase']} | " + ", ".join(f"{t}: {n}" for t, n in s["maps"].items()) + " |")
     columns = [("layer", "layer"), ("heads", "heads"), ("diagonal", "diag"), ("stripe", "stripe"),
-               ("vertical", "vert"), ("mixed", "mixed"), ("self_mass", "self"), ("neighbour_mass", "nbr8"),
+               ("vertical", "vert"), ("block", "block"), ("mixed", "mixed"), ("offset", "offset"),
+               ("self_mass", "self"), ("neighbour_mass", "nbr8"),
                ("top_key_mass", "top2%"), ("distance", "dist"), ("entropy_norm", "H/lnN")]
     for tower, entry in summary["towers"].items():
         lines += ["", f"## {tower} (step {entry['step']} {entry['phase']})", ""]
@@ -392,8 +408,7 @@ def _markdown(summary: Dict[str, Any]) -> str:
         lines.append("| " + " | ".join(c for _, c in columns) + " |")
         lines.append("|" + " --- |" * len(columns))
         for rec in entry["layers"]:
-            cells = ["-" if rec[k] is None else (f"{rec[k]:.3f}" if isinstance(rec[k], float) else str(rec[k]))
-                     for k, _ in columns]
+            cells = [_cell(rec.get(k)) for k, _ in columns]
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in summary["figures"]]

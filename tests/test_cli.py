@@ -266,3 +266,28 @@ def test_plot_of_a_raw_cache_asks_for_labelled_maps(capsys, tmp_path):
 def test_plot_without_out_is_a_usage_error(capsys, tmp_path):
     one_line_error(capsys, ["plot", str(tmp_path)], "the following arguments are required: --out",
                    "see python -m getlocal plot --help")
+
+
+def test_summary_counts_block_heads_and_shows_the_offsets_of_diagonal_heads(tmp_path, capsys):
+    from getlocal import saved
+    from getlocal.maps import AttentionMap, AttentionMaps, Segment, TokenLayout
+
+    n = 12
+    previous = np.eye(n, k=-1)
+    previous[0, 0] = 1  # the first token has no previous one
+    block = np.zeros((n, n))  # causal, each token spread over its own segment so far
+    for lo, hi in ((0, 6), (6, n)):
+        for i in range(lo, hi):
+            block[i, lo:i + 1] = 1 / (i + 1 - lo)
+    layout = TokenLayout([Segment("text", 0, 6), Segment("generated", 6, n)])
+    maps = AttentionMaps([AttentionMap(np.stack([previous, block])[None].astype(np.float32), tower="llm", layer=0,
+                                       path="model.layers.0.self_attn", step=0, phase="prefill", call=0,
+                                       queries=layout, keys=layout)])
+    path = saved.save(tmp_path / "capture", maps, info={"model": "constructed", "weights": "constructed maps"})
+    assert cli.main(["plot", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    capsys.readouterr()
+    markdown = (tmp_path / "o" / "summary.md").read_text()
+    header = "| layer | heads | diag | stripe | vert | block | mixed | offset |"
+    assert header in markdown and "**offset**" in markdown and "**diag, stripe, vert, block, mixed**" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| 0 | 2 |"))
+    assert row.split(" | ")[2:8] == ["1", "0", "0", "1", "0", "-1"]
