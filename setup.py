@@ -29,7 +29,9 @@ setup(
     extras_require={
         "demo": demo,
         "adapters": ["transformers"],
-        "test": demo + ["transformers", "pytest", "nbformat", "nbclient", "ipykernel", "selenium"],
+        # setuptools: the packaging test builds the wheel with the installed one (70.1 has bdist_wheel built in)
+        "test": demo + ["transformers", "pytest", "hypothesis", "cloudpickle", "nbformat", "nbclient", "ipykernel",
+                        "selenium", "setuptools>=70.1"],
     },
     entry_points={"console_scripts": ["getlocal=getlocal.__main__:main"]},
     classifiers=[
