@@ -143,10 +143,6 @@ def capture(model=None, *, convert="numpy", max_calls: Optional[int] = None, max
     >>> maps.steps                                                                 # doctest: +SKIP
     [(0, 'prefill'), (1, 'decode'), ..., (6, 'decode')]
 
-    ``maps`` is an empty ``AttentionMaps`` inside the block and holds what
-    ``collect(model)`` gives for the calls made in it once the block ends
-    without error. The adapter is deactivated on exit, error or not, unless it
-    was active before the block: then it stays active, under its own
-    ``convert``, ``max_calls`` and ``max_bytes``.
+    The same contract as :func:`getlocal.adapters.vit.capture`.
     """
     return _ADAPTER.capture(model, convert, max_calls, max_bytes)

@@ -129,11 +129,7 @@ def capture(model=None, *, cameras: Optional[Sequence[str]] = None, state_tokens
     >>> maps.steps                                                                          # doctest: +SKIP
     [(0, 'prefix'), (1, 'denoise'), ...]
 
-    ``cameras`` and ``state_tokens`` are those of :func:`collect`. ``maps`` is
-    an empty ``AttentionMaps`` inside the block and holds what ``collect``
-    gives for the calls made in it once the block ends without error. The
-    adapter is deactivated on exit, error or not, unless it was active before
-    the block: then it stays active, under its own ``convert``, ``max_calls``
-    and ``max_bytes``.
+    ``cameras`` and ``state_tokens`` are those of :func:`collect`; otherwise
+    the same contract as :func:`getlocal.adapters.vit.capture`.
     """
     return _ADAPTER.capture(model, convert, max_calls, max_bytes, cameras=cameras, state_tokens=state_tokens)

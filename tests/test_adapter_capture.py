@@ -9,11 +9,7 @@ from getlocal import GetLocalError, get_local  # noqa: E402
 from getlocal.adapters import openvla, paligemma, tiny, vit  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def adapters_off():
-    yield
-    for adapter in (vit, openvla, paligemma):
-        adapter.deactivate()
+pytestmark = pytest.mark.usefixtures("adapters_off")
 
 
 def _vit():

@@ -36,11 +36,7 @@ def hostile_heap():
     yield held
 
 
-@pytest.fixture(autouse=True)
-def adapters_off():
-    yield
-    for adapter in (vit, openvla, paligemma):
-        adapter.deactivate()
+pytestmark = pytest.mark.usefixtures("adapters_off")
 
 
 def _vit():
