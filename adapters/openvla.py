@@ -33,73 +33,34 @@ from typing import Optional
 
 from getlocal.maps import AttentionMaps, Segment, TokenLayout
 
-from . import _common
-from ._common import _Spec, _Undo
+from ._labels import parent
+from ._libraries import EagerTransformers, TimmAttention, timm_layout
+from ._lifecycle import Spec, register
+from ._undo import Undo
 
 
-class _OpenVLA(_Spec):
-    name = "openvla"
-    vision_towers = ("dinov2", "siglip")
-    config_types = ("llama",)
+class _Llama(EagerTransformers):
+    """Llama-2's attention: ``eager_attention_forward`` (transformers >= 4.48) or ``LlamaAttention.forward``."""
 
     def __init__(self):
-        self.timm_classes: tuple = ()
-        self.timm_was_fused = False
+        super().__init__(("llama",))
         self.old_llama: Optional[type] = None  # LlamaAttention when its forward drops the weights (< 4.48)
 
     def targets(self):
-        out = []
-        try:
-            self.timm_classes = tuple(_common._timm_attention_classes())
-        except ImportError:  # a Llama-only use; timm is optional
-            self.timm_classes = ()
-        out += [(cls.forward, "attn") for cls in self.timm_classes]
         from transformers.models.llama import modeling_llama
 
         eager = getattr(modeling_llama, "eager_attention_forward", None)
         if eager is not None:
-            out.append((eager, "attn_weights"))
-        else:
-            self.old_llama = modeling_llama.LlamaAttention
-            out.append((modeling_llama.LlamaAttention.forward, "attn_weights"))
-        return out
+            return [(eager, "attn_weights")]
+        self.old_llama = modeling_llama.LlamaAttention
+        return [(modeling_llama.LlamaAttention.forward, "attn_weights")]
 
-    def global_switches(self, undo: _Undo) -> None:
-        self.timm_was_fused = _common._timm_unfuse_global(undo)
-
-    def prepare_module(self, module, undo: _Undo, built: bool) -> None:
-        if self.timm_classes and isinstance(module, self.timm_classes):
-            _common._timm_prepare(self, module, undo, built)
-        config = _common._module_config(module)
-        if config is not None:
-            _common._set_eager(config, self.config_types, undo)
+    def prepare(self, module, undo: Undo, built: bool) -> None:
+        super().prepare(module, undo, built)
         if self.old_llama is not None and isinstance(module, self.old_llama):
             if type(module) is not self.old_llama:
                 undo.set(module, "__class__", self.old_llama)
             undo.add(module.register_forward_pre_hook(_keep_weights, with_kwargs=True).remove)
-
-    def owns(self, owner) -> bool:
-        return bool(self.timm_classes) and isinstance(owner, self.timm_classes) or super().owns(owner)
-
-    def tower(self, owner, path, modules) -> str:
-        if not (self.timm_classes and isinstance(owner, self.timm_classes)):
-            return "llm"
-        vit = _common._parent(path, modules, "patch_embed")
-        if vit is None:
-            return "siglip" if "fused" in path else "dinov2"
-        return "dinov2" if getattr(vit, "cls_token", None) is not None else "siglip"
-
-    def vision_layout(self, owner, path, modules, length) -> TokenLayout:
-        return _common._timm_layout(path, modules, length)
-
-    def prompt_layout(self, length, vision, batch, options) -> TokenLayout:
-        # Prismatic puts the projected patches right after BOS: [BOS, patches, text].
-        if not vision:
-            return TokenLayout([Segment("context", 0, length)])
-        image = vision[0].layout.find("image")[0]
-        patches = len(image)
-        return TokenLayout([Segment("bos", 0, 1), Segment("image", 1, 1 + patches, grid=image.grid),
-                            Segment("text", 1 + patches, length)])
 
 
 def _keep_weights(module, args, kwargs):
@@ -110,7 +71,36 @@ def _keep_weights(module, args, kwargs):
     return args, kwargs
 
 
-_ADAPTER = _common._adapter(_OpenVLA())
+_TIMM = TimmAttention(optional=True)  # a Llama-only use needs no timm
+
+
+def _tower(owner, path, modules) -> str:
+    if not _TIMM.owns(owner):
+        return "llm"
+    vit = parent(path, modules, "patch_embed")
+    if vit is None:
+        return "siglip" if "fused" in path else "dinov2"
+    return "dinov2" if getattr(vit, "cls_token", None) is not None else "siglip"
+
+
+def _prompt_layout(length, vision, batch, options) -> TokenLayout:
+    # Prismatic puts the projected patches right after BOS: [BOS, patches, text].
+    if not vision:
+        return TokenLayout([Segment("context", 0, length)])
+    image = vision[0].layout.find("image")[0]
+    patches = len(image)
+    return TokenLayout([Segment("bos", 0, 1), Segment("image", 1, 1 + patches, grid=image.grid),
+                        Segment("text", 1 + patches, length)])
+
+
+_ADAPTER = register(Spec(
+    "openvla",
+    vision_towers=("dinov2", "siglip"),
+    sources=[_TIMM, _Llama()],  # timm Attention.forward on ``attn``; Llama on ``attn_weights``
+    tower=_tower,
+    vision_layout=timm_layout,
+    prompt_layout=_prompt_layout,
+))
 
 
 def activate(model=None, *, convert="numpy", max_calls: Optional[int] = None, max_bytes: Optional[int] = None) -> None:
@@ -143,3 +133,16 @@ def collect(model=None) -> AttentionMaps:
 
 def is_active() -> bool:
     return _ADAPTER.active
+
+
+def capture(model=None, *, convert="numpy", max_calls: Optional[int] = None, max_bytes: Optional[int] = None):
+    """``with openvla.capture(model) as maps:`` activated for the block; ``maps`` is filled when it ends.
+
+    >>> with openvla.capture(model) as maps:                                      # doctest: +SKIP
+    ...     action = model.predict_action(**inputs, unnorm_key="bridge_orig", do_sample=False)
+    >>> maps.steps                                                                 # doctest: +SKIP
+    [(0, 'prefill'), (1, 'decode'), ..., (6, 'decode')]
+
+    The same contract as :func:`getlocal.adapters.vit.capture`.
+    """
+    return _ADAPTER.capture(model, convert, max_calls, max_bytes)

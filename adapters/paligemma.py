@@ -26,63 +26,64 @@ from typing import Optional, Sequence
 from getlocal import GetLocalError
 from getlocal.maps import AttentionMaps, Segment, TokenLayout
 
-from . import _common
-from ._common import _Spec, _Undo
+from ._labels import camera_names, image_count
+from ._libraries import EagerTransformers
+from ._lifecycle import Spec, register
 
 _MODULES = ("siglip", "gemma", "gemma2", "gemma3")
+_MODEL_TYPES = ("paligemma", "siglip", "siglip_vision_model", "gemma", "gemma2", "gemma3", "gemma3_text")
 
 
-class _PaliGemma(_Spec):
-    name = "paligemma"
-    vision_towers = ("vision",)
-    config_types = ("paligemma", "siglip", "siglip_vision_model", "gemma", "gemma2", "gemma3", "gemma3_text")
+def _eager_functions():
+    """``eager_attention_forward`` of each of _MODULES that this transformers has, on ``attn_weights``."""
+    import importlib
 
-    def targets(self):
-        import importlib
+    import transformers
 
-        import transformers
-
-        out = []
-        for name in _MODULES:
-            try:
-                modeling = importlib.import_module(f"transformers.models.{name}.modeling_{name}")
-            except ImportError:  # gemma2/gemma3 are newer than some supported versions
-                continue
-            eager = getattr(modeling, "eager_attention_forward", None)
-            if eager is None:
-                raise GetLocalError(
-                    f"getlocal.adapters.paligemma needs transformers >= 4.48, whose modeling_{name} has "
-                    f"eager_attention_forward; this is transformers {transformers.__version__}: "
-                    "pip install 'transformers>=4.48' (openpi pins 4.53.2)"
-                )
-            out.append((eager, "attn_weights"))
-        return out
-
-    def prepare_module(self, module, undo: _Undo, built: bool) -> None:
-        config = _common._module_config(module)
-        if config is not None:
-            _common._set_eager(config, self.config_types, undo)
-
-    def tower(self, owner, path, modules) -> str:
-        if type(owner).__name__.startswith("Siglip"):
-            return "vision"
-        return "expert" if any("expert" in part for part in path.split(".")) else "language"
-
-    def prompt_layout(self, length, vision, batch, options) -> TokenLayout:
-        # The processor writes [image tokens of each image, BOS, text, "\n"]; openpi's prefix is the same.
-        images, per_image = _common._image_count(vision, batch)
-        if not images or images * per_image >= length:
-            return TokenLayout([Segment("context", 0, length)])
-        grid = vision[0].layout.find("image")[0].grid
-        names = _common._camera_names(images, options)
-        segments = [Segment("image", i * per_image, (i + 1) * per_image, camera=names[i], grid=grid)
-                    for i in range(images)]
-        start = images * per_image
-        segments += [Segment("bos", start, start + 1), Segment("text", start + 1, length)]
-        return TokenLayout(segments)
+    out = []
+    for name in _MODULES:
+        try:
+            modeling = importlib.import_module(f"transformers.models.{name}.modeling_{name}")
+        except ImportError:  # gemma2/gemma3 are newer than some supported versions
+            continue
+        eager = getattr(modeling, "eager_attention_forward", None)
+        if eager is None:
+            raise GetLocalError(
+                f"getlocal.adapters.paligemma needs transformers >= 4.48, whose modeling_{name} has "
+                f"eager_attention_forward; this is transformers {transformers.__version__}: "
+                "pip install 'transformers>=4.48' (openpi pins 4.53.2)"
+            )
+        out.append((eager, "attn_weights"))
+    return out
 
 
-_ADAPTER = _common._adapter(_PaliGemma())
+def _tower(owner, path, modules) -> str:
+    if type(owner).__name__.startswith("Siglip"):
+        return "vision"
+    return "expert" if any("expert" in part for part in path.split(".")) else "language"
+
+
+def _prompt_layout(length, vision, batch, options) -> TokenLayout:
+    # The processor writes [image tokens of each image, BOS, text, "\n"]; openpi's prefix is the same.
+    images, per_image = image_count(vision, batch)
+    if not images or images * per_image >= length:
+        return TokenLayout([Segment("context", 0, length)])
+    grid = vision[0].layout.find("image")[0].grid
+    names = camera_names(images, options)
+    segments = [Segment("image", i * per_image, (i + 1) * per_image, camera=names[i], grid=grid)
+                for i in range(images)]
+    start = images * per_image
+    segments += [Segment("bos", start, start + 1), Segment("text", start + 1, length)]
+    return TokenLayout(segments)
+
+
+_ADAPTER = register(Spec(
+    "paligemma",
+    vision_towers=("vision",),
+    sources=[EagerTransformers(_MODEL_TYPES, _eager_functions)],
+    tower=_tower,
+    prompt_layout=_prompt_layout,
+))
 
 
 def activate(model=None, *, convert="numpy", max_calls: Optional[int] = None, max_bytes: Optional[int] = None) -> None:
@@ -117,3 +118,18 @@ def collect(model=None, *, cameras: Optional[Sequence[str]] = None, state_tokens
 
 def is_active() -> bool:
     return _ADAPTER.active
+
+
+def capture(model=None, *, cameras: Optional[Sequence[str]] = None, state_tokens: int = 0, convert="numpy",
+            max_calls: Optional[int] = None, max_bytes: Optional[int] = None):
+    """``with paligemma.capture(model) as maps:`` activated for the block; ``maps`` is filled when it ends.
+
+    >>> with paligemma.capture(policy, cameras=["base", "wrist"], state_tokens=1) as maps:   # doctest: +SKIP
+    ...     actions = policy.sample_actions(...)
+    >>> maps.steps                                                                          # doctest: +SKIP
+    [(0, 'prefix'), (1, 'denoise'), ...]
+
+    ``cameras`` and ``state_tokens`` are those of :func:`collect`; otherwise
+    the same contract as :func:`getlocal.adapters.vit.capture`.
+    """
+    return _ADAPTER.capture(model, convert, max_calls, max_bytes, cameras=cameras, state_tokens=state_tokens)

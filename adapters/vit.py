@@ -21,42 +21,18 @@ turns it back on.
 """
 from typing import Optional
 
-from getlocal.maps import AttentionMaps, TokenLayout
+from getlocal.maps import AttentionMaps
 
-from . import _common
-from ._common import _Spec, _Undo
+from ._libraries import TimmAttention, timm_layout
+from ._lifecycle import Spec, check_model, register
 
-
-class _ViT(_Spec):
-    name = "vit"
-    vision_towers = ("vit",)
-
-    def __init__(self):
-        self.timm_classes: tuple = ()
-        self.timm_was_fused = False
-
-    def targets(self):
-        self.timm_classes = tuple(_common._timm_attention_classes())
-        return [(cls.forward, "attn") for cls in self.timm_classes]
-
-    def global_switches(self, undo: _Undo) -> None:
-        self.timm_was_fused = _common._timm_unfuse_global(undo)
-
-    def prepare_module(self, module, undo: _Undo, built: bool) -> None:
-        if isinstance(module, self.timm_classes):
-            _common._timm_prepare(self, module, undo, built)
-
-    def owns(self, owner) -> bool:
-        return isinstance(owner, self.timm_classes)
-
-    def tower(self, owner, path, modules) -> str:
-        return "vit"
-
-    def vision_layout(self, owner, path, modules, length) -> TokenLayout:
-        return _common._timm_layout(path, modules, length)
-
-
-_ADAPTER = _common._adapter(_ViT())
+_ADAPTER = register(Spec(
+    "vit",
+    vision_towers=("vit",),
+    sources=[TimmAttention()],  # Attention.forward, local ``attn``
+    tower=lambda owner, path, modules: "vit",
+    vision_layout=timm_layout,  # [cls, registers, image grid]
+))
 
 
 def activate(model=None, *, convert="numpy", max_calls: Optional[int] = None, max_bytes: Optional[int] = None) -> None:
@@ -86,9 +62,29 @@ def is_active() -> bool:
     return _ADAPTER.active
 
 
+def capture(model=None, *, convert="numpy", max_calls: Optional[int] = None, max_bytes: Optional[int] = None):
+    """``with vit.capture(model) as maps:`` activated for the block; ``maps`` is filled when it ends.
+
+    >>> import timm, torch
+    >>> from getlocal.adapters import vit
+    >>> model = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=2, num_classes=0).eval()
+    >>> with vit.capture(model) as maps, torch.no_grad():
+    ...     _ = model(torch.randn(1, 3, 32, 32))
+    >>> [m.path for m in maps]
+    ['blocks.0.attn', 'blocks.1.attn']
+
+    ``maps`` is an empty ``AttentionMaps`` inside the block and holds what
+    ``collect(model)`` gives for the calls made in it once the block ends
+    without error. The adapter is deactivated on exit, error or not, unless it
+    was active before the block: then it stays active, under its own
+    ``convert``, ``max_calls`` and ``max_bytes``.
+    """
+    return _ADAPTER.capture(model, convert, max_calls, max_bytes)
+
+
 def patch_size(model) -> Optional[int]:
     """The side of one patch in pixels (``16`` for ``vit_small_patch16_224``), or None if unknown."""
-    _common._model(model)
+    check_model(model)
     size = getattr(getattr(model, "patch_embed", None), "patch_size", None)
     if isinstance(size, (tuple, list)) and size:
         return int(size[0])

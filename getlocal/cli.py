@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from ._report import RANDOM_NOTE, describe_steps, random_weights, report
 
@@ -218,12 +218,7 @@ def _demo(args) -> int:
     stages = _progress(args.quiet, total=2, desc=args.model, unit="stage")
     stages.set_postfix_str("building and running the model")
     try:
-        if args.model == "openvla-tiny":
-            maps, images, info = _run_openvla(picture, weights)
-        elif args.model == "paligemma-tiny":
-            maps, images, info = _run_pi0(picture, weights)
-        else:
-            maps, images, info = _run_vit(args.model, args.pretrained, picture, weights)
+        maps, images, info = _capture(args.model, args.pretrained, picture, weights)
         stages.update()
         stages.set_postfix_str("saving the capture")
         info.update(model=args.model, image=described)
@@ -446,11 +441,39 @@ def _vit_model(name: str, pretrained: bool, weights: Optional[str] = None):
                    "Random weights show the machinery; trained ones show the patterns")
 
 
-def _run_vit(name: str, pretrained: bool, picture, weights: Optional[str] = None):
+class _Demo(NamedTuple):
+    """A demo model ready to run: the adapter that captures it, and what the capture is saved with."""
+
+    model: Any
+    run: Callable[[], Any]  # one run on the picture
+    adapter: Any  # getlocal.adapters.vit, openvla or paligemma
+    images: Dict[str, Any]
+    info: Dict[str, Any]
+    options: Dict[str, Any] = {}  # for the adapter's capture(): cameras, state_tokens
+
+
+def _capture(name: str, pretrained: bool, picture, weights: Optional[str] = None):
+    """``(maps, images, info)``: the demo model ``name`` run once on ``picture`` with every map captured."""
+    from getlocal import get_local
+
+    build = {"openvla-tiny": _openvla_demo, "paligemma-tiny": _pi0_demo}.get(name, _vit_demo)
+    demo = build(name, pretrained, picture, weights)
+    get_local.clear()
+    try:
+        with demo.adapter.capture(demo.model, **demo.options) as maps:
+            demo.run()
+    finally:
+        get_local.clear()
+    if not len(maps):
+        raise CommandError(f"--model {name}: no attention map was captured; its blocks are not timm Attention "
+                           f"modules; give a ViT such as {DEMO_MODEL}")
+    return maps, demo.images, demo.info
+
+
+def _vit_demo(name: str, pretrained: bool, picture, weights: Optional[str]) -> _Demo:
     import numpy as np
     import torch
 
-    from getlocal import get_local
     from getlocal.adapters import vit
 
     model, described = _vit_model(name, pretrained, weights)
@@ -463,23 +486,11 @@ def _run_vit(name: str, pretrained: bool, picture, weights: Optional[str] = None
     mean = np.asarray(model.pretrained_cfg.get("mean", (0.5, 0.5, 0.5)), dtype=np.float32)
     std = np.asarray(model.pretrained_cfg.get("std", (0.5, 0.5, 0.5)), dtype=np.float32)
     pixels = torch.from_numpy(((shown / 255.0 - mean) / std).astype(np.float32)).permute(2, 0, 1)[None]
-    get_local.clear()
-    vit.activate(model)
-    try:
-        with torch.no_grad():
-            model(pixels)
-        maps = vit.collect(model)
-    finally:
-        vit.deactivate()
-        get_local.clear()
-    if not len(maps):
-        raise CommandError(f"--model {name}: no attention map was captured; its blocks are not timm Attention "
-                           f"modules; give a ViT such as {DEMO_MODEL}")
     info = {"weights": described, "random_weights": described.startswith("random init"),
             "patch_size": {"vit": vit.patch_size(model)},
             "preprocessing": f"centre square resized to {size}x{size}, normalised with mean {mean.tolist()} "
                              f"std {std.tolist()}"}
-    return maps, {"image": shown}, info
+    return _Demo(model, torch.no_grad()(lambda: model(pixels)), vit, {"image": shown}, info)
 
 
 def _tiny_pixels(shown):
@@ -488,23 +499,14 @@ def _tiny_pixels(shown):
     return torch.from_numpy(shown / 127.5 - 1.0).float().permute(2, 0, 1)[None]  # [-1, 1], as SigLIP
 
 
-def _run_openvla(picture, weights: Optional[str] = None):
-    from getlocal import get_local
+def _openvla_demo(name: str, pretrained: bool, picture, weights: Optional[str]) -> _Demo:
     from getlocal.adapters import openvla, tiny
 
     model = tiny.openvla(image_size=TINY_IMAGE)
     if weights:
-        _load_weights(model, weights, "openvla-tiny")
+        _load_weights(model, weights, name)
     shown = _square(picture, TINY_IMAGE)
     _, ids = tiny.openvla_inputs(model)
-    get_local.clear()
-    openvla.activate(model)
-    try:
-        tiny.generate(model, _tiny_pixels(shown), ids, max_new_tokens=7)
-        maps = openvla.collect(model)
-    finally:
-        openvla.deactivate()
-        get_local.clear()
     info = {"weights": f"weights from {weights}" if weights else
                        "random init (a small OpenVLA-shaped model: timm DINOv2 with registers + SigLIP, an MLP "
                        "projector and a 2-layer Llama; no trained weights exist for it)",
@@ -512,32 +514,24 @@ def _run_openvla(picture, weights: Optional[str] = None):
             "patch_size": {"dinov2": 14, "siglip": 14},
             "preprocessing": f"centre square resized to {TINY_IMAGE}x{TINY_IMAGE}; 7 generated (action) tokens",
             "generated": "action"}
-    return maps, {"image": shown}, info
+    return _Demo(model, lambda: tiny.generate(model, _tiny_pixels(shown), ids, max_new_tokens=7), openvla,
+                 {"image": shown}, info)
 
 
-def _run_pi0(picture, weights: Optional[str] = None):
+def _pi0_demo(name: str, pretrained: bool, picture, weights: Optional[str]) -> _Demo:
     import numpy as np
     from PIL import Image
 
-    from getlocal import get_local
     from getlocal.adapters import paligemma, tiny
 
     model = tiny.pi0(image_size=TINY_IMAGE)
     if weights:
-        _load_weights(model, weights, "paligemma-tiny")
+        _load_weights(model, weights, name)
     exterior = _square(picture, TINY_IMAGE)
     w, h = picture.size
     wrist = picture.crop((w // 4, h // 2, 3 * w // 4, h)).resize((TINY_IMAGE, TINY_IMAGE), Image.BICUBIC)
     wrist = np.asarray(wrist)
     _, ids, state = tiny.pi0_inputs(model, cameras=2)
-    get_local.clear()
-    paligemma.activate(model)
-    try:
-        model.sample_actions([_tiny_pixels(exterior), _tiny_pixels(wrist)], ids, state, horizon=4, steps=3)
-        maps = paligemma.collect(model, cameras=["exterior", "wrist"], state_tokens=1)
-    finally:
-        paligemma.deactivate()
-        get_local.clear()
     info = {"weights": f"weights from {weights}" if weights else
                        "random init (a small Pi0-shaped model: PaliGemma = SigLIP + 2-layer Gemma, beside a Gemma "
                        "action expert; no trained weights exist for it)",
@@ -545,4 +539,7 @@ def _run_pi0(picture, weights: Optional[str] = None):
             "patch_size": {"vision": 14},
             "preprocessing": (f"two cameras: exterior = centre square, wrist = a crop of the lower half, both "
                               f"resized to {TINY_IMAGE}x{TINY_IMAGE}; 1 state + 4 action tokens, 3 denoising steps")}
-    return maps, {"exterior": exterior, "wrist": wrist}, info
+    return _Demo(model, lambda: model.sample_actions([_tiny_pixels(exterior), _tiny_pixels(wrist)], ids, state,
+                                                     horizon=4, steps=3),
+                 paligemma, {"exterior": exterior, "wrist": wrist}, info,
+                 {"cameras": ["exterior", "wrist"], "state_tokens": 1})

@@ -27,3 +27,13 @@ def fresh_get_local():
 
 def pytest_report_header(config):
     return f"getlocal on Python {sys.version.split()[0]}"
+
+
+@pytest.fixture
+def adapters_off():
+    """Every adapter deactivated when the test ends, whatever it left on."""
+    yield
+    from getlocal.adapters import openvla, paligemma, vit
+
+    for adapter in (vit, openvla, paligemma):
+        adapter.deactivate()

@@ -1,5 +1,8 @@
 """The OpenVLA adapter on a Prismatic-shaped model built from real timm and transformers classes."""
+import sys
+
 import numpy as np
+
 import pytest
 from required import import_or_skip
 
@@ -201,9 +204,10 @@ def test_functions_are_the_original_code_objects_unless_activated():
     from transformers.modeling_utils import PreTrainedModel
     from transformers.models.llama import modeling_llama
 
-    from getlocal.adapters import _common
+    import timm.models.vision_transformer as timm_vit
 
-    functions = [cls.forward for cls in _common._timm_attention_classes()]
+    classes = {getattr(sys.modules.get("timm.layers.attention"), "Attention", timm_vit.Attention), timm_vit.Attention}
+    functions = [cls.forward for cls in classes]  # timm 1.0 keeps Attention in timm.layers, 0.9 in the ViT module
     functions.append(getattr(modeling_llama, "eager_attention_forward", modeling_llama.LlamaAttention.forward))
     codes = [f.__code__ for f in functions]
     post_init = PreTrainedModel.post_init

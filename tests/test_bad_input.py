@@ -160,6 +160,7 @@ def _baselines(tmp):
         rows[f"{a}.deactivate"] = (adapter.deactivate, {})
         rows[f"{a}.is_active"] = (adapter.is_active, {})
         rows[f"{a}.collect"] = (adapter.collect, {})
+        rows[f"{a}.capture"] = (adapter.capture, {})  # arguments are checked when it is called, not entered
     rows["getlocal.adapters.vit.patch_size"] = (vit.patch_size, {"model": _vit_model()})
     return rows
 

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("safetensors")
 pytest.importorskip("timm")
 pytest.importorskip("transformers")
-Image = pytest.importorskip("PIL.Image")
+pytest.importorskip("PIL.Image")  # the demo opens its picture with PIL
 
 import getlocal  # noqa: E402
 from getlocal import GetLocalError, cli, patterns, saved  # noqa: E402
@@ -29,27 +29,21 @@ def bound(rows: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def picture():
-    from matplotlib.cbook import get_sample_data
-
-    with Image.open(get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
-        return im.convert("RGB")
-
-
-@pytest.fixture(scope="module")
-def openvla_capture(tmp_path_factory, picture):
+def openvla_capture(tmp_path_factory):
     """The demo's tiny OpenVLA (DINOv2 + SigLIP + Llama, 7 action tokens), saved with its picture."""
-    maps, images, info = cli._run_openvla(picture)
-    info["model"] = "openvla-tiny"
-    return saved.save(tmp_path_factory.mktemp("openvla") / "capture", maps, images=images, info=info)
+    out = tmp_path_factory.mktemp("openvla")
+    assert cli.main(["demo", "--model", "openvla-tiny", "--out", str(out), "--quiet"]) == 0
+    return out / "capture"
 
 
 @pytest.fixture(scope="module")
-def pi0_capture(tmp_path_factory, picture):
+def pi0_capture(tmp_path_factory):
     """The demo's tiny Pi0 (two cameras, an action expert), saved with both pictures and two token strings."""
-    maps, images, info = cli._run_pi0(picture)
-    info.update(model="paligemma-tiny", tokens={"expert": {"128": "<bos>", "129": "pick", "133": "a0"}})  # JSON keys
-    return saved.save(tmp_path_factory.mktemp("pi0") / "capture", maps, images=images, info=info)
+    out = tmp_path_factory.mktemp("pi0")
+    assert cli.main(["demo", "--model", "paligemma-tiny", "--out", str(out), "--quiet"]) == 0
+    found = saved.read(out / "capture")
+    info = dict(found.info, tokens={"expert": {"128": "<bos>", "129": "pick", "133": "a0"}})  # JSON keys
+    return saved.save(out / "with-tokens", found.data, images=found.images, info=info)
 
 
 @pytest.fixture(scope="module")
