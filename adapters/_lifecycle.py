@@ -70,7 +70,7 @@ class Adapter:
                  mode="eager", queries=None, heads=None) -> None:
         global _STARTED_CAPTURE
         _check_activation(model, convert, max_calls, max_bytes, mode, queries, heads)
-        wanted = (mode, queries, heads)
+        wanted, was_active = (mode, queries, heads), self.active
         if self.active and wanted != self.mode:
             name = self.spec.name
             raise GetLocalError(
@@ -90,7 +90,12 @@ class Adapter:
             self.active = self.used = True
         if model is not None:
             self._roots.add(model)
-            self.prepare(model)
+            try:
+                self.prepare(model)
+            except GetLocalError:  # mode='fast' refused a kernel: nothing stays changed
+                if not was_active:
+                    self.deactivate()
+                raise
         else:
             self._wants_live = True
             self._prepare_live_modules()
