@@ -9,7 +9,7 @@ import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from getlocal import GetLocalError, _check
-from getlocal.maps import AttentionMap, AttentionMaps, Segment, TokenLayout
+from getlocal.maps import AttentionMap, AttentionMaps, Lazy, Segment, TokenLayout
 
 PromptLayout = Callable[[int, List["Entry"], int, Dict[str, Any]], TokenLayout]
 
@@ -106,6 +106,15 @@ def _padding(language: List[Entry]):
     to_numpy = converter("numpy")
     zero = None
     for e in language:
+        if isinstance(e.array, Lazy):  # mode='fast' read the padding off the mask at capture time
+            if e.queries != e.keys:
+                return None
+            z = getattr(e.array, "padding", None)
+            z = np.zeros((e.batch, e.keys), dtype=bool) if z is None else z
+            zero = z if zero is None else (zero & z) if zero.shape == z.shape else None
+            if zero is None:
+                return None
+            continue
         a = np.asarray(to_numpy(e.array))
         if a.ndim != 4 or a.shape[-2] != a.shape[-1]:
             return None

@@ -96,6 +96,54 @@ class EagerTransformers:
     def owns(self, owner) -> bool:
         return getattr(getattr(owner, "config", None), "model_type", None) in self.model_types
 
+    # -- mode='fast': the model keeps its kernel (see _fast) ---------------------
+
+    def fast_targets(self, fast) -> List[Tuple[Callable, Tuple[str, ...], Callable]]:
+        """``(function, locals, keep)``: the sdpa kernel's softmax inputs, and each eager kernel's weights."""
+        import transformers
+
+        from . import _fast
+
+        try:
+            from transformers.integrations import sdpa_attention
+        except ImportError:
+            sdpa_attention = None
+        eager = self.targets()
+        old = [func for func, _ in eager if getattr(func, "__name__", "") != "eager_attention_forward"]
+        if sdpa_attention is None or old:
+            owner = getattr(old[0], "__qualname__", "the attention module").split(".")[0] if old else "the attention"
+            raise _unsupported(
+                f"transformers {transformers.__version__} computes attention inside {owner}.forward and its "
+                f"Sdpa/Flash subclasses, with no attention-interface function whose arguments are the softmax "
+                "inputs (transformers >= 4.48 has one)")
+        sdpa = sdpa_attention.sdpa_attention_forward
+        present = set(sdpa.__code__.co_varnames)
+        names = tuple(n for n in _fast.SDPA_LOCALS if n in present)
+        return [(sdpa, names, fast.keep_sdpa)] + [(func, _fast.EAGER_LOCALS, fast.keep_eager) for func, _ in eager]
+
+    def check_fast(self, module, path: str = "") -> None:
+        """Raise unless ``module`` (one of our attention modules) runs a kernel that mode='fast' rebuilds."""
+        config = getattr(module, "config", None)
+        if not type(module).__name__.endswith("Attention") or not self.owns(module):
+            return
+        kernel = getattr(config, "_attn_implementation", None)
+        if kernel not in FAST_KERNELS:
+            raise _unsupported(
+                f"{type(module).__name__}{f' ({path})' if path else ''} runs the {kernel!r} attention kernel, "
+                f"whose softmax inputs getlocal does not rebuild yet (it does for {', '.join(map(repr, FAST_KERNELS))})")
+
+
+#: The transformers kernels whose maps mode='fast' rebuilds exactly (None: a module used alone, eager).
+FAST_KERNELS = ("sdpa", "eager", None)
+
+
+def _unsupported(why: str):
+    from getlocal import GetLocalError
+
+    return GetLocalError(
+        f"mode='fast' cannot rebuild this model's attention maps: {why}. Use mode='eager' (the default), "
+        "which switches the model to eager attention and captures the maps themselves")
+
 
 def pretrained_class():
     """transformers' ``PreTrainedModel`` if transformers is imported, else None."""

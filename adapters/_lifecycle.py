@@ -15,7 +15,7 @@ import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from getlocal import GetLocalError, _check, get_local
-from getlocal._convert import MODES
+from getlocal._convert import MODES, converter
 from getlocal.maps import AttentionMaps, TokenLayout
 
 from ._labels import Entry, PromptLayout, check_options, image_layout, label, layer_of
@@ -62,34 +62,75 @@ class Adapter:
         self._prepared: "weakref.WeakSet" = weakref.WeakSet()
         self._wants_live = False  # activated without a model: switch every model at its first call
         self.used = False  # activated at least once: collect() has something to look at
+        self.mode: Tuple[str, Optional[str], Optional[str]] = ("eager", None, None)  # (mode, queries, heads)
 
     # -- switching -------------------------------------------------------
 
-    def activate(self, model=None, convert="numpy", max_calls=None, max_bytes=None) -> None:
+    def activate(self, model=None, convert="numpy", max_calls=None, max_bytes=None,
+                 mode="eager", queries=None, heads=None) -> None:
         global _STARTED_CAPTURE
-        _check_activation(model, convert, max_calls, max_bytes)
+        _check_activation(model, convert, max_calls, max_bytes, mode, queries, heads)
+        wanted, was_active = (mode, queries, heads), self.active
+        if self.active and wanted != self.mode:
+            name = self.spec.name
+            raise GetLocalError(
+                f"{name} is active with mode={self.mode[0]!r}, queries={self.mode[1]!r}, heads={self.mode[2]!r}; "
+                f"call {name}.deactivate() before activating it with mode={mode!r}, queries={queries!r}, heads={heads!r}")
         if not self.active:
-            known = set(get_local.functions().values())
-            targets = [target for source in self.spec.sources for target in source.targets()]
-            for func, local in targets:
-                inner = getattr(func, "__func__", func)
-                if inner not in known:
-                    self._added.append(inner)
-                get_local(local)(inner)
-                self._keys[get_local.key_of(inner)] = local
-            for source in self.spec.sources:
-                source.switch_globally(self._undo)
+            self.mode = wanted
+            try:
+                self._instrument(convert)
+            except BaseException:
+                self.active = True
+                self.deactivate()
+                raise
             self._watch_new_models()
             if not any(a.active for a in _ADAPTERS):
                 _STARTED_CAPTURE = not get_local.is_active()
             self.active = self.used = True
         if model is not None:
             self._roots.add(model)
-            self.prepare(model)
+            try:
+                self.prepare(model)
+            except GetLocalError:  # mode='fast' refused a kernel: nothing stays changed
+                if not was_active:
+                    self.deactivate()
+                raise
         else:
             self._wants_live = True
             self._prepare_live_modules()
         get_local.activate(convert, max_calls=max_calls, max_bytes=max_bytes)
+
+    def _sources(self) -> list:
+        """The sources of the mode: in mode='fast', those that can keep the model's kernel (transformers)."""
+        if self.mode[0] == "fast":
+            return [s for s in self.spec.sources if hasattr(s, "fast_targets")]
+        return list(self.spec.sources)
+
+    def _instrument(self, convert) -> None:
+        known = set(get_local.functions().values())
+        if self.mode[0] == "fast":
+            from . import _fast
+
+            to_host = not callable(convert) and convert in ("numpy", "cpu")
+            fast = _fast.Fast(converter(convert), to_host, self.mode[1], self.mode[2])
+            targets = [t for source in self._sources() for t in source.fast_targets(fast)]
+        else:
+            targets = [(func, (local,), None) for source in self.spec.sources for func, local in source.targets()]
+        for func, names, keep in targets:
+            inner = getattr(func, "__func__", func)
+            if inner in known and keep is not None:
+                raise GetLocalError(
+                    f"{self.spec.name}.activate(mode='fast'): {inner.__qualname__} is already captured by get_local "
+                    "(another adapter in mode='fast', or your own decoration); deactivate that adapter or "
+                    "get_local.remove() it first")
+            if inner not in known:
+                self._added.append(inner)
+            get_local(*names, keep=keep)(inner)
+            self._keys[get_local.key_of(inner)] = names[0]
+        for source in self._sources():
+            if self.mode[0] == "eager":
+                source.switch_globally(self._undo)
 
     def deactivate(self) -> None:
         if not self.active:
@@ -110,10 +151,14 @@ class Adapter:
         self._prepared = weakref.WeakSet()
 
     def prepare(self, model, built: bool = False) -> None:
-        for module in model.modules():
+        fast = self.mode[0] == "fast"
+        for path, module in model.named_modules():
             if module not in self._prepared:
-                for source in self.spec.sources:
-                    source.prepare(module, self._undo, built)
+                for source in self._sources():
+                    if fast:  # nothing is switched: the kernel is only checked
+                        source.check_fast(module, path)
+                    else:
+                        source.prepare(module, self._undo, built)
                 self._prepared.add(module)
 
     def _prepare_live_modules(self) -> None:
@@ -182,7 +227,8 @@ class Adapter:
                 f"call {name}.activate() (or {name}.activate(model)) before running the model")
         return self._collect(model, options)
 
-    def capture(self, model=None, convert="numpy", max_calls=None, max_bytes=None, **options):
+    def capture(self, model=None, convert="numpy", max_calls=None, max_bytes=None,
+                mode="eager", queries=None, heads=None, **options):
         """A context manager: activated for the block, yielding ``AttentionMaps`` filled when the block ends.
 
         Arguments are checked here, before anything changes. Only calls made in
@@ -191,9 +237,14 @@ class Adapter:
         ``model`` given is switched until ``deactivate()``); otherwise it is
         deactivated on exit, error or not.
         """
-        _check_activation(model, convert, max_calls, max_bytes)
+        _check_activation(model, convert, max_calls, max_bytes, mode, queries, heads)
         check_options(options)
-        return self._capture(model, (convert, max_calls, max_bytes), options)
+        if self.active and (mode, queries, heads) != self.mode:
+            raise GetLocalError(
+                f"{self.spec.name}.capture(mode={mode!r}, queries={queries!r}, heads={heads!r}): the adapter is "
+                f"already active with mode={self.mode[0]!r}, queries={self.mode[1]!r}, heads={self.mode[2]!r}; "
+                f"call {self.spec.name}.deactivate() first")
+        return self._capture(model, (convert, max_calls, max_bytes, mode, queries, heads), options)
 
     @contextlib.contextmanager
     def _capture(self, model, activation, options):
@@ -229,7 +280,13 @@ class Adapter:
             e.tower = self.spec.tower(e.owner, e.path, modules)
             if e.tower in self.spec.vision_towers:
                 e.layout = self.spec.vision_layout(e.path, modules, e.keys)
-        return label(entries, self.spec.vision_towers, self.spec.prompt_layout, options)
+        maps = label(entries, self.spec.vision_towers, self.spec.prompt_layout, options)
+        if self.mode[1] is not None:  # mode='fast' with queries=: the calls it left out were kept for their labels only
+            phase = {"generated": "decode", "action": "denoise"}[self.mode[1]]
+            from ._fast import Skipped
+
+            maps.maps = [m for m in maps.maps if m.phase == phase and not isinstance(m.__dict__["_array"], Skipped)]
+        return maps
 
     def _entries(self, since: int) -> List[Entry]:
         cache, calls, owns = get_local.cache, get_local.calls, self.spec.owns
@@ -286,8 +343,15 @@ def check_model(model) -> None:
             f"model must be a torch.nn.Module (the model, or torch.compile(model)) or None; got {_check._show(model)}")
 
 
-def _check_activation(model, convert, max_calls, max_bytes) -> None:
+def _check_activation(model, convert, max_calls, max_bytes, mode="eager", queries=None, heads=None) -> None:
     check_model(model)
+    _check.choice("mode", mode, ("eager", "fast"))
+    _check.choice("queries", queries, ("generated", "action"), optional=True)
+    _check.choice("heads", heads, ("mean", "max"), optional=True)
+    if mode == "eager" and (queries is not None or heads is not None):
+        raise _check.ArgumentError(
+            f"queries={queries!r}, heads={heads!r} select at capture time, which mode='fast' does; "
+            "give mode='fast' too (mode='eager' keeps every map whole)")
     if not callable(convert):
         _check.choice("convert", convert, MODES)
     _check.integer("max_calls", max_calls, low=1, high=None, optional=True)

@@ -103,15 +103,22 @@ _ADAPTER = register(Spec(
 ))
 
 
-def activate(model=None, *, convert="numpy", max_calls: Optional[int] = None, max_bytes: Optional[int] = None) -> None:
+def activate(model=None, *, convert="numpy", max_calls: Optional[int] = None, max_bytes: Optional[int] = None,
+             mode: str = "eager", queries: Optional[str] = None, heads: Optional[str] = None) -> None:
     """Capture every attention map of OpenVLA from now on.
 
     Call it before the model is loaded (models built later are switched as
     they are built), or after: ``model`` is switched if given, otherwise every
     model is switched at its first call (``torch.compile(model)`` included). ``convert``,
     ``max_calls`` and ``max_bytes`` go to ``get_local.activate``.
+
+    ``mode='fast'``: the model keeps its attention kernel (nothing is switched);
+    the language model's maps are rebuilt exactly from the softmax inputs, and
+    ``queries='generated'``/``'action'`` (the new tokens of each decode / denoise
+    step) and ``heads='mean'``/``'max'`` select before anything is kept. See the
+    README, "Two capture modes".
     """
-    _ADAPTER.activate(model, convert, max_calls, max_bytes)
+    _ADAPTER.activate(model, convert, max_calls, max_bytes, mode, queries, heads)
 
 
 def deactivate() -> None:
@@ -135,7 +142,8 @@ def is_active() -> bool:
     return _ADAPTER.active
 
 
-def capture(model=None, *, convert="numpy", max_calls: Optional[int] = None, max_bytes: Optional[int] = None):
+def capture(model=None, *, convert="numpy", max_calls: Optional[int] = None, max_bytes: Optional[int] = None,
+            mode: str = "eager", queries: Optional[str] = None, heads: Optional[str] = None):
     """``with openvla.capture(model) as maps:`` activated for the block; ``maps`` is filled when it ends.
 
     >>> with openvla.capture(model) as maps:                                      # doctest: +SKIP
@@ -143,6 +151,7 @@ def capture(model=None, *, convert="numpy", max_calls: Optional[int] = None, max
     >>> maps.steps                                                                 # doctest: +SKIP
     [(0, 'prefill'), (1, 'decode'), ..., (6, 'decode')]
 
-    The same contract as :func:`getlocal.adapters.vit.capture`.
+    The same contract as :func:`getlocal.adapters.vit.capture`; ``mode``,
+    ``queries`` and ``heads`` are those of :func:`activate`.
     """
-    return _ADAPTER.capture(model, convert, max_calls, max_bytes)
+    return _ADAPTER.capture(model, convert, max_calls, max_bytes, mode, queries, heads)

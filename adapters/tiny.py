@@ -244,11 +244,16 @@ class TinyPi0(nn.Module):
 
 
 def pi0(*, dim: int = 32, expert_dim: int = 16, layers: int = 2, heads: int = 2, action_dim: int = 3,
-        image_size: int = IMAGE_SIZE, seed: int = 0) -> TinyPi0:
-    """A Pi0-shaped model: tiny PaliGemma plus a Gemma expert with the same heads and head size."""
+        image_size: int = IMAGE_SIZE, attn_implementation: Optional[str] = "eager", seed: int = 0) -> TinyPi0:
+    """A Pi0-shaped model: tiny PaliGemma plus a Gemma expert with the same heads and head size.
+
+    ``attn_implementation`` is the PaliGemma's (None: transformers' default, sdpa); the
+    expert's denoising attention calls ``eager_attention_forward`` itself, as openpi does.
+    """
     from transformers import GemmaConfig, GemmaForCausalLM
 
-    vlm = paligemma(dim=dim, layers=layers, heads=heads, image_size=image_size, seed=seed)
+    vlm = paligemma(dim=dim, layers=layers, heads=heads, image_size=image_size,
+                    attn_implementation=attn_implementation, seed=seed)
     head_dim = dim // heads
     expert_config = GemmaConfig(hidden_size=expert_dim, intermediate_size=2 * expert_dim, num_hidden_layers=layers,
                                 num_attention_heads=heads, num_key_value_heads=1, head_dim=head_dim, vocab_size=8,

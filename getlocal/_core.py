@@ -31,12 +31,13 @@ _RECORDER_FRAMES = 16
 class _Target:
     """One function that get_local knows about, and the two code objects it switches between."""
 
-    __slots__ = ("func", "names", "key", "original", "twin", "dynamo_flag", "__weakref__")
+    __slots__ = ("func", "names", "key", "original", "twin", "dynamo_flag", "keep", "__weakref__")
 
-    def __init__(self, func, names, key):
+    def __init__(self, func, names, key, keep=None):
         self.func = weakref.ref(func)
         self.names: Tuple[str, ...] = names
         self.key = key
+        self.keep = keep  # keep(owner, {name: raw value}) -> the entry to store, or None
         self.original = func.__code__
         self.twin = None
         self.dynamo_flag = False  # whether we set torch.compile's skip flag on func
@@ -76,8 +77,17 @@ class GetLocal:
 
     # -- the decorator -----------------------------------------------------
 
-    def __call__(self, *names: str):
-        """``@get_local('attn')`` or ``get_local('q', 'k', 'attn')(existing_function)``."""
+    def __call__(self, *names: str, keep: Optional[Callable[[Any, Dict[str, Any]], Any]] = None):
+        """``@get_local('attn')`` or ``get_local('q', 'k', 'attn')(existing_function)``.
+
+        ``keep(owner, {name: value})``, if given, sees the raw locals of each call
+        as the function returns (an unbound one is left out) and
+        returns what the cache holds for that call (then converted), or None to
+        hold nothing: a reduction that runs before anything is kept. An
+        exception in it skips the call with one warning.
+        """
+        if keep is not None and not callable(keep):
+            raise GetLocalError(f"get_local(keep={keep!r}): give a function keep(owner, locals_dict), or None")
         if not names:
             raise GetLocalError("get_local() needs the names of the locals to capture, e.g. @get_local('attn')")
         if len(names) == 1 and callable(names[0]) and not isinstance(names[0], str):
@@ -91,12 +101,12 @@ class GetLocal:
         names = tuple(dict.fromkeys(names))
 
         def decorate(obj):
-            self._watch(obj, names)
+            self._watch(obj, names, keep)
             return obj
 
         return decorate
 
-    def _watch(self, obj, names: Tuple[str, ...]) -> str:
+    def _watch(self, obj, names: Tuple[str, ...], keep=None) -> str:
         """Register ``obj`` (instrumenting it now if capture is on); return its cache key."""
         func = _innermost_function(obj)
         code = func.__code__
@@ -115,8 +125,13 @@ class GetLocal:
             )
         with self._lock:
             target = self._targets.get(func)
+            if target is not None and keep is not target.keep:
+                raise GetLocalError(
+                    f"{func.__qualname__} is already decorated with get_local"
+                    f"{'(keep=...)' if target.keep is not None else ''}; call get_local.remove() on it "
+                    f"before decorating it {'with another keep=' if keep is not None else 'without keep='}")
             if target is None:
-                target = _Target(func, names, self._new_key(func))
+                target = _Target(func, names, self._new_key(func), keep)
                 self._targets[func] = target
                 self._hold(target.key, func)
             elif not set(names) <= set(target.names):
@@ -330,6 +345,8 @@ def _recorders(store: Store, target: _Target):
     """The two calls the instrumented code makes before it returns (see _rewrite)."""
     record = store.recorder(target.key, target.names)
     names, owner_name = target.names, _rewrite.first_argument(target.original)
+    if target.keep is not None:
+        record = _kept(store, target)
 
     if len(names) == 1:
         name = names[0]
@@ -341,6 +358,24 @@ def _recorders(store: Store, target: _Target):
             record(frame_locals.get(owner_name), *[frame_locals.get(n, UNBOUND) for n in names])
 
     return _RECORDERS.named(record), _RECORDERS.named(from_locals)
+
+
+def _kept(store: Store, target: _Target):
+    """``record(owner, *values)`` that stores ``keep(owner, {name: value})`` (see ``get_local(keep=)``)."""
+    store_one = store.recorder(target.key, target.names[:1])
+    keep, names, key = target.keep, target.names, target.key
+
+    def record(owner, *values):
+        try:
+            entry = keep(owner, {n: v for n, v in zip(names, values) if v is not UNBOUND})
+        except Exception as exc:  # a failed reduction must never break the user's forward
+            store._warn_once(("keep", key), f"keep() of {key} raised {exc!r}; the call is skipped", dropping=False)
+            return None
+        if entry is not None:
+            store_one(owner, entry)
+        return None
+
+    return record
 
 
 class _Recorders:

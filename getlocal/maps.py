@@ -184,6 +184,39 @@ class TokenLayout:
         )
 
 
+class Lazy:
+    """A map not computed yet: ``shape`` is known, ``materialize()`` computes the array.
+
+    ``AttentionMap.array`` computes it on first access and keeps the result.
+    The adapters' ``mode='fast'`` stores the softmax inputs (query, key, mask,
+    scale) this way instead of the map.
+    """
+
+    shape: Tuple[int, ...] = ()
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def materialize(self):
+        raise NotImplementedError
+
+
+class _ArrayField:
+    """``AttentionMap.array``: the stored value, a ``Lazy`` one computed (once) when first read."""
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        value = obj.__dict__["_array"]
+        if isinstance(value, Lazy):
+            value = obj.__dict__["_array"] = value.materialize()
+        return value
+
+    def __set__(self, obj, value):
+        obj.__dict__["_array"] = value
+
+
 @dataclass
 class AttentionMap:
     """One post-softmax attention map ``[batch, heads, queries, keys]`` and where it came from.
@@ -226,7 +259,7 @@ class AttentionMap:
 
     @property
     def shape(self) -> Tuple[int, ...]:
-        return tuple(self.array.shape)
+        return tuple(self.__dict__["_array"].shape)  # a Lazy one knows its shape without computing
 
     def between(self, query: str, key: str, camera: Optional[str] = None):
         """The block of the map from query tokens of kind ``query`` to key tokens of kind ``key``.
@@ -254,6 +287,9 @@ class AttentionMap:
     def __repr__(self):
         return (f"AttentionMap({self.tower} layer {self.layer}, step {self.step} {self.phase}, "
                 f"shape {self.shape}, path {self.path!r})")
+
+
+AttentionMap.array = _ArrayField()  # set after @dataclass: its __init__ assigns through it
 
 
 @dataclass

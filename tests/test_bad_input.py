@@ -53,6 +53,21 @@ def _wrong_values(seed: int):
     ]
 
 
+class _Ready:
+    """A ``maps.Lazy`` whose map is known (the adapters' mode='fast' subclasses it)."""
+
+    def __new__(cls):
+        from getlocal.maps import Lazy
+
+        class Ready(Lazy):
+            shape = (1, 1, 1, 1)
+
+            def materialize(self):
+                return np.ones(self.shape)
+
+        return Ready()
+
+
 def _public(module):
     """``{qualified name: function}`` of a module's public functions and of its public classes' methods."""
     names = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
@@ -87,6 +102,7 @@ def _baselines(tmp):
     fig = plt.figure()
     P, M, PL = "getlocal.patterns", "getlocal.maps", "getlocal.plot"
     rows = {
+        f"{M}.Lazy.materialize": (_Ready().materialize, {}),
         f"{M}.TokenLayout.find": (prompt.find, {"kind": "image", "camera": None}),
         f"{M}.TokenLayout.indices": (prompt.indices, {"kind": "text"}),
         f"{M}.TokenLayout.image": (prompt.image, {}),

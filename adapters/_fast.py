@@ -1,0 +1,170 @@
+"""``mode='fast'``: the model keeps its attention kernel; maps are rebuilt from the softmax inputs.
+
+transformers calls one function per kernel (``sdpa_attention_forward``,
+``eager_attention_forward``, ...) with ``query`` (after the rotary embedding),
+``key`` (the whole cache), ``attention_mask`` and ``scaling`` as arguments.
+``get_local(..., keep=)`` sees those locals as the function returns and keeps:
+
+* a call whose queries attend to more keys than there are queries (a decode
+  step, Pi0's denoising suffix): the selected rows, computed now, so no copy of
+  the key cache is kept per step;
+* any other call (a prefill, a vision encoder): ``query``, ``key`` and the mask,
+  as a ``Rebuild`` whose map is computed on the first read of ``AttentionMap.array``;
+* a call that the selection (``queries=``) leaves out: its shape and padding only.
+
+The rebuild is eager's own arithmetic on the same tensors: ``repeat_kv`` for
+grouped-query keys, ``matmul(query, key^T) * scaling + mask`` in the query's
+dtype (a boolean mask made additive with the dtype's minimum, as transformers'
+eager mask is), softmax in float32, cast back to the query's dtype. An eager
+kernel (``attn_weights`` exists: Gemma 2's soft-capping included) is read
+as it is. Only torch code here; imported when an adapter activates in this mode.
+"""
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+
+from getlocal.maps import Lazy
+
+MODES = ("eager", "fast")
+QUERIES = ("generated", "action")  # the new tokens of a decode / denoise step
+HEADS = ("mean", "max")
+
+#: The locals of ``sdpa_attention_forward`` a rebuild needs (those a version lacks are left out).
+SDPA_LOCALS = ("query", "key", "attention_mask", "scaling", "is_causal", "q_length", "kv_length")
+EAGER_LOCALS = ("attn_weights",)
+
+
+class Skipped(Lazy):
+    """A call the selection leaves out: its shape (for labelling) and its prompt padding, no data."""
+
+    def __init__(self, shape, padding):
+        self.shape, self.padding = tuple(shape), padding
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.padding is None else int(self.padding.nbytes)
+
+    def materialize(self):  # collect() drops these maps; reaching here is a bug
+        raise RuntimeError("a map left out by the selection has no data")
+
+
+class Rebuild(Lazy):
+    """query, key, mask of one call; the ``[B, H, Q, K]`` map computed on first read (see the module doc)."""
+
+    def __init__(self, query, key, mask, scaling, causal, kv_length, heads, convert, padding):
+        self.query, self.key, self.mask = query, key, mask
+        self.scaling, self.causal, self.kv_length, self.heads = scaling, causal, kv_length, heads
+        self.convert, self.padding = convert, padding
+        b, h, q = query.shape[:3]
+        self.shape = (b, 1 if heads else h, q, kv_length)
+
+    @property
+    def nbytes(self) -> int:
+        held = [t for t in (self.query, self.key, self.mask) if t is not None]
+        return sum(t.numel() * t.element_size() for t in held) + (0 if self.padding is None else int(self.padding.nbytes))
+
+    def materialize(self):
+        with torch.no_grad():
+            weights = softmax_rows(self.query, self.key, self.mask, self.scaling, self.causal, self.kv_length)
+        return self.convert(reduce_heads(weights, self.heads))
+
+
+def softmax_rows(query, key, mask, scaling, causal: bool, kv_length: int):
+    """Eager's attention weights ``[B, H, Q, kv_length]`` from the softmax inputs of one call."""
+    heads, q_len = query.shape[1], query.shape[2]
+    if key.shape[1] != heads:  # grouped-query keys, shared as repeat_kv shares them
+        n = heads // key.shape[1]
+        b, hk, k_len, d = key.shape
+        key = key[:, :, None].expand(b, hk, n, k_len, d).reshape(b, hk * n, k_len, d)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    k_len = key.shape[2]
+    if mask is None and causal:  # sdpa's is_causal: aligned to the top left
+        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril()[None, None]
+    if mask is not None:
+        if mask.dtype == torch.bool:  # as transformers' eager mask: 0 where seen, the dtype's minimum elsewhere
+            mask = torch.zeros(mask.shape, dtype=scores.dtype, device=mask.device).masked_fill(
+                ~mask, torch.finfo(scores.dtype).min)
+        scores = scores + mask[..., :k_len]
+    weights = torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if kv_length > k_len:  # sdpa cut the keys no query could see (prefill into a longer static cache)
+        weights = torch.nn.functional.pad(weights, (0, kv_length - k_len))
+    return weights
+
+
+def reduce_heads(weights, heads: Optional[str]):
+    """``weights`` as they are, or their mean / max over heads in float32 (``[B, 1, Q, K]``)."""
+    if heads is None:
+        return weights
+    w = weights.float()
+    return w.mean(1, keepdim=True) if heads == "mean" else w.amax(1, keepdim=True)
+
+
+def padding_of(mask, q_len: int, k_len: int):
+    """``[B, K]`` numpy bool: keys that every query which sees anything does not see, or None.
+
+    The same rule ``_labels._padding`` applies to eager maps (a zero column), read off the mask.
+    """
+    if mask is None:
+        return None
+    visible = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    visible = visible[..., -q_len:, :k_len].reshape(visible.shape[0], -1, q_len, k_len).any(1)  # [B, Q, K]
+    seeing = visible.any(-1, keepdim=True)  # rows whose keys are not all masked
+    hidden = (~visible | ~seeing).all(1)
+    return hidden.cpu().numpy() if bool(hidden.any()) else None
+
+
+def _padding_of_weights(weights):
+    w = weights.float()
+    uniform = w.amax(-1, keepdim=True) == w.amin(-1, keepdim=True)
+    hidden = ((w == 0) | uniform).all(1).all(1)  # [B, K]
+    return hidden.cpu().numpy() if bool(hidden.any()) else None
+
+
+class Fast:
+    """The ``keep`` functions of one activation: what each call holds, given the selection."""
+
+    def __init__(self, convert: Callable[[Any], Any], to_host: bool, queries: Optional[str], heads: Optional[str]):
+        self.convert, self.to_host, self.queries, self.heads = convert, to_host, queries, heads
+
+    def _hold(self, t):
+        if t is None:
+            return None
+        t = t.detach()
+        return t.to("cpu", copy=True) if self.to_host else t.clone()
+
+    def _selected(self, q_len: int, k_len: int) -> bool:
+        return self.queries is None or q_len < k_len
+
+    def keep_sdpa(self, owner, values: Dict[str, Any]):
+        query, key = values["query"], values["key"]
+        mask = values.get("attention_mask")
+        q_len = values.get("q_length", query.shape[2])
+        if query.shape[2] != q_len:  # pack_gqa folded the heads of one query: [B, H/n, n, D]
+            query = query.reshape(query.shape[0], -1, q_len, query.shape[-1])
+        if mask is not None and mask.shape[-2] != q_len and mask.shape[-2] != 1:
+            mask = mask.reshape(mask.shape[0], -1, q_len, mask.shape[-1])
+        kv_length = values.get("kv_length", key.shape[2])
+        causal = bool(values.get("is_causal", False)) and mask is None
+        shape = (query.shape[0], 1 if self.heads else query.shape[1], q_len, kv_length)
+        padding = padding_of(mask, q_len, key.shape[2]) if q_len == kv_length else None
+        if not self._selected(q_len, kv_length):
+            return Skipped(shape, padding)
+        scaling = values.get("scaling")
+        if q_len < kv_length:  # a step over cached keys: its rows now, never a copy of the cache
+            with torch.no_grad():
+                weights = softmax_rows(query, key, mask, scaling, causal, kv_length)
+            return self.convert(reduce_heads(weights, self.heads))
+        return Rebuild(self._hold(query), self._hold(key), self._hold(mask), scaling, causal, kv_length,
+                       self.heads, self.convert, padding)
+
+    def keep_eager(self, owner, values: Dict[str, Any]):
+        weights = values.get("attn_weights")
+        if weights is None or getattr(weights, "ndim", 0) != 4:
+            return None
+        q_len, k_len = weights.shape[-2:]
+        if not self._selected(q_len, k_len):
+            return Skipped((weights.shape[0], 1 if self.heads else weights.shape[1], q_len, k_len),
+                           _padding_of_weights(weights) if q_len == k_len else None)
+        return self.convert(reduce_heads(weights.detach(), self.heads))

@@ -1,0 +1,229 @@
+"""mode='fast': the model keeps its attention kernel, and the maps equal eager's.
+
+Every test pairs a model on transformers' default kernel (sdpa) with an eager
+copy of the same weights, on batch 2 with padding where the tiny model supports it.
+"""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from getlocal import GetLocalError, get_local  # noqa: E402
+from getlocal.adapters import openvla, paligemma, tiny  # noqa: E402
+from getlocal.maps import Lazy  # noqa: E402
+
+try:
+    from transformers.integrations import sdpa_attention  # noqa: F401
+    from transformers.models.llama.modeling_llama import eager_attention_forward  # noqa: F401
+    FAST = True
+except ImportError:
+    FAST = False
+
+needs_fast = pytest.mark.skipif(
+    not FAST, reason=f"mode='fast' needs transformers' attention interface (>= 4.48); this is {transformers.__version__}")
+pytestmark = pytest.mark.usefixtures("adapters_off")
+
+TOLERANCE = 1e-5  # float32: fast and eager differ only in the order of float operations (measured ~1e-7)
+
+
+def _llm_pair():
+    """The tiny OpenVLA's Llama on sdpa (transformers' default) and an eager copy of it."""
+    fast = tiny.openvla(attn_implementation=None).language_model
+    eager = tiny.openvla(attn_implementation="eager").language_model
+    eager.load_state_dict(fast.state_dict())
+    return fast, eager
+
+
+def _padded_prompt(batch=2, length=9, pad=3):
+    """Left-padded token ids and mask: item 0 pads its first ``pad`` positions, item 1 none."""
+    ids = torch.randint(3, 128, (batch, length), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(batch, length, dtype=torch.long)
+    ids[0, :pad], mask[0, :pad] = 0, 0
+    return ids, mask
+
+
+def _generate(llm, ids, mask, n=4):
+    return llm.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
+                        min_new_tokens=n, pad_token_id=0)
+
+
+def _max_difference(fast_maps, eager_maps):
+    assert len(fast_maps) == len(eager_maps) > 0
+    worst = 0.0
+    for a, b in zip(fast_maps, eager_maps):
+        assert (a.tower, a.layer, a.step, a.phase, a.shape) == (b.tower, b.layer, b.step, b.phase, b.shape)
+        worst = max(worst, float(np.abs(np.asarray(a.array) - np.asarray(b.array)).max()))
+    return worst
+
+
+@needs_fast
+def test_fast_llama_maps_equal_eager_every_layer_prefill_and_decode_with_padding():
+    fast, eager = _llm_pair()
+    ids, mask = _padded_prompt()
+    with openvla.capture(fast, mode="fast") as fm:
+        _generate(fast, ids, mask)
+    with openvla.capture(eager) as em:
+        _generate(eager, ids, mask)
+    assert [p for _, p in fm.steps] == ["prefill", "decode", "decode", "decode"]
+    assert len(fm) == 2 * 4  # every layer of every step
+    worst = _max_difference(fm, em)
+    assert worst <= TOLERANCE, f"fast vs eager: max |difference| {worst:.3g}"
+    for m in fm:
+        a = np.asarray(m.array)
+        real_rows = a[0, :, 3:] if m.phase == "prefill" else a[0]  # a padded query sees nothing: uniform, as eager
+        assert (real_rows[..., :3] == 0).all(), "the padded keys of item 0 must weigh exactly 0"
+        if m.phase == "prefill":
+            assert m.padding is not None and m.padding[0, :3].all() and not m.padding[1].any()
+            real = a[1]  # item 1 has no padding: every row is a real token
+            assert (np.triu(real, 1) == 0).all(), "a decoder's map is exactly 0 above the diagonal"
+            assert (np.triu(a[0, :, 3:, 3:], 1) == 0).all()
+
+
+@needs_fast
+def test_fast_prefill_map_is_rebuilt_on_first_read_from_fewer_bytes():
+    fast, _ = _llm_pair()
+    ids, mask = _padded_prompt(length=40, pad=0)
+    with openvla.capture(fast, mode="fast") as maps:
+        fast(input_ids=ids, attention_mask=mask)
+    m = maps[0]
+    pending = m.__dict__["_array"]
+    assert isinstance(pending, Lazy) and m.shape == (2, 4, 40, 40)
+    assert pending.nbytes < 2 * 4 * 40 * 40 * 4  # query + key (2 of the 4 heads: GQA) < the float32 map
+    array = m.array
+    assert array.shape == (2, 4, 40, 40) and m.array is array  # computed once, then kept
+    np.testing.assert_allclose(array.sum(-1), 1, atol=1e-5)
+
+
+@needs_fast
+def test_fast_mode_leaves_openvla_outputs_and_kernel_untouched():
+    model = tiny.openvla(attn_implementation=None)
+    fused_before = [b.attn.fused_attn for b in model.vision_backbone.featurizer.blocks]
+    pixels, ids = tiny.openvla_inputs(model, batch=2)
+    with torch.no_grad():
+        logits = model(pixels, ids).logits
+    generated = tiny.generate(model, pixels, ids)
+    with openvla.capture(model, mode="fast") as maps:
+        with torch.no_grad():
+            logits_fast = model(pixels, ids).logits
+        generated_fast = tiny.generate(model, pixels, ids)
+        assert model.language_model.config._attn_implementation == "sdpa"  # during the block too
+        assert [b.attn.fused_attn for b in model.vision_backbone.featurizer.blocks] == fused_before
+    assert torch.equal(logits, logits_fast), "mode='fast' must not change a single bit of the logits"
+    assert torch.equal(generated, generated_fast)
+    assert model.language_model.config._attn_implementation == "sdpa"
+    assert maps.towers == ["llm"]  # the timm towers stay fused, so uncaptured in this mode
+    assert len(maps) == 2 * (1 + 7)  # 2 layers: the forward, then generate's prefill and 6 decode steps
+
+
+@needs_fast
+def test_fast_paligemma_language_and_siglip_maps_equal_eager_and_outputs_unchanged():
+    fast = tiny.paligemma(attn_implementation=None)
+    eager = tiny.paligemma()
+    eager.load_state_dict(fast.state_dict())
+    ids, pixels = tiny.paligemma_inputs(fast, batch=2)
+    # token_type_ids as the processor gives them: without, transformers 5 runs this sdpa model's prefix
+    # bidirectionally (no mask, module.is_causal False) and the eager one causally; mode='fast' shows sdpa's
+    kwargs = dict(input_ids=ids, pixel_values=pixels, token_type_ids=torch.zeros_like(ids), do_sample=False,
+                  max_new_tokens=3, min_new_tokens=3)
+    reference = fast.generate(**kwargs)
+    with paligemma.capture(fast, mode="fast") as fm:
+        out = fast.generate(**kwargs)
+    assert torch.equal(reference, out)
+    assert fast.config.text_config._attn_implementation == "sdpa"
+    with paligemma.capture(eager) as em:
+        eager.generate(**kwargs)
+    assert fm.towers == ["vision", "language"]
+    worst = _max_difference(fm, em)
+    assert worst <= TOLERANCE, f"fast vs eager: max |difference| {worst:.3g}"
+
+
+@needs_fast
+def test_fast_pi0_prefix_and_denoise_maps_equal_eager_and_actions_unchanged():
+    fast = tiny.pi0(attn_implementation=None)
+    eager = tiny.pi0()
+    eager.load_state_dict(fast.state_dict())
+    images, ids, state = tiny.pi0_inputs(fast, batch=2, lengths=[4, 2])
+    mask = ids != 0
+    reference = fast.sample_actions(images, ids, state, attention_mask=mask)
+    with paligemma.capture(fast, mode="fast", state_tokens=1) as fm:
+        actions = fast.sample_actions(images, ids, state, attention_mask=mask)
+    assert torch.equal(reference, actions)
+    with paligemma.capture(eager, state_tokens=1) as em:
+        eager.sample_actions(images, ids, state, attention_mask=mask)
+    assert [p for _, p in fm.steps] == ["prefix", "denoise", "denoise", "denoise"]
+    worst = _max_difference(fm, em)
+    assert worst <= TOLERANCE, f"fast vs eager: max |difference| {worst:.3g}"
+    prefix = fm.select(tower="language", phase="prefix")[0]
+    assert prefix.padding is not None and prefix.padding[1, -2:].all() and not prefix.padding[0].any()
+    for m in fm.select(tower="expert"):
+        assert (np.asarray(m.array)[1][..., prefix.padding[1].nonzero()[0]] == 0).all()
+
+
+def _held_bytes(adapter_keys):
+    return sum(int(v.nbytes) for key in adapter_keys for v in get_local.cache.get(key, ()))
+
+
+@needs_fast
+@pytest.mark.parametrize("heads", [None, "mean", "max"])
+def test_fast_selection_keeps_generated_rows_only_and_they_equal_the_full_map(heads):
+    fast, _ = _llm_pair()
+    ids, mask = _padded_prompt()
+    with openvla.capture(fast, mode="fast") as full:
+        _generate(fast, ids, mask)
+    get_local.clear()
+    with openvla.capture(fast, mode="fast", queries="generated", heads=heads) as chosen:
+        _generate(fast, ids, mask)
+        keys = [k for k in get_local.cache if "attention_forward" in k]
+    held = _held_bytes(keys)
+    decode = full.select(phase="decode")
+    assert [m.phase for m in chosen] == ["decode"] * len(decode)
+    worst = 0.0
+    for a, b in zip(chosen, decode):
+        rows = np.asarray(b.array)
+        if heads is not None:
+            rows = rows.mean(1, keepdims=True) if heads == "mean" else rows.max(1, keepdims=True)
+        assert a.shape == rows.shape and a.keys == b.keys and a.queries == b.queries
+        worst = max(worst, float(np.abs(np.asarray(a.array) - rows).max()))
+    assert worst <= 1e-6, f"selected rows vs the full map: max |difference| {worst:.3g}"
+    # what the selection implies: batch x heads kept x 1 query x keys of each decode map, float32;
+    # the prefill holds only its [batch, keys] padding
+    implied = sum(m.shape[0] * (1 if heads else 4) * 1 * m.shape[-1] * 4 for m in decode)
+    padding = 2 * 2 * ids.shape[1]  # two prefill layers, [2, 9] bool
+    assert held == implied + padding, (held, implied, padding)
+    if heads:
+        assert held < 4 * 1024  # kilobytes for every layer of every step
+
+
+@needs_fast
+def test_fast_selection_action_keeps_the_denoise_rows():
+    model = tiny.pi0(attn_implementation=None)
+    images, ids, state = tiny.pi0_inputs(model, batch=2)
+    with paligemma.capture(model, mode="fast", queries="action", heads="mean", state_tokens=1) as maps:
+        model.sample_actions(images, ids, state)
+    assert {m.phase for m in maps} == {"denoise"} and {m.tower for m in maps} == {"expert"}
+    assert all(m.shape[1] == 1 and len(m.queries.find("action")) == 1 for m in maps)
+
+
+@needs_fast
+def test_fast_mode_refuses_a_kernel_it_cannot_rebuild_naming_the_module_and_the_way_out():
+    llm, _ = _llm_pair()
+    llm.config._attn_implementation_internal = "flash_attention_2"
+    with pytest.raises(GetLocalError, match=r"LlamaAttention \(model\.layers\.0\.self_attn\).*mode='eager'"):
+        openvla.activate(llm, mode="fast")
+    assert not openvla.is_active()
+
+
+def test_selection_without_fast_mode_is_refused_before_anything_changes():
+    with pytest.raises(ValueError, match="mode='fast'"):
+        openvla.capture(queries="generated")
+    with pytest.raises(ValueError, match="mode="):
+        openvla.activate(mode="quick")
+    assert not openvla.is_active()
+
+
+@pytest.mark.skipif(FAST, reason="this transformers has an attention interface: mode='fast' is supported")
+def test_fast_mode_on_old_transformers_names_the_module_and_the_way_out():
+    with pytest.raises(GetLocalError, match=r"LlamaAttention.*mode='eager'"):
+        openvla.activate(mode="fast")
+    assert not openvla.is_active()
