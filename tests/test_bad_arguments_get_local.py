@@ -49,6 +49,8 @@ def _call(entry, value):
         return get_local(value)
     if entry == "get_local('attn')(obj)":
         return get_local("attn")(value)
+    if entry == "get_local('attn', keep=)":
+        return get_local("attn", keep=value)
     if entry == "activate(convert)":
         return get_local.activate(value)
     if entry == "activate(max_calls)":
@@ -75,6 +77,7 @@ def _call(entry, value):
 _ENTRIES = {
     "get_local(name)": ("get_local(",),
     "get_local('attn')(obj)": ("get_local", "no local 'attn'"),
+    "get_local('attn', keep=)": ("keep=",),
     "activate(convert)": ("convert=",),
     "activate(max_calls)": ("max_calls=",),
     "activate(max_bytes)": ("max_bytes=",),
@@ -87,6 +90,7 @@ _ENTRIES = {
 
 # Values that are valid for an entry point (it must then succeed).
 _VALID = {
+    "get_local('attn', keep=)": lambda v: v is None or callable(v),
     "activate(convert)": lambda v: callable(v),
     "capture(convert)": lambda v: callable(v),
     "activate(max_calls)": lambda v: v is None or (type(v) is int and v >= 1),
