@@ -162,17 +162,6 @@ def test_sdpa_model_is_switched_to_eager_and_everything_is_restored():
     assert not get_local.is_active()
 
 
-def test_activate_without_a_model_finds_the_live_instances():
-    model = tiny.openvla(attn_implementation=None)
-    pixels, ids = tiny.openvla_inputs(model)
-    openvla.activate()
-    with torch.no_grad():
-        model(pixels, ids)
-    maps = openvla.collect()
-    assert maps.towers == ["dinov2", "siglip", "llm"]
-    assert maps.select(tower="llm")[0].path == "language_model.model.layers.0.self_attn"
-
-
 def test_activate_before_loading_switches_models_loaded_later(tmp_path):
     saved = tiny.openvla().language_model
     saved.save_pretrained(tmp_path)
