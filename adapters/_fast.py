@@ -8,8 +8,10 @@ transformers calls one function per kernel (``sdpa_attention_forward``,
 * a call whose queries attend to more keys than there are queries (a decode
   step, Pi0's denoising suffix): the selected rows, computed now, so no copy of
   the key cache is kept per step;
-* any other call (a prefill, a vision encoder): ``query``, ``key`` and the mask,
-  as a ``Rebuild`` whose map is computed on the first read of ``AttentionMap.array``;
+* any other call (a prefill, a vision encoder): its map now if that is no larger
+  than ``query`` and ``key`` (a short prompt, a head-reduced map), else ``query``,
+  ``key`` and the mask (one copy per mask, shared by the layers of a forward) as a
+  ``Rebuild`` whose map is computed on the first read of ``AttentionMap.array``;
 * a call that the selection (``queries=``) leaves out: its shape and padding only.
 
 The rebuild is eager's own arithmetic on the same tensors: ``repeat_kv`` for
@@ -19,6 +21,9 @@ eager mask is), softmax in float32, cast back to the query's dtype. An eager
 kernel (``attn_weights`` exists: Gemma 2's soft-capping included) is read
 as it is. Only torch code here; imported when an adapter activates in this mode.
 """
+import functools
+import math
+import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -49,23 +54,20 @@ class Skipped(Lazy):
 
 
 class Rebuild(Lazy):
-    """query, key, mask of one call; the ``[B, H, Q, K]`` map computed on first read (see the module doc)."""
+    """The softmax inputs of one call; its map ``rows(*inputs)`` computed on first read (see the module doc)."""
 
-    def __init__(self, query, key, mask, scaling, causal, kv_length, heads, convert, padding):
-        self.query, self.key, self.mask = query, key, mask
-        self.scaling, self.causal, self.kv_length, self.heads = scaling, causal, kv_length, heads
-        self.convert, self.padding = convert, padding
-        b, h, q = query.shape[:3]
-        self.shape = (b, 1 if heads else h, q, kv_length)
+    def __init__(self, rows: Callable[..., Any], inputs: Tuple[Any, ...], shape, heads, convert, padding):
+        self.rows, self.inputs, self.shape = rows, inputs, tuple(shape)
+        self.heads, self.convert, self.padding = heads, convert, padding
 
     @property
     def nbytes(self) -> int:
-        held = [t for t in (self.query, self.key, self.mask) if t is not None]
+        held = [t for t in self.inputs if isinstance(t, torch.Tensor)]
         return sum(t.numel() * t.element_size() for t in held) + (0 if self.padding is None else int(self.padding.nbytes))
 
     def materialize(self):
         with torch.no_grad():
-            weights = softmax_rows(self.query, self.key, self.mask, self.scaling, self.causal, self.kv_length)
+            weights = self.rows(*self.inputs)
         return self.convert(reduce_heads(weights, self.heads))
 
 
@@ -125,14 +127,48 @@ def _padding_of_weights(weights):
 class Fast:
     """The ``keep`` functions of one activation: what each call holds, given the selection."""
 
-    def __init__(self, convert: Callable[[Any], Any], to_host: bool, queries: Optional[str], heads: Optional[str]):
+    def __init__(self, convert: Callable[[Any], Any], to_host: bool, queries: Optional[str], heads: Optional[str],
+                 numpy: bool = False):
         self.convert, self.to_host, self.queries, self.heads = convert, to_host, queries, heads
+        self.numpy = numpy  # convert='numpy': half-precision maps are kept as float32
+        self._masks: list = []  # (source mask, its version, the copy held): one copy per mask, not per layer
 
     def _hold(self, t):
         if t is None:
             return None
         t = t.detach()
         return t.to("cpu", copy=True) if self.to_host else t.clone()
+
+    def _hold_mask(self, mask):
+        """The held copy of ``mask``: transformers passes one mask object to every layer of a forward."""
+        if mask is None:
+            return None
+        for ref, version, held in self._masks:
+            if ref() is mask and mask._version == version:
+                return held
+        held = self._hold(mask)
+        self._masks = [entry for entry in self._masks[-3:] if entry[0]() is not None]  # Gemma 2/3: two masks
+        self._masks.append((weakref.ref(mask), mask._version, held))
+        return held
+
+    def _map_bytes(self, shape, dtype) -> int:
+        size = 4 if self.heads or (self.numpy and dtype in (torch.float16, torch.bfloat16)) else dtype.itemsize
+        return math.prod(shape) * size
+
+    def whole(self, rows: Callable[..., Any], inputs: Tuple[Any, ...], mask, shape, padding):
+        """A call whose every row is kept: its map now if that is no larger than its inputs, else a ``Rebuild``.
+
+        ``inputs`` are the tensors ``rows(*inputs, mask)`` needs besides the mask
+        (query and key at OpenVLA's prefill length are about the size of the map;
+        a head-reduced map, or a short prompt, is smaller than they are).
+        """
+        held = sum(t.numel() * t.element_size() for t in inputs if isinstance(t, torch.Tensor))
+        if self._map_bytes(shape, inputs[0].dtype) <= held:
+            with torch.no_grad():
+                weights = rows(*inputs, mask)
+            return self.convert(reduce_heads(weights, self.heads))
+        kept = tuple(self._hold(t) if isinstance(t, torch.Tensor) else t for t in inputs)
+        return Rebuild(rows, kept + (self._hold_mask(mask),), shape, self.heads, self.convert, padding)
 
     def _selected(self, q_len: int, k_len: int) -> bool:
         return self.queries is None or q_len < k_len
@@ -151,13 +187,12 @@ class Fast:
         padding = padding_of(mask, q_len, key.shape[2]) if q_len == kv_length else None
         if not self._selected(q_len, kv_length):
             return Skipped(shape, padding)
-        scaling = values.get("scaling")
+        rows = functools.partial(softmax_rows, scaling=values.get("scaling"), causal=causal, kv_length=kv_length)
         if q_len < kv_length:  # a step over cached keys: its rows now, never a copy of the cache
             with torch.no_grad():
-                weights = softmax_rows(query, key, mask, scaling, causal, kv_length)
+                weights = rows(query, key, mask)
             return self.convert(reduce_heads(weights, self.heads))
-        return Rebuild(self._hold(query), self._hold(key), self._hold(mask), scaling, causal, kv_length,
-                       self.heads, self.convert, padding)
+        return self.whole(rows, (query, key), mask, shape, padding)
 
     def keep_eager(self, owner, values: Dict[str, Any]):
         weights = values.get("attn_weights")

@@ -113,7 +113,7 @@ class Adapter:
             from . import _fast
 
             to_host = not callable(convert) and convert in ("numpy", "cpu")
-            fast = _fast.Fast(converter(convert), to_host, self.mode[1], self.mode[2])
+            fast = _fast.Fast(converter(convert), to_host, self.mode[1], self.mode[2], numpy=convert == "numpy")
             targets = [t for source in self._sources() for t in source.fast_targets(fast)]
         else:
             targets = [(func, (local,), None) for source in self.spec.sources for func, local in source.targets()]
