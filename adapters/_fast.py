@@ -165,12 +165,19 @@ class Fast:
         held = sum(t.numel() * t.element_size() for t in inputs if isinstance(t, torch.Tensor))
         if self._map_bytes(shape, inputs[0].dtype) <= held:
             with torch.no_grad():
-                weights = rows(*inputs, mask)
-            return self.convert(reduce_heads(weights, self.heads))
+                return self.finish(rows(*inputs, mask))
         kept = tuple(self._hold(t) if isinstance(t, torch.Tensor) else t for t in inputs)
         return Rebuild(rows, kept + (self._hold_mask(mask),), shape, self.heads, self.convert, padding)
 
-    def _selected(self, q_len: int, k_len: int) -> bool:
+    def finish(self, weights):
+        """What is kept of a map computed now: the selection applied, then ``convert``."""
+        return self.convert(reduce_heads(weights.detach(), self.heads))
+
+    def kept_shape(self, batch: int, heads: int, q_len: int, k_len: int) -> Tuple[int, int, int, int]:
+        return (batch, 1 if self.heads else heads, q_len, k_len)
+
+    def wanted(self, owner, q_len: int, k_len: int) -> bool:
+        """Whether the selection keeps anything of this call (else it is kept as ``Skipped``, for labels)."""
         return self.queries is None or q_len < k_len
 
     def keep_sdpa(self, owner, values: Dict[str, Any]):
@@ -183,15 +190,14 @@ class Fast:
             mask = mask.reshape(mask.shape[0], -1, q_len, mask.shape[-1])
         kv_length = values.get("kv_length", key.shape[2])
         causal = bool(values.get("is_causal", False)) and mask is None
-        shape = (query.shape[0], 1 if self.heads else query.shape[1], q_len, kv_length)
+        shape = self.kept_shape(query.shape[0], query.shape[1], q_len, kv_length)
         padding = padding_of(mask, q_len, key.shape[2]) if q_len == kv_length else None
-        if not self._selected(q_len, kv_length):
+        if not self.wanted(owner, q_len, kv_length):
             return Skipped(shape, padding)
         rows = functools.partial(softmax_rows, scaling=values.get("scaling"), causal=causal, kv_length=kv_length)
         if q_len < kv_length:  # a step over cached keys: its rows now, never a copy of the cache
             with torch.no_grad():
-                weights = rows(query, key, mask)
-            return self.convert(reduce_heads(weights, self.heads))
+                return self.finish(rows(query, key, mask))
         return self.whole(rows, (query, key), mask, shape, padding)
 
     def keep_eager(self, owner, values: Dict[str, Any]):
@@ -199,7 +205,7 @@ class Fast:
         if weights is None or getattr(weights, "ndim", 0) != 4:
             return None
         q_len, k_len = weights.shape[-2:]
-        if not self._selected(q_len, k_len):
-            return Skipped((weights.shape[0], 1 if self.heads else weights.shape[1], q_len, k_len),
+        if not self.wanted(owner, q_len, k_len):
+            return Skipped(self.kept_shape(weights.shape[0], weights.shape[1], q_len, k_len),
                            _padding_of_weights(weights) if q_len == k_len else None)
-        return self.convert(reduce_heads(weights.detach(), self.heads))
+        return self.finish(weights)
