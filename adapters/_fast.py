@@ -30,35 +30,19 @@ import torch
 
 from getlocal.maps import Lazy
 
-MODES = ("eager", "fast")
-QUERIES = ("generated", "action")  # the new tokens of a decode / denoise step
-HEADS = ("mean", "max")
+from ._labels import Rows, Skipped
 
 #: The locals of ``sdpa_attention_forward`` a rebuild needs (those a version lacks are left out).
 SDPA_LOCALS = ("query", "key", "attention_mask", "scaling", "is_causal", "q_length", "kv_length")
 EAGER_LOCALS = ("attn_weights",)
 
 
-class Skipped(Lazy):
-    """A call the selection leaves out: its shape (for labelling) and its prompt padding, no data."""
-
-    def __init__(self, shape, padding):
-        self.shape, self.padding = tuple(shape), padding
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.padding is None else int(self.padding.nbytes)
-
-    def materialize(self):  # collect() drops these maps; reaching here is a bug
-        raise RuntimeError("a map left out by the selection has no data")
-
-
 class Rebuild(Lazy):
     """The softmax inputs of one call; its map ``rows(*inputs)`` computed on first read (see the module doc)."""
 
-    def __init__(self, rows: Callable[..., Any], inputs: Tuple[Any, ...], shape, heads, convert, padding):
+    def __init__(self, rows: Callable[..., Any], inputs: Tuple[Any, ...], shape, finish, padding):
         self.rows, self.inputs, self.shape = rows, inputs, tuple(shape)
-        self.heads, self.convert, self.padding = heads, convert, padding
+        self.finish, self.padding = finish, padding
 
     @property
     def nbytes(self) -> int:
@@ -67,8 +51,10 @@ class Rebuild(Lazy):
 
     def materialize(self):
         with torch.no_grad():
-            weights = self.rows(*self.inputs)
-        return self.convert(reduce_heads(weights, self.heads))
+            return self.finish(self.rows(*self.inputs))
+
+    def parts(self):
+        return self.inputs + (self.padding,)
 
 
 def softmax_rows(query, key, mask, scaling, causal: bool, kv_length: int):
@@ -95,10 +81,12 @@ def softmax_rows(query, key, mask, scaling, causal: bool, kv_length: int):
     return weights
 
 
-def reduce_heads(weights, heads: Optional[str]):
-    """``weights`` as they are, or their mean / max over heads in float32 (``[B, 1, Q, K]``)."""
+def reduce_heads(weights, heads):
+    """``weights`` as they are, the heads listed, or their mean / max over heads in float32 (``[B, 1, Q, K]``)."""
     if heads is None:
         return weights
+    if not isinstance(heads, str):
+        return weights[:, list(heads)]
     w = weights.float()
     return w.mean(1, keepdim=True) if heads == "mean" else w.amax(1, keepdim=True)
 
@@ -125,12 +113,24 @@ def _padding_of_weights(weights):
 
 
 class Fast:
-    """The ``keep`` functions of one activation: what each call holds, given the selection."""
+    """The ``keep`` functions of one activation: what each call holds, given the selection.
 
-    def __init__(self, convert: Callable[[Any], Any], to_host: bool, queries: Optional[str], heads: Optional[str],
-                 numpy: bool = False):
+    Used by ``mode='fast'`` (its kernels' softmax inputs) and by ``mode='eager'``
+    with a selection (the eager weights). The selection is applied before
+    anything is copied off the model's device: ``towers``/``layers`` (a call
+    that ``place(owner)`` puts elsewhere is kept as ``Skipped``, for labels),
+    ``queries`` (``'generated'``/``'action'``: the calls over cached keys; row
+    indices: those rows, kept as ``Rows``), ``heads`` (``'mean'``/``'max'`` in
+    float32, or head indices) and ``dtype``.
+    """
+
+    def __init__(self, convert: Callable[[Any], Any], to_host: bool, queries=None, heads=None,
+                 numpy: bool = False, towers=None, layers=None, dtype=None,
+                 place: Callable[[Any], Optional[Tuple[str, int, int]]] = lambda owner: None):
         self.convert, self.to_host, self.queries, self.heads = convert, to_host, queries, heads
-        self.numpy = numpy  # convert='numpy': half-precision maps are kept as float32
+        self.numpy = numpy  # convert='numpy': half-precision maps are kept as float32 (unless dtype= says)
+        self.towers, self.layers, self.place = towers, layers, place
+        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self._masks: list = []  # (source mask, its version, the copy held): one copy per mask, not per layer
 
     def _hold(self, t):
@@ -152,7 +152,12 @@ class Fast:
         return held
 
     def _map_bytes(self, shape, dtype) -> int:
-        size = 4 if self.heads or (self.numpy and dtype in (torch.float16, torch.bfloat16)) else dtype.itemsize
+        if self.dtype is not None:
+            size = self.dtype.itemsize
+        elif isinstance(self.heads, str) or (self.numpy and dtype in (torch.float16, torch.bfloat16)):
+            size = 4
+        else:
+            size = dtype.itemsize
         return math.prod(shape) * size
 
     def whole(self, rows: Callable[..., Any], inputs: Tuple[Any, ...], mask, shape, padding):
@@ -160,25 +165,61 @@ class Fast:
 
         ``inputs`` are the tensors ``rows(*inputs, mask)`` needs besides the mask
         (query and key at OpenVLA's prefill length are about the size of the map;
-        a head-reduced map, or a short prompt, is smaller than they are).
+        a head-reduced map, a few rows, or a short prompt is smaller than they are).
         """
         held = sum(t.numel() * t.element_size() for t in inputs if isinstance(t, torch.Tensor))
-        if self._map_bytes(shape, inputs[0].dtype) <= held:
+        if self._by_index() or self._map_bytes(shape, inputs[0].dtype) <= held:
             with torch.no_grad():
-                return self.finish(rows(*inputs, mask))
+                return self.finish(rows(*inputs, mask), padding)
         kept = tuple(self._hold(t) if isinstance(t, torch.Tensor) else t for t in inputs)
-        return Rebuild(rows, kept + (self._hold_mask(mask),), shape, self.heads, self.convert, padding)
+        return Rebuild(rows, kept + (self._hold_mask(mask),), shape, self.finish, padding)
 
-    def finish(self, weights):
+    def _by_index(self) -> bool:
+        return self.queries is not None and not isinstance(self.queries, str)
+
+    def _rows(self, q_len: int) -> Optional[list]:
+        """The row indices ``queries=`` keeps of a call with ``q_len`` rows (None: every row)."""
+        if not self._by_index():
+            return None
+        if isinstance(self.queries, slice):
+            return list(range(q_len))[self.queries]
+        return [i % q_len for i in self.queries if -q_len <= i < q_len]
+
+    def finish(self, weights, padding=None):
         """What is kept of a map computed now: the selection applied, then ``convert``."""
-        return self.convert(reduce_heads(weights.detach(), self.heads))
+        weights = weights.detach()
+        q_len = weights.shape[-2]
+        rows = self._rows(q_len)
+        if rows is not None:
+            weights = weights[..., rows, :]
+        weights = reduce_heads(weights, self.heads)
+        if self.dtype is not None:
+            weights = weights.to(self.dtype)
+        value = self.convert(weights)
+        if self.dtype == torch.float16 and self.numpy:  # convert='numpy' widens half precision; dtype= said not to
+            value = value.astype("float16")
+        return value if rows is None else Rows(value, rows, q_len, padding)
 
     def kept_shape(self, batch: int, heads: int, q_len: int, k_len: int) -> Tuple[int, int, int, int]:
-        return (batch, 1 if self.heads else heads, q_len, k_len)
+        """The shape labels see: heads as kept, every query row (``Rows`` says which were kept)."""
+        kept = heads if self.heads is None else 1 if isinstance(self.heads, str) else len(self.heads)
+        return (batch, kept, q_len, k_len)
 
     def wanted(self, owner, q_len: int, k_len: int) -> bool:
         """Whether the selection keeps anything of this call (else it is kept as ``Skipped``, for labels)."""
-        return self.queries is None or q_len < k_len
+        if isinstance(self.queries, str) and q_len >= k_len:  # 'generated'/'action': steps over cached keys only
+            return False
+        if self._by_index() and not self._rows(q_len):
+            return False
+        if self.towers is None and self.layers is None:
+            return True
+        where = self.place(owner)
+        if where is None:  # a module no model we prepared holds: kept, and collect() decides by its labels
+            return True
+        tower, layer, count = where
+        if self.towers is not None and tower not in self.towers:
+            return False
+        return self.layers is None or any(layer == (n if n >= 0 else count + n) for n in self.layers)
 
     def keep_sdpa(self, owner, values: Dict[str, Any]):
         query, key = values["query"], values["key"]
@@ -197,15 +238,17 @@ class Fast:
         rows = functools.partial(softmax_rows, scaling=values.get("scaling"), causal=causal, kv_length=kv_length)
         if q_len < kv_length:  # a step over cached keys: its rows now, never a copy of the cache
             with torch.no_grad():
-                return self.finish(rows(query, key, mask))
+                return self.finish(rows(query, key, mask), padding)
         return self.whole(rows, (query, key), mask, shape, padding)
 
     def keep_eager(self, owner, values: Dict[str, Any]):
-        weights = values.get("attn_weights")
+        """An eager kernel's weights (its one captured local: ``attn_weights``, timm's ``attn``), selected."""
+        weights = next(iter(values.values()), None)
         if weights is None or getattr(weights, "ndim", 0) != 4:
             return None
         q_len, k_len = weights.shape[-2:]
-        if not self.wanted(owner, q_len, k_len):
-            return Skipped(self.kept_shape(weights.shape[0], weights.shape[1], q_len, k_len),
-                           _padding_of_weights(weights) if q_len == k_len else None)
-        return self.finish(weights)
+        wanted = self.wanted(owner, q_len, k_len)
+        padding = _padding_of_weights(weights) if q_len == k_len and (self._by_index() or not wanted) else None
+        if not wanted:
+            return Skipped(self.kept_shape(weights.shape[0], weights.shape[1], q_len, k_len), padding)
+        return self.finish(weights, padding)

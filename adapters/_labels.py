@@ -8,10 +8,50 @@ import math
 import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
+
 from getlocal import GetLocalError, _check
 from getlocal.maps import AttentionMap, AttentionMaps, Lazy, Segment, TokenLayout
 
 PromptLayout = Callable[[int, List["Entry"], int, Dict[str, Any]], TokenLayout]
+
+
+class Skipped(Lazy):
+    """A call the selection leaves out: its shape (for labelling) and its prompt padding, no data."""
+
+    def __init__(self, shape, padding):
+        self.shape, self.padding = tuple(shape), padding
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.padding is None else int(self.padding.nbytes)
+
+    def materialize(self):  # nothing was kept: saving the cache writes None for this call
+        return None
+
+    def parts(self):
+        return (self.padding,)
+
+
+class Rows(Lazy):
+    """The rows a selection by index kept of one call: ``value`` ``[B, H, len(rows), K]`` and which rows.
+
+    ``rows`` index the call's ``queries`` query rows; ``padding`` as ``Skipped``'s.
+    """
+
+    def __init__(self, value, rows, queries: int, padding=None):
+        self.value, self.rows, self.queries, self.padding = value, tuple(int(r) for r in rows), queries, padding
+        self.shape = tuple(value.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.value.nbytes) + (0 if self.padding is None else int(self.padding.nbytes))
+
+    def materialize(self):
+        return self.value
+
+    def parts(self):
+        return (self.value, self.padding)
 
 
 class Entry:
@@ -29,7 +69,8 @@ class Entry:
 
     @property
     def queries(self) -> int:
-        return int(self.array.shape[-2])
+        """The query rows of the call (a ``Rows`` entry holds some of them)."""
+        return self.array.queries if isinstance(self.array, Rows) else int(self.array.shape[-2])
 
     @property
     def keys(self) -> int:
@@ -80,9 +121,13 @@ def label(entries: List[Entry], vision_towers, prompt_layout: PromptLayout, opti
                 keys = _extend(prompt, e.keys, "action" if denoise else "generated",
                                options.get("state_tokens", 0) if denoise else 0)
                 queries = keys.window(e.keys - e.queries, e.keys)
+            rows = None
+            if isinstance(e.array, Rows):  # the capture kept some rows: say which
+                rows = np.asarray(e.array.rows, dtype=np.int64) + (e.keys - e.queries)
+                queries = queries.take(e.array.rows)
             pad = None if e.tower in vision_towers else _pad_for(padding, e.batch, e.keys)
             maps.append(AttentionMap(e.array, e.tower, e.layer, e.path, number, phase, e.index,
-                                     queries, keys, e.camera, pad))
+                                     queries, keys, e.camera, pad, rows))
             if e.tower not in layouts or len(keys) > len(layouts[e.tower]):
                 layouts[e.tower] = keys
     return AttentionMaps(maps, layouts)
@@ -99,7 +144,6 @@ def _padding(language: List[Entry]):
     exactly 0. Query rows whose keys are all masked (a left-padded query: the
     softmax of equal values is uniform) are left out of that test.
     """
-    import numpy as np
 
     from getlocal._convert import converter
 
@@ -154,7 +198,6 @@ def _mark_padding(prompt: TokenLayout, padding) -> TokenLayout:
 
 def _pad_for(padding, batch: int, keys: int):
     """The prompt padding of a map with ``keys`` keys (later keys are generated: never padding)."""
-    import numpy as np
 
     if padding is None or padding.shape[0] != batch:
         return None

@@ -18,7 +18,7 @@ from getlocal import GetLocalError, _check, get_local
 from getlocal._convert import MODES, converter
 from getlocal.maps import AttentionMaps, TokenLayout
 
-from ._labels import Entry, PromptLayout, check_options, image_layout, label, layer_of
+from ._labels import Entry, PromptLayout, Skipped, check_options, image_layout, label, layer_of
 from ._libraries import pretrained_class
 from ._undo import Undo
 
@@ -35,9 +35,10 @@ class Spec:
     def __init__(self, name: str, *, vision_towers: Sequence[str], sources: Sequence[Any],
                  tower: Callable[[Any, str, Dict[str, Any]], str],
                  vision_layout: Callable[[str, Dict[str, Any], int], TokenLayout] = image_layout,
-                 prompt_layout: Optional[PromptLayout] = None):
+                 prompt_layout: Optional[PromptLayout] = None, language_towers: Sequence[str] = ()):
         self.name, self.vision_towers, self.sources = name, tuple(vision_towers), tuple(sources)
         self.tower, self.vision_layout, self.prompt_layout = tower, vision_layout, prompt_layout
+        self.towers = self.vision_towers + tuple(language_towers)  # every name ``tower`` gives
 
     def owns(self, owner) -> bool:
         """Whether a captured call's owner is one of our attention modules.
@@ -62,22 +63,28 @@ class Adapter:
         self._prepared: "weakref.WeakSet" = weakref.WeakSet()
         self._wants_live = False  # activated without a model: switch every model at its first call
         self.used = False  # activated at least once: collect() has something to look at
-        self.mode: Tuple[str, Optional[str], Optional[str]] = ("eager", None, None)  # (mode, queries, heads)
+        self.choice: Dict[str, Any] = dict(_DEFAULT_CHOICE)  # mode and selection of the activation in force
+        self._places: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # module -> (tower, layer)
+        self._layer_counts: Dict[str, int] = {}
+
+    @property
+    def mode(self) -> str:
+        return self.choice["mode"]
 
     # -- switching -------------------------------------------------------
 
-    def activate(self, model=None, convert="numpy", max_calls=None, max_bytes=None,
-                 mode="eager", queries=None, heads=None) -> None:
+    def activate(self, model=None, convert="numpy", max_calls=None, max_bytes=None, **choice) -> None:
         global _STARTED_CAPTURE
-        _check_activation(model, convert, max_calls, max_bytes, mode, queries, heads)
-        wanted, was_active = (mode, queries, heads), self.active
-        if self.active and wanted != self.mode:
+        choice = self._check_choice(choice, convert)
+        _check_activation(model, convert, max_calls, max_bytes)
+        was_active = self.active
+        if self.active and choice != self.choice:
             name = self.spec.name
             raise GetLocalError(
-                f"{name} is active with mode={self.mode[0]!r}, queries={self.mode[1]!r}, heads={self.mode[2]!r}; "
-                f"call {name}.deactivate() before activating it with mode={mode!r}, queries={queries!r}, heads={heads!r}")
+                f"{name} is active with {_show_choice(self.choice)}; call {name}.deactivate() before "
+                f"activating it with {_show_choice(choice)}")
         if not self.active:
-            self.mode = wanted
+            self.choice = choice
             try:
                 self._instrument(convert)
             except BaseException:
@@ -101,35 +108,77 @@ class Adapter:
             self._prepare_live_modules()
         get_local.activate(convert, max_calls=max_calls, max_bytes=max_bytes)
 
+    def _check_choice(self, choice: Dict[str, Any], convert) -> Dict[str, Any]:
+        """``mode`` and the selection, checked and normalised (a tuple for every list) before anything changes."""
+        out = dict(_DEFAULT_CHOICE, **choice)
+        _check.choice("mode", out["mode"], ("eager", "fast"))
+        towers = out["towers"]
+        if towers is not None:
+            towers = (towers,) if isinstance(towers, str) else _sequence("towers", towers, "tower names")
+            for tower in towers:
+                _check.choice("towers", tower, self.spec.towers)
+            out["towers"] = frozenset(towers)
+        layers = out["layers"]
+        if layers is not None:
+            layers = (layers,) if not isinstance(layers, (list, tuple, range)) else tuple(layers)
+            out["layers"] = tuple(_check.integer("layers", n, low=None, high=None) for n in layers)
+        out["queries"] = _check_queries(out["queries"])
+        heads = out["heads"]
+        if heads is not None and not isinstance(heads, str):
+            heads = (heads,) if not isinstance(heads, (list, tuple, range)) else tuple(heads)
+            if not heads:
+                raise _check.ArgumentError("heads=[] keeps no head; give head indices, 'mean', 'max' or None")
+            out["heads"] = tuple(_check.integer("heads", n, low=0, high=None) for n in heads)
+        else:
+            _check.choice("heads", heads, ("mean", "max"), optional=True)
+        dtype = out["dtype"]
+        if dtype is not None:
+            if type(dtype).__name__ == "dtype" and type(dtype).__module__ == "torch":  # torch.float16 -> 'float16'
+                dtype = str(dtype)[len("torch."):]
+            out["dtype"] = _check.choice("dtype", dtype, _DTYPES)
+            if out["dtype"] == "bfloat16" and convert == "numpy":
+                raise _check.ArgumentError(
+                    "dtype='bfloat16' with convert='numpy': numpy has no bfloat16; use dtype='float16', or "
+                    "convert='cpu' / 'device' to keep bfloat16 tensors")
+        return out
+
+    def _selects(self) -> bool:
+        return any(self.choice[k] is not None for k in ("queries", "heads", "towers", "layers", "dtype"))
+
     def _sources(self) -> list:
-        """The sources of the mode: in mode='fast', those that can keep the model's kernel (transformers)."""
-        if self.mode[0] == "fast":
+        """The sources of the mode: in mode='fast', those that can keep the model's kernel."""
+        if self.mode == "fast":
             return [s for s in self.spec.sources if hasattr(s, "fast_targets")]
         return list(self.spec.sources)
 
     def _instrument(self, convert) -> None:
         known = set(get_local.functions().values())
-        if self.mode[0] == "fast":
+        keeper = None
+        if self.mode == "fast" or self._selects():
             from . import _fast
 
+            c = self.choice
             to_host = not callable(convert) and convert in ("numpy", "cpu")
-            fast = _fast.Fast(converter(convert), to_host, self.mode[1], self.mode[2], numpy=convert == "numpy")
-            targets = [t for source in self._sources() for t in source.fast_targets(fast)]
-        else:
-            targets = [(func, (local,), None) for source in self.spec.sources for func, local in source.targets()]
+            keeper = _fast.Fast(converter(convert), to_host, c["queries"], c["heads"], numpy=convert == "numpy",
+                                towers=c["towers"], layers=c["layers"], dtype=c["dtype"], place=self._place)
+        if self.mode == "fast":
+            targets = [t for source in self._sources() for t in source.fast_targets(keeper)]
+        else:  # the eager weights, whole, or selected as they are captured
+            targets = [(func, (local,), keeper and keeper.keep_eager)
+                       for source in self.spec.sources for func, local in source.targets()]
         for func, names, keep in targets:
             inner = getattr(func, "__func__", func)
             if inner in known and keep is not None:
                 raise GetLocalError(
-                    f"{self.spec.name}.activate(mode='fast'): {inner.__qualname__} is already captured by get_local "
-                    "(another adapter in mode='fast', or your own decoration); deactivate that adapter or "
-                    "get_local.remove() it first")
+                    f"{self.spec.name}.activate({_show_choice(self.choice)}): {inner.__qualname__} is already "
+                    "captured by get_local (another adapter with mode='fast' or a selection, or your own "
+                    "decoration); deactivate that adapter or get_local.remove() it first")
             if inner not in known:
                 self._added.append(inner)
             get_local(*names, keep=keep)(inner)
             self._keys[get_local.key_of(inner)] = names[0]
         for source in self._sources():
-            if self.mode[0] == "eager":
+            if self.mode == "eager":
                 source.switch_globally(self._undo)
 
     def deactivate(self) -> None:
@@ -151,7 +200,9 @@ class Adapter:
         self._prepared = weakref.WeakSet()
 
     def prepare(self, model, built: bool = False) -> None:
-        fast = self.mode[0] == "fast"
+        fast = self.mode == "fast"
+        placing = self.choice["towers"] is not None or self.choice["layers"] is not None
+        modules = dict(model.named_modules()) if placing else {}
         for path, module in model.named_modules():
             if module not in self._prepared:
                 for source in self._sources():
@@ -159,7 +210,19 @@ class Adapter:
                         source.check_fast(module, path)
                     else:
                         source.prepare(module, self._undo, built)
+                if placing and self.spec.owns(module):
+                    self._places[module] = (self.spec.tower(module, path, modules), layer_of(module, path))
                 self._prepared.add(module)
+        if placing:
+            counts: Dict[str, int] = {}
+            for tower, layer in list(self._places.values()):
+                counts[tower] = max(counts.get(tower, 0), layer + 1)
+            self._layer_counts = counts
+
+    def _place(self, owner) -> Optional[Tuple[str, int, int]]:
+        """``(tower, layer, layers in that tower)`` of an attention module of a model we prepared, or None."""
+        place = self._places.get(owner)
+        return None if place is None else (place[0], place[1], self._layer_counts.get(place[0], 0))
 
     def _prepare_live_modules(self) -> None:
         """Switch the models that already exist, each at its first call.
@@ -227,30 +290,32 @@ class Adapter:
                 f"call {name}.activate() (or {name}.activate(model)) before running the model")
         return self._collect(model, options)
 
-    def capture(self, model=None, convert="numpy", max_calls=None, max_bytes=None,
-                mode="eager", queries=None, heads=None, **options):
+    def capture(self, model=None, convert="numpy", max_calls=None, max_bytes=None, options=None, **choice):
         """A context manager: activated for the block, yielding ``AttentionMaps`` filled when the block ends.
 
         Arguments are checked here, before anything changes. Only calls made in
         the block are labelled. An adapter that was active before the block
         stays active (under its own ``convert``, ``max_calls``, ``max_bytes``; a
-        ``model`` given is switched until ``deactivate()``); otherwise it is
-        deactivated on exit, error or not.
+        ``model`` given is switched until ``deactivate()``) and its calls stay in
+        ``get_local.cache`` for ``collect()``; otherwise it is deactivated on exit,
+        error or not, and the block's calls are taken out of the cache (``maps``
+        holds them). ``options``: ``collect()``'s labelling options.
         """
-        _check_activation(model, convert, max_calls, max_bytes, mode, queries, heads)
+        options = dict(options or {})
+        checked = self._check_choice(choice, convert)
+        _check_activation(model, convert, max_calls, max_bytes)
         check_options(options)
-        if self.active and (mode, queries, heads) != self.mode:
+        if self.active and checked != self.choice:
             raise GetLocalError(
-                f"{self.spec.name}.capture(mode={mode!r}, queries={queries!r}, heads={heads!r}): the adapter is "
-                f"already active with mode={self.mode[0]!r}, queries={self.mode[1]!r}, heads={self.mode[2]!r}; "
-                f"call {self.spec.name}.deactivate() first")
-        return self._capture(model, (convert, max_calls, max_bytes, mode, queries, heads), options)
+                f"{self.spec.name}.capture({_show_choice(checked)}): the adapter is already active with "
+                f"{_show_choice(self.choice)}; call {self.spec.name}.deactivate() first")
+        return self._capture(model, (convert, max_calls, max_bytes), choice, options)
 
     @contextlib.contextmanager
-    def _capture(self, model, activation, options):
+    def _capture(self, model, activation, choice, options):
         was_active = self.active
         if not was_active:
-            self.activate(model, *activation)
+            self.activate(model, *activation, **choice)
         elif model is not None:
             self._roots.add(model)
             self.prepare(model)
@@ -261,7 +326,8 @@ class Adapter:
             found = self._collect(model, options, since)
             maps.maps, maps.layouts = found.maps, found.layouts
         finally:
-            if not was_active:
+            if not was_active:  # the block's calls live on in ``maps`` only: the cache does not grow
+                get_local.clear(*self._keys, after=since)
                 self.deactivate()
 
     def _collect(self, model, options, since: int = -1) -> AttentionMaps:
@@ -281,12 +347,20 @@ class Adapter:
             if e.tower in self.spec.vision_towers:
                 e.layout = self.spec.vision_layout(e.path, modules, e.keys)
         maps = label(entries, self.spec.vision_towers, self.spec.prompt_layout, options)
-        if self.mode[1] is not None:  # mode='fast' with queries=: the calls it left out were kept for their labels only
-            phase = {"generated": "decode", "action": "denoise"}[self.mode[1]]
-            from ._fast import Skipped
-
-            maps.maps = [m for m in maps.maps if m.phase == phase and not isinstance(m.__dict__["_array"], Skipped)]
+        maps.maps = [m for m in maps.maps if not isinstance(m.__dict__["_array"], Skipped)]  # kept for labels only
+        c = self.choice
+        if c["towers"] is not None or c["layers"] is not None or isinstance(c["queries"], str):
+            maps.maps = [m for m in maps.maps if self._chosen(m)]  # by the labels: exact where capture could not tell
         return maps
+
+    def _chosen(self, m) -> bool:
+        c = self.choice
+        if isinstance(c["queries"], str) and m.phase != {"generated": "decode", "action": "denoise"}[c["queries"]]:
+            return False
+        if c["towers"] is not None and m.tower not in c["towers"]:
+            return False
+        count = self._layer_counts.get(m.tower, m.layer + 1)
+        return c["layers"] is None or any(m.layer == (n if n >= 0 else count + n) for n in c["layers"])
 
     def _entries(self, since: int) -> List[Entry]:
         cache, calls, owns = get_local.cache, get_local.calls, self.spec.owns
@@ -343,19 +417,45 @@ def check_model(model) -> None:
             f"model must be a torch.nn.Module (the model, or torch.compile(model)) or None; got {_check._show(model)}")
 
 
-def _check_activation(model, convert, max_calls, max_bytes, mode="eager", queries=None, heads=None) -> None:
+def _check_activation(model, convert, max_calls, max_bytes) -> None:
     check_model(model)
-    _check.choice("mode", mode, ("eager", "fast"))
-    _check.choice("queries", queries, ("generated", "action"), optional=True)
-    _check.choice("heads", heads, ("mean", "max"), optional=True)
-    if mode == "eager" and (queries is not None or heads is not None):
-        raise _check.ArgumentError(
-            f"queries={queries!r}, heads={heads!r} select at capture time, which mode='fast' does; "
-            "give mode='fast' too (mode='eager' keeps every map whole)")
     if not callable(convert):
         _check.choice("convert", convert, MODES)
     _check.integer("max_calls", max_calls, low=1, high=None, optional=True)
     _check.integer("max_bytes", max_bytes, low=1, high=None, optional=True)
+
+
+#: ``activate()``'s mode and selection keywords, and their defaults (everything, whole, as computed).
+_DEFAULT_CHOICE = {"mode": "eager", "queries": None, "heads": None, "towers": None, "layers": None, "dtype": None}
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _show_choice(choice: Dict[str, Any]) -> str:
+    """The keywords that differ from the defaults, as the user would write them (``mode`` always)."""
+    shown = {k: v for k, v in choice.items() if k == "mode" or v != _DEFAULT_CHOICE[k]}
+    return ", ".join(f"{k}={sorted(v) if isinstance(v, frozenset) else v!r}" for k, v in shown.items())
+
+
+def _sequence(name: str, value, what: str) -> tuple:
+    if isinstance(value, (list, tuple)) and value:
+        return tuple(value)
+    raise _check.ArgumentTypeError(f"{name} must be one of the {what} or a non-empty list of them; got {_check._show(value)}")
+
+
+def _check_queries(queries):
+    """``queries=``: None, ``'generated'``/``'action'``, a row index, a list of them, or a slice of rows."""
+    if queries is None or isinstance(queries, str):
+        return _check.choice("queries", queries, ("generated", "action"), optional=True)
+    if isinstance(queries, slice):
+        for part in ("start", "stop", "step"):
+            _check.integer(f"queries slice {part}", getattr(queries, part), low=None, high=None, optional=True)
+        if queries.step is not None and queries.step <= 0:
+            raise _check.ArgumentError(f"queries={queries!r}: the slice's step must be positive")
+        return queries
+    rows = (queries,) if not isinstance(queries, (list, tuple, range)) else tuple(queries)
+    if not rows:
+        raise _check.ArgumentError("queries=[] keeps no row; give row indices, a slice, 'generated', 'action' or None")
+    return tuple(_check.integer("queries", r, low=None, high=None) for r in rows)
 
 
 def register(spec: Spec) -> Adapter:

@@ -100,11 +100,12 @@ _ADAPTER = register(Spec(
     tower=_tower,
     vision_layout=timm_layout,
     prompt_layout=_prompt_layout,
+    language_towers=("llm",),
 ))
 
 
 def activate(model=None, *, convert="numpy", max_calls: Optional[int] = None, max_bytes: Optional[int] = None,
-             mode: str = "eager", queries: Optional[str] = None, heads: Optional[str] = None) -> None:
+             mode: str = "eager", queries=None, heads=None, towers=None, layers=None, dtype=None) -> None:
     """Capture every attention map of OpenVLA from now on.
 
     Call it before the model is loaded (models built later are switched as
@@ -112,13 +113,14 @@ def activate(model=None, *, convert="numpy", max_calls: Optional[int] = None, ma
     model is switched at its first call (``torch.compile(model)`` included). ``convert``,
     ``max_calls`` and ``max_bytes`` go to ``get_local.activate``.
 
-    ``mode='fast'``: the model keeps its attention kernel (nothing is switched);
-    the language model's maps are rebuilt exactly from the softmax inputs, and
-    ``queries='generated'``/``'action'`` (the new tokens of each decode / denoise
-    step) and ``heads='mean'``/``'max'`` select before anything is kept. See the
-    README, "Two capture modes".
+    ``mode='fast'``: the model keeps its attention kernel (nothing is switched)
+    and the maps are rebuilt exactly from the softmax inputs. ``queries``,
+    ``heads``, ``towers`` (of 'dinov2', 'siglip', 'llm'), ``layers`` and ``dtype``
+    select before anything is kept, in either mode: see :mod:`getlocal.adapters`
+    and the README, "Two capture modes".
     """
-    _ADAPTER.activate(model, convert, max_calls, max_bytes, mode, queries, heads)
+    _ADAPTER.activate(model, convert, max_calls, max_bytes, mode=mode, queries=queries, heads=heads,
+                      towers=towers, layers=layers, dtype=dtype)
 
 
 def deactivate() -> None:
@@ -143,7 +145,7 @@ def is_active() -> bool:
 
 
 def capture(model=None, *, convert="numpy", max_calls: Optional[int] = None, max_bytes: Optional[int] = None,
-            mode: str = "eager", queries: Optional[str] = None, heads: Optional[str] = None):
+            mode: str = "eager", queries=None, heads=None, towers=None, layers=None, dtype=None):
     """``with openvla.capture(model) as maps:`` activated for the block; ``maps`` is filled when it ends.
 
     >>> with openvla.capture(model) as maps:                                      # doctest: +SKIP
@@ -151,7 +153,8 @@ def capture(model=None, *, convert="numpy", max_calls: Optional[int] = None, max
     >>> maps.steps                                                                 # doctest: +SKIP
     [(0, 'prefill'), (1, 'decode'), ..., (6, 'decode')]
 
-    The same contract as :func:`getlocal.adapters.vit.capture`; ``mode``,
-    ``queries`` and ``heads`` are those of :func:`activate`.
+    The same contract as :func:`getlocal.adapters.vit.capture`; ``mode`` and
+    the selection are those of :func:`activate`.
     """
-    return _ADAPTER.capture(model, convert, max_calls, max_bytes, mode, queries, heads)
+    return _ADAPTER.capture(model, convert, max_calls, max_bytes, mode=mode, queries=queries, heads=heads,
+                            towers=towers, layers=layers, dtype=dtype)

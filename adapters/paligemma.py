@@ -83,11 +83,12 @@ _ADAPTER = register(Spec(
     sources=[EagerTransformers(_MODEL_TYPES, _eager_functions)],
     tower=_tower,
     prompt_layout=_prompt_layout,
+    language_towers=("language", "expert"),
 ))
 
 
 def activate(model=None, *, convert="numpy", max_calls: Optional[int] = None, max_bytes: Optional[int] = None,
-             mode: str = "eager", queries: Optional[str] = None, heads: Optional[str] = None) -> None:
+             mode: str = "eager", queries=None, heads=None, towers=None, layers=None, dtype=None) -> None:
     """Capture every attention map of PaliGemma (and Pi0's expert) from now on.
 
     Call it before the model is loaded or after: ``model`` is switched to eager
@@ -95,13 +96,14 @@ def activate(model=None, *, convert="numpy", max_calls: Optional[int] = None, ma
     and models built later are switched as they are built. ``convert``,
     ``max_calls`` and ``max_bytes`` go to ``get_local.activate``.
 
-    ``mode='fast'``: the model keeps its attention kernel (nothing is switched);
-    the language model's maps are rebuilt exactly from the softmax inputs, and
-    ``queries='generated'``/``'action'`` (the new tokens of each decode / denoise
-    step) and ``heads='mean'``/``'max'`` select before anything is kept. See the
-    README, "Two capture modes".
+    ``mode='fast'``: the model keeps its attention kernel (nothing is switched)
+    and the maps are rebuilt exactly from the softmax inputs. ``queries``,
+    ``heads``, ``towers`` (of 'vision', 'language', 'expert'), ``layers`` and ``dtype``
+    select before anything is kept, in either mode: see :mod:`getlocal.adapters`
+    and the README, "Two capture modes".
     """
-    _ADAPTER.activate(model, convert, max_calls, max_bytes, mode, queries, heads)
+    _ADAPTER.activate(model, convert, max_calls, max_bytes, mode=mode, queries=queries, heads=heads,
+                      towers=towers, layers=layers, dtype=dtype)
 
 
 def deactivate() -> None:
@@ -129,7 +131,7 @@ def is_active() -> bool:
 
 def capture(model=None, *, cameras: Optional[Sequence[str]] = None, state_tokens: int = 0, convert="numpy",
             max_calls: Optional[int] = None, max_bytes: Optional[int] = None,
-            mode: str = "eager", queries: Optional[str] = None, heads: Optional[str] = None):
+            mode: str = "eager", queries=None, heads=None, towers=None, layers=None, dtype=None):
     """``with paligemma.capture(model) as maps:`` activated for the block; ``maps`` is filled when it ends.
 
     >>> with paligemma.capture(policy, cameras=["base", "wrist"], state_tokens=1) as maps:   # doctest: +SKIP
@@ -137,9 +139,10 @@ def capture(model=None, *, cameras: Optional[Sequence[str]] = None, state_tokens
     >>> maps.steps                                                                          # doctest: +SKIP
     [(0, 'prefix'), (1, 'denoise'), ...]
 
-    ``cameras`` and ``state_tokens`` are those of :func:`collect`, ``mode``,
-    ``queries`` and ``heads`` those of :func:`activate`; otherwise
+    ``cameras`` and ``state_tokens`` are those of :func:`collect`, ``mode`` and
+    the selection those of :func:`activate`; otherwise
     the same contract as :func:`getlocal.adapters.vit.capture`.
     """
-    return _ADAPTER.capture(model, convert, max_calls, max_bytes, mode, queries, heads,
-                            cameras=cameras, state_tokens=state_tokens)
+    return _ADAPTER.capture(model, convert, max_calls, max_bytes, dict(cameras=cameras, state_tokens=state_tokens),
+                            mode=mode, queries=queries, heads=heads, towers=towers, layers=layers,
+                            dtype=dtype)

@@ -132,12 +132,15 @@ def storages(value) -> List[Tuple[Any, int]]:
     """
     found: Dict[Any, int] = {}
     pending = [value]
+    lazy = getattr(sys.modules.get("getlocal.maps"), "Lazy", ())  # none exists before getlocal.maps is imported
     while pending:
         value = pending.pop()
         if isinstance(value, _PLAIN):
             continue
         if isinstance(value, (list, tuple)):
             pending += value
+        elif isinstance(value, lazy):  # a map not computed yet counts what it keeps to compute it
+            pending += value.parts()
         elif isinstance(value, dict):
             pending += value.values()
         else:

@@ -10,8 +10,8 @@ import warnings
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from . import _compile, _rewrite
-from ._errors import GetLocalError
+from . import _check, _compile, _rewrite
+from ._errors import ArgumentTypeError, GetLocalError
 from ._store import UNBOUND, Call, Store
 
 _UNSUPPORTED_FLAGS = (
@@ -321,9 +321,20 @@ class GetLocal:
         """``{key: {name: n}}``: calls that returned while the captured local was unbound."""
         return self._store.skipped
 
-    def clear(self) -> None:
-        """Empty the cache (keeps what is instrumented and whether capture is on)."""
-        self._store.clear()
+    def clear(self, *keys: str, after: Optional[int] = None) -> None:
+        """Empty the cache (keeps what is instrumented and whether capture is on).
+
+        ``keys``: only these keys (``get_local.key_of(func)``); ``after``: only the
+        calls whose index (``Call.index``) is larger, e.g. those of one block of code:
+
+        >>> since = max((c.index for cs in get_local.calls.values() for c in cs), default=-1)
+        >>> get_local.clear(after=since)   # what ran since then is dropped, the rest is kept
+        """
+        for key in keys:
+            if not isinstance(key, str):
+                raise ArgumentTypeError(f"get_local.clear(*keys): each key is a str (get_local.key_of(func)); got {_check._show(key)}")
+        _check.integer("after", after, low=-1, high=None, optional=True)
+        self._store.clear(keys, after)
 
     def key_of(self, obj) -> str:
         """The cache key of a decorated function (``qualname``, or ``qualname@module`` for a namesake)."""

@@ -268,9 +268,24 @@ class Store:
         with self._lock:
             return {key: list(values) for key, values in self.cache.items()}
 
-    def clear(self):
+    def clear(self, keys=(), after=None):
         with self._lock:
-            self.cache.clear()
-            self.skipped.clear()
-            self._meta.clear()
+            if not keys and after is None:
+                self.cache.clear()
+                self.skipped.clear()
+                self._meta.clear()
+            for key in keys or list(self.cache):
+                meta = self._meta.get(key)
+                if after is None or meta is None or meta[0] is not self.cache.get(key):
+                    self.cache.pop(key, None)  # a list changed by hand has no call indexes: all of it goes
+                    self.skipped.pop(key, None)
+                    self._meta.pop(key, None)
+                    continue
+                values, calls = meta
+                kept = [i for i, call in enumerate(calls) if call[0] <= after]
+                if not kept:  # as if those calls had never happened
+                    del self.cache[key], self._meta[key]
+                    continue
+                values[:] = [values[i] for i in kept]  # in place: the list the user may hold stays the cache's
+                calls[:] = [calls[i] for i in kept]
             self._recount()

@@ -147,6 +147,31 @@ class TokenLayout:
                 out.append(Segment(s.kind, a - start, b - start, s.camera, grid))
         return TokenLayout(out)
 
+    def take(self, positions) -> "TokenLayout":
+        """The layout of the positions listed, in that order, renumbered from 0 (the rows a capture kept).
+
+        Consecutive positions of one segment stay one segment; a segment keeps
+        its grid only when all of it is taken, in order.
+        """
+        if isinstance(positions, np.ndarray) and positions.ndim == 1:
+            positions = positions.tolist()
+        if not isinstance(positions, (list, tuple, range)):
+            raise _check.ArgumentTypeError(f"positions must be a list of token positions; got {_check._show(positions)}")
+        runs: List[list] = []  # [segment, first position, count]
+        for p in positions:
+            p = _check.integer("positions[i]", p, low=0, high=len(self) - 1)
+            s = next(s for s in self.segments if s.start <= p < s.stop)
+            if runs and runs[-1][0] is s and runs[-1][1] + runs[-1][2] == p:
+                runs[-1][2] += 1
+            else:
+                runs.append([s, p, 1])
+        out, start = [], 0
+        for s, first, n in runs:
+            whole = first == s.start and n == len(s)
+            out.append(Segment(s.kind, start, start + n, s.camera, s.grid if whole else None))
+            start += n
+        return TokenLayout(out)
+
     def to_dict(self) -> Dict[str, Any]:
         return {"segments": [s.to_dict() for s in self.segments]}
 
@@ -201,6 +226,10 @@ class Lazy:
     def materialize(self):
         raise NotImplementedError
 
+    def parts(self) -> Tuple[Any, ...]:
+        """The arrays and tensors it keeps alive (what ``max_bytes`` counts)."""
+        return ()
+
 
 class _ArrayField:
     """``AttentionMap.array``: the stored value, a ``Lazy`` one computed (once) when first read."""
@@ -230,9 +259,12 @@ class AttentionMap:
     index (``getlocal.Call.index``), which orders all maps. ``queries`` /
     ``keys``: the token layouts of the two last axes. ``padding``: None, or a
     ``[batch, keys]`` bool array, True where a key position is padding in that
-    batch item (the queries are the last ``Q`` positions); items of one batch
-    can pad different positions, while ``keys`` marks as ``'padding'`` only
-    the positions that every item pads.
+    batch item; items of one batch can pad different positions, while ``keys``
+    marks as ``'padding'`` only the positions that every item pads. ``rows``:
+    None when the queries are the last ``Q`` key positions (every map but
+    those of a capture that kept some rows by index, ``queries=[0]``); else the
+    key position of each query row, and the pattern scores, which assume the
+    last ``Q``, do not apply to the map.
     """
 
     array: Any
@@ -246,6 +278,7 @@ class AttentionMap:
     keys: TokenLayout
     camera: Optional[str] = None  # set when a whole vision call saw one camera only
     padding: Optional[Any] = None  # [batch, keys] bool, True where that item pads
+    rows: Optional[Any] = None  # [Q] int: the key position of each query row, when a capture kept only some
 
     def kind_shares(self):
         """The share of each query kind's attention going to each key kind, per head.
@@ -282,6 +315,7 @@ class AttentionMap:
             "queries": self.queries.to_dict(), "keys": self.keys.to_dict(),
             "padding": None if self.padding is None else [
                 np.flatnonzero(np.asarray(row)).tolist() for row in self.padding],
+            "rows": None if self.rows is None else [int(r) for r in self.rows],
         }
 
     def __repr__(self):

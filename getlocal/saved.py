@@ -49,7 +49,7 @@ import numpy as np
 from ._convert import is_tensor
 from ._errors import GetLocalError
 from ._files import fsync_dir, write_atomic
-from .maps import AttentionMap, AttentionMaps, TokenLayout
+from .maps import AttentionMap, AttentionMaps, Lazy, TokenLayout
 
 INDEX = "capture.json"
 FORMAT = "getlocal.capture"
@@ -99,7 +99,8 @@ def save(path, capture, *, calls=None, images: Optional[Dict[str, Any]] = None,
     ``capture``: ``AttentionMaps`` or a cache dict ``{key: [values]}``; values
     are arrays, tensors, numpy scalars, None, bools, ints, floats (NaN and
     infinities too), strings, and lists/tuples/dicts of these (dict keys: any
-    of these scalars or tuples of them). ``calls``: the matching
+    of these scalars or tuples of them); a ``maps.Lazy`` value (what an
+    adapter's ``mode='fast'`` keeps) is saved as the value it computes. ``calls``: the matching
     ``get_local.calls`` (taken from ``get_local`` when ``capture`` is
     ``get_local.cache``). ``images``: pictures to keep beside the maps
     (``{name: HxWxC array}``), e.g. for overlays drawn later. ``info``: a dict
@@ -406,6 +407,8 @@ def _encode(value, key: str, plan: _Plan, depth: int):
         return {"scalar": [value.dtype.name, _float(item) if isinstance(item, float) else item]}
     if _is_array(value):
         return {"array": plan.array(value, key)}
+    if isinstance(value, Lazy):  # a map not computed yet (an adapter's mode='fast'): saved as what it stands for
+        return _encode(value.materialize(), key, plan, depth)
     if kind in (list, tuple, dict):
         if depth >= _MAX_DEPTH:
             raise GetLocalError(f"cannot save {key}: nested more than {_MAX_DEPTH} lists/tuples/dicts deep")

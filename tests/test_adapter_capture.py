@@ -12,6 +12,14 @@ from getlocal.adapters import openvla, paligemma, tiny, vit  # noqa: E402
 pytestmark = pytest.mark.usefixtures("adapters_off")
 
 
+def make_local():
+    def double(x):
+        attn = 2 * x
+        return attn
+
+    return double
+
+
 def _vit():
     return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2, num_classes=0).eval()
 
@@ -60,6 +68,20 @@ def test_capture_deactivates_and_puts_the_model_back_on_error():
     assert not vit.is_active() and not get_local.is_active()
     assert [block.attn.fused_attn for block in model.blocks] == fused
     assert len(maps) == 0
+
+
+def test_capture_takes_the_blocks_calls_out_of_the_cache_and_leaves_the_rest():
+    model = _vit()
+    mine = get_local("attn")(make_local())
+    get_local.activate()
+    mine(3)
+    with vit.capture(model) as maps:
+        _run_vit(model)
+        assert len(vit.collect(model)) == 2  # inside the block the calls are in the cache
+    assert len(maps) == 2 and maps[0].array.shape == (1, 3, 5, 5)
+    assert list(get_local.cache) == [get_local.key_of(mine)]  # the user's own capture is untouched
+    assert get_local.is_active()  # it was on before the block: it stays on
+    get_local.remove(mine)
 
 
 def test_capture_leaves_an_adapter_that_was_active_before_the_block_active():

@@ -70,6 +70,10 @@ def _call(entry, value):
         return get_local.remove(value)
     if entry == "key_of(obj)":
         return get_local.key_of(value)
+    if entry == "clear(*keys)":
+        return get_local.clear(value)
+    if entry == "clear(after)":
+        return get_local.clear(after=value)
     raise AssertionError(entry)
 
 
@@ -86,6 +90,8 @@ _ENTRIES = {
     "capture(max_bytes)": ("max_bytes=",),
     "remove(obj)": ("get_local", "not instrumented"),
     "key_of(obj)": ("get_local",),
+    "clear(*keys)": ("get_local.clear(", "key_of"),
+    "clear(after)": ("after",),
 }
 
 # Values that are valid for an entry point (it must then succeed).
@@ -97,6 +103,8 @@ _VALID = {
     "activate(max_bytes)": lambda v: v is None or (type(v) is int and v >= 1),
     "capture(max_calls)": lambda v: v is None or (type(v) is int and v >= 1),
     "capture(max_bytes)": lambda v: v is None or (type(v) is int and v >= 1),
+    "clear(*keys)": lambda v: isinstance(v, str),
+    "clear(after)": lambda v: v is None or (type(v) is int and v >= -1),
 }
 
 

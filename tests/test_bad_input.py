@@ -103,6 +103,8 @@ def _baselines(tmp):
     P, M, PL = "getlocal.patterns", "getlocal.maps", "getlocal.plot"
     rows = {
         f"{M}.Lazy.materialize": (_Ready().materialize, {}),
+        f"{M}.Lazy.parts": (_Ready().parts, {}),
+        f"{M}.TokenLayout.take": (prompt.take, {"positions": [0, 2, 3]}),
         f"{M}.TokenLayout.find": (prompt.find, {"kind": "image", "camera": None}),
         f"{M}.TokenLayout.indices": (prompt.indices, {"kind": "text"}),
         f"{M}.TokenLayout.image": (prompt.image, {}),

@@ -489,6 +489,37 @@ def test_clear_empties_cache_and_keeps_capture_on():
     assert get_local.cache == {"make_forward.<locals>.forward": [4]}
 
 
+def test_clear_after_an_index_drops_only_the_later_calls_of_the_keys_named():
+    forward = get_local("attn")(make_forward())
+    other = get_local("attn")(make_forward())
+    get_local.activate(convert="raw")
+    forward(None, 1), other(None, 1)
+    since = max(c.index for calls in get_local.calls.values() for c in calls)
+    forward(None, 2), other(None, 2), forward(None, 3)
+    key, other_key = get_local.key_of(forward), get_local.key_of(other)
+    held = get_local.cache[key]
+    get_local.clear(key, after=since)
+    assert get_local.cache == {key: [2], other_key: [2, 4]}
+    assert get_local.cache[key] is held  # emptied in place: a list the user holds is still the cache's
+    assert [c.index <= since for c in get_local.calls[key]] == [True]
+    get_local.clear(after=since)
+    assert get_local.cache == {key: [2], other_key: [2]}
+    get_local.clear(other_key)
+    assert get_local.cache == {key: [2]}
+    forward(None, 5)  # recording goes on after a partial clear, provenance aligned
+    assert get_local.cache[key] == [2, 10] and len(get_local.calls[key]) == 2
+
+
+@pytest.mark.parametrize("bad, error", [((3,), TypeError), ((), ValueError)])
+def test_clear_with_a_bad_key_or_index_says_what_it_takes_and_clears_nothing(bad, error):
+    forward = get_local("attn")(make_forward())
+    get_local.activate(convert="raw")
+    forward(None, 1)
+    with pytest.raises(error, match="key_of|after"):
+        get_local.clear(*bad, after=-2 if not bad else None)
+    assert get_local.cache == {get_local.key_of(forward): [2]}
+
+
 def test_cache_emptied_by_hand_keeps_recording():
     forward = get_local("attn")(make_forward())
     get_local.activate(convert="raw")
