@@ -225,10 +225,11 @@ class TinyPi0(nn.Module):
             cached.append((k, v))
 
         batch, action_dim = state.shape[0], state.shape[-1]
-        x = torch.randn(batch, horizon, action_dim, generator=torch.Generator().manual_seed(0))
+        dtype = self.action_in_proj.weight.dtype  # the noise and time in the model's dtype (bfloat16 included)
+        x = torch.randn(batch, horizon, action_dim, generator=torch.Generator().manual_seed(0)).to(dtype)
         dt = -1.0 / steps
         for i in range(steps):
-            t = torch.full((batch, horizon, 1), 1.0 + i * dt)
+            t = torch.full((batch, horizon, 1), 1.0 + i * dt, dtype=dtype)
             suffix = torch.cat([self.state_proj(state)[:, None], self.action_in_proj(torch.cat([x, t], -1))], dim=1)
             velocity = self.action_out_proj(self._expert(suffix, cached, prefix.shape[1], modeling_gemma)[:, 1:])
             x = x + dt * velocity

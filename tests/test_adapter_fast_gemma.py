@@ -274,3 +274,115 @@ def test_fast_gemma_sliding_window_layers_decode_past_the_window(text):
         old = _older_than_window(m)
         assert (np.asarray(m.array)[:, :, old] == 0).all(), f"{m}: a key older than the window is weighted"
         assert m.phase == "decode" or old.any()
+
+
+# -- bfloat16 ---------------------------------------------------------------------------------------------------
+#
+# eager and sdpa round differently in bfloat16, so an eager twin's maps drift from the fast model's after the first
+# layer (its hidden states differ by bf16 rounding). What fast mode claims is narrower and exact: its map is eager's
+# arithmetic on the very query and key the kernel got. That is checked against transformers' own
+# eager_attention_forward, called on the kernel's inputs; the eager twin is compared with a bfloat16 tolerance.
+
+BF16_SAME_INPUTS = 0.0  # the same operations on the same tensors: bit for bit
+BF16_TWIN = 2 ** -5  # a few bf16 ulps of a weight near 1 (2^-8), grown by drifted hidden states (measured <= 0.0117)
+
+
+def _eager_on_the_kernels_inputs(call):
+    """transformers' own ``eager_attention_forward`` (of the module's model) on the inputs the sdpa kernel got."""
+    query, key, value, mask, _ = _unpacked(call)
+    module = call["module"]
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    if mask is None and call["is_causal"]:  # sdpa's is_causal (top-left aligned), as a mask
+        mask = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool).tril()[None, None]
+    if mask is not None and mask.dtype == torch.bool:  # transformers' eager mask: 0 where seen, the minimum elsewhere
+        mask = torch.zeros(mask.shape, dtype=query.dtype).masked_fill(~mask, torch.finfo(query.dtype).min)
+    with torch.no_grad():
+        return eager(module, query, key, value, mask, scaling=call["scaling"], dropout=0.0)[1]
+
+
+def _bf16_versus_same_inputs(maps, calls, kernels):
+    sdpa_maps = [m for m in maps if kernels.get(m.tower) == "sdpa"]
+    assert len(sdpa_maps) == len(calls) > 0
+    worst = 0.0
+    for m, call in zip(sdpa_maps, calls):
+        assert call["query"].dtype == torch.bfloat16
+        want = _eager_on_the_kernels_inputs(call).float().numpy()
+        got = np.asarray(m.array)
+        assert got.shape == want.shape, (m, want.shape)
+        diff = np.abs(got - want).max(axis=(1, 3))
+        worst = max(worst, float(diff[_real_rows(m)].max()))
+    return worst
+
+
+def _llama_bf16_pair():
+    fast = tiny.openvla(attn_implementation=None).language_model
+    eager = tiny.openvla(attn_implementation="eager").language_model
+    eager.load_state_dict(fast.state_dict())
+    return _peaked(fast).to(torch.bfloat16), _peaked(eager).to(torch.bfloat16)
+
+
+def test_fast_bfloat16_llama_logits_and_ids_untouched_and_maps_are_eagers_arithmetic_on_the_same_inputs():
+    fast, eager = _llama_bf16_pair()
+    ids = torch.randint(3, 128, (2, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    ids[0, :PAD], mask[0, :PAD] = 0, 0
+    kwargs = dict(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=NEW_TOKENS,
+                  min_new_tokens=NEW_TOKENS, pad_token_id=0)
+    with torch.no_grad():
+        logits = fast(input_ids=ids, attention_mask=mask).logits
+    generated = fast.generate(**kwargs)
+    with openvla.capture(fast, mode="fast") as fm:
+        with torch.no_grad():
+            logits_fast = fast(input_ids=ids, attention_mask=mask).logits
+        generated_fast = fast.generate(**kwargs)
+    assert torch.equal(logits, logits_fast) and torch.equal(generated, generated_fast)
+    assert fast.config._attn_implementation == "sdpa"
+    calls = _kernel_calls(lambda: (fast(input_ids=ids, attention_mask=mask), fast.generate(**kwargs)))
+    same = _bf16_versus_same_inputs(fm, calls, {"llm": "sdpa"})
+    with openvla.capture(eager) as em:
+        with torch.no_grad():
+            eager(input_ids=ids, attention_mask=mask)
+        eager.generate(**kwargs)
+    twin = _max_difference(fm, em)
+    _report(model="llama-bf16", versus_same_inputs=same, versus_eager_twin=twin)
+    assert same <= BF16_SAME_INPUTS, f"fast vs eager's arithmetic on the kernel's inputs: {same:.3g}"
+    assert twin <= BF16_TWIN, f"fast vs the eager twin: {twin:.3g}"
+
+
+def test_fast_bfloat16_paligemma_ids_untouched_and_maps_are_eagers_arithmetic_on_the_same_inputs():
+    fast, eager = _pair("gemma", torch.bfloat16)
+    kwargs = _padded_inputs(fast, 2, torch.bfloat16)
+    reference = fast.generate(**kwargs)
+    with paligemma.capture(fast, mode="fast") as fm:
+        generated = fast.generate(**kwargs)
+    assert torch.equal(reference, generated)
+    assert _kernels(fast) == ("sdpa", "sdpa")
+    calls = _kernel_calls(lambda: fast.generate(**kwargs))
+    same = _bf16_versus_same_inputs(fm, calls, {"language": "sdpa", "vision": "sdpa"})
+    with paligemma.capture(eager) as em:
+        eager.generate(**kwargs)
+    twin = _max_difference(fm, em)
+    _report(model="paligemma-bf16", versus_same_inputs=same, versus_eager_twin=twin)
+    assert same <= BF16_SAME_INPUTS, f"fast vs eager's arithmetic on the kernel's inputs: {same:.3g}"
+    assert twin <= BF16_TWIN, f"fast vs the eager twin: {twin:.3g}"
+
+
+def test_fast_bfloat16_pi0_actions_untouched_and_maps_are_eagers_arithmetic_on_the_same_inputs():
+    fast = tiny.pi0(attn_implementation="sdpa")
+    eager = tiny.pi0()
+    eager.load_state_dict(fast.state_dict())
+    fast, eager = fast.to(torch.bfloat16), eager.to(torch.bfloat16)
+    images, ids, state = tiny.pi0_inputs(fast, batch=2, lengths=[4, 2])
+    images, state, mask = [i.to(torch.bfloat16) for i in images], state.to(torch.bfloat16), ids != 0
+    reference = fast.sample_actions(images, ids, state, attention_mask=mask)
+    with paligemma.capture(fast, mode="fast", state_tokens=1) as fm:
+        actions = fast.sample_actions(images, ids, state, attention_mask=mask)
+    assert reference.dtype == torch.bfloat16 and torch.equal(reference, actions)
+    calls = _kernel_calls(lambda: fast.sample_actions(images, ids, state, attention_mask=mask))
+    same = _bf16_versus_same_inputs(fm, calls, {"language": "sdpa", "vision": "sdpa"})
+    with paligemma.capture(eager, state_tokens=1) as em:
+        eager.sample_actions(images, ids, state, attention_mask=mask)
+    twin = _max_difference(fm, em)
+    _report(model="pi0-bf16", versus_same_inputs=same, versus_eager_twin=twin)
+    assert same <= BF16_SAME_INPUTS, f"fast vs eager's arithmetic on the kernel's inputs: {same:.3g}"
+    assert twin <= BF16_TWIN, f"fast vs the eager twin: {twin:.3g}"
