@@ -23,7 +23,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from getlocal import GetLocalError, get_local  # noqa: E402
+from getlocal import get_local  # noqa: E402
 from getlocal.adapters import openvla, paligemma, tiny  # noqa: E402
 
 try:
