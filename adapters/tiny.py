@@ -114,8 +114,17 @@ def generate(model: TinyOpenVLA, pixel_values: torch.Tensor, input_ids: torch.Te
 
 
 def paligemma(*, text: str = "gemma", dim: int = 32, layers: int = 2, heads: int = 2, image_size: int = IMAGE_SIZE,
-              attn_implementation: Optional[str] = "eager", seed: int = 0):
-    """A 2-layer ``PaliGemmaForConditionalGeneration``: SigLIP vision tower, ``text`` = gemma/gemma2 language model."""
+              attn_implementation: Optional[str] = "eager", sliding_window: Optional[int] = None,
+              softcapping: Optional[float] = 50.0, seed: int = 0):
+    """A 2-layer ``PaliGemmaForConditionalGeneration``: SigLIP vision tower, ``text`` = gemma/gemma2/gemma3 language model.
+
+    gemma2 and gemma3 alternate a sliding-window layer and a global one (Gemma 3
+    has 5 local layers per global one; two layers show both kinds);
+    ``sliding_window`` (default: 64 for gemma2, longer than the tiny prompt; 5 for
+    gemma3, shorter than it) and ``softcapping`` (gemma2's ``attn_logit_softcapping``;
+    None: off) are theirs. gemma3's ``query_pre_attn_scalar`` differs from its head
+    size, so its ``scaling`` is not the default one.
+    """
     from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
 
     torch.manual_seed(seed)
@@ -123,12 +132,18 @@ def paligemma(*, text: str = "gemma", dim: int = 32, layers: int = 2, heads: int
     vision = dict(model_type="siglip_vision_model", hidden_size=dim, intermediate_size=2 * dim,
                   num_hidden_layers=layers, num_attention_heads=heads, image_size=image_size, patch_size=patch,
                   projection_dim=dim, num_image_tokens=(image_size // patch) ** 2)
-    language = dict(model_type=text, hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=layers,
+    language = dict(model_type="gemma3_text" if text == "gemma3" else text, hidden_size=dim,
+                    intermediate_size=2 * dim, num_hidden_layers=layers,
                     num_attention_heads=heads, num_key_value_heads=1, head_dim=dim // heads, vocab_size=128,
                     max_position_embeddings=256, bos_token_id=2, eos_token_id=1, pad_token_id=0)
+    local_global = ["sliding_attention", "full_attention"] * (layers // 2) + ["sliding_attention"] * (layers % 2)
     if text == "gemma2":
-        language.update(attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=64,
-                        query_pre_attn_scalar=dim // heads)
+        language.update(attn_logit_softcapping=softcapping, final_logit_softcapping=30.0,
+                        sliding_window=sliding_window or 64, query_pre_attn_scalar=dim // heads,
+                        layer_types=local_global)
+    elif text == "gemma3":
+        language.update(sliding_window=sliding_window or 5, query_pre_attn_scalar=3 * dim // heads,
+                        layer_types=local_global)
     config = PaliGemmaConfig(vision_config=vision, text_config=language, image_token_index=127, projection_dim=dim)
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
@@ -210,10 +225,11 @@ class TinyPi0(nn.Module):
             cached.append((k, v))
 
         batch, action_dim = state.shape[0], state.shape[-1]
-        x = torch.randn(batch, horizon, action_dim, generator=torch.Generator().manual_seed(0))
+        dtype = self.action_in_proj.weight.dtype  # the noise and time in the model's dtype (bfloat16 included)
+        x = torch.randn(batch, horizon, action_dim, generator=torch.Generator().manual_seed(0)).to(dtype)
         dt = -1.0 / steps
         for i in range(steps):
-            t = torch.full((batch, horizon, 1), 1.0 + i * dt)
+            t = torch.full((batch, horizon, 1), 1.0 + i * dt, dtype=dtype)
             suffix = torch.cat([self.state_proj(state)[:, None], self.action_in_proj(torch.cat([x, t], -1))], dim=1)
             velocity = self.action_out_proj(self._expert(suffix, cached, prefix.shape[1], modeling_gemma)[:, 1:])
             x = x + dt * velocity
