@@ -248,3 +248,15 @@ def test_fast_openvla_dinov2_and_siglip_towers_equal_eager_and_stay_fused():
         assert worst <= FLOAT32, f"{tower}: max |difference| {worst:.3g}"
     assert [s.kind for s in fm.select(tower="dinov2")[0].keys.segments] == ["cls", "register", "image"]
     assert [s.kind for s in fm.select(tower="siglip")[0].keys.segments if s.stop > s.start] == ["image"]
+
+
+def test_fast_mode_refuses_a_fused_block_whose_scale_its_kernel_ignores():
+    model, _ = _vit("cls")
+    model.blocks[1].attn.scale = 0.5  # timm's fused call passes no scale: sdpa uses head_dim ** -0.5
+    with pytest.raises(GetLocalError, match=r"Attention \(blocks\.1\.attn\) has scale=0\.5.*mode='eager'"):
+        vit.activate(model, mode="fast")
+    assert not vit.is_active()
+    model.blocks[1].attn.fused_attn = False  # then the block computes with its scale, and its attn is read
+    with vit.capture(model, mode="fast") as maps:
+        _run(model, torch.randn(2, 3, 32, 32))
+    assert len(maps) == 2
