@@ -112,8 +112,9 @@ def activate(model=None, *, convert="numpy", max_calls: Optional[int] = None, ma
     model is switched at its first call (``torch.compile(model)`` included). ``convert``,
     ``max_calls`` and ``max_bytes`` go to ``get_local.activate``.
 
-    ``mode='fast'``: the model keeps its attention kernel (nothing is switched);
-    the language model's maps are rebuilt exactly from the softmax inputs, and
+    ``mode='fast'``: the model keeps its attention kernels (nothing is switched:
+    the timm towers stay fused); the language model's and the towers' maps are
+    rebuilt exactly from the softmax inputs, and
     ``queries='generated'``/``'action'`` (the new tokens of each decode / denoise
     step) and ``heads='mean'``/``'max'`` select before anything is kept. See the
     README, "Two capture modes".

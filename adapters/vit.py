@@ -22,8 +22,9 @@ nothing is switched: every block keeps its ``fused_attn`` and the model's
 outputs do not change by a bit; a fused block's map is rebuilt from the ``q``
 and ``k`` it gave the kernel, with timm's own non-fused arithmetic (so it equals
 the eager-mode map), and a block the user runs non-fused is read as it is. A
-fused block in training mode with attention dropout is refused (its dropped
-weights are random).
+fused block that no rebuild can repeat is refused, naming it: in training mode
+with attention dropout (its dropped weights are random), or with a ``scale``
+that the fused call does not pass.
 """
 from typing import Optional
 
