@@ -252,3 +252,80 @@ class Fast:
         if not wanted:
             return Skipped(self.kept_shape(weights.shape[0], weights.shape[1], q_len, k_len), padding)
         return self.finish(weights, padding)
+
+    def keep_timm(self, owner, values: Dict[str, Any]):
+        """One call of timm's ``Attention.forward``: ``attn`` as it is if the block ran non-fused, else rebuilt.
+
+        A fused block leaves ``q`` (unscaled) and ``k`` as they entered
+        ``scaled_dot_product_attention``, with ``attn_mask`` and ``is_causal`` where
+        the version has them; the rebuild is ``timm_rows``. A vision tower has no
+        prompt padding, so none is kept.
+        """
+        attn = values.get("attn")
+        if attn is not None:  # the user's block runs non-fused: the map itself
+            if not self.wanted(owner, attn.shape[-2], attn.shape[-1]):
+                return Skipped(self.kept_shape(*attn.shape), None)
+            return self.finish(attn)
+        q, k = values.get("q"), values.get("k")
+        if q is None or k is None:
+            return None
+        why = timm_unrebuildable(owner)
+        if why:  # switched after activation (check_fast saw it fine): warned and skipped by get_local, never wrong
+            from ._libraries import _unsupported
+
+            raise _unsupported(f"{type(owner).__name__} {why}")
+        shape = self.kept_shape(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        if not self.wanted(owner, q.shape[2], k.shape[2]):
+            return Skipped(shape, None)
+        causal = bool(values.get("is_causal", False))
+        mask = None if causal else values.get("attn_mask")  # timm's causal mask takes precedence over any other
+        rows = functools.partial(timm_rows, scale=owner.scale, causal=causal)
+        return self.whole(rows, (q, k), mask, shape, None)
+
+
+# -- timm ----------------------------------------------------------------------
+
+#: The locals of timm's ``Attention.forward`` that ``keep_timm`` reads (those a version lacks are left out):
+#: ``attn`` is bound only when the block ran non-fused; ``attn_mask``/``is_causal`` exist from timm 1.0.
+TIMM_LOCALS = ("attn", "q", "k", "attn_mask", "is_causal")
+
+
+def timm_rows(q, k, mask, *, scale: float, causal: bool = False):
+    """timm's non-fused attention weights ``[B, H, N, N]`` from one block's unscaled query and key.
+
+    The arithmetic of ``Attention.forward`` with ``fused_attn`` off, so that a map
+    equals what eager mode captures from the same weights: the query scaled before
+    the product; the mask as timm 1.0 resolves it (causal: ``-inf`` above the
+    diagonal; boolean: ``-inf`` where False, as sdpa reads it; float: added as it
+    is); the softmax in the scores' own dtype, not float32 as transformers does.
+    """
+    scores = (q * scale) @ k.transpose(-2, -1)
+    if causal:
+        n = scores.shape[-1]
+        mask = scores.new_full((n, n), float("-inf")).triu_(1)
+    elif mask is not None and mask.dtype == torch.bool:
+        mask = torch.zeros_like(mask, dtype=scores.dtype).masked_fill_(~mask, float("-inf"))
+    if mask is not None:
+        scores = scores + mask
+    return scores.softmax(dim=-1)
+
+
+def timm_unrebuildable(module) -> Optional[str]:
+    """Why the fused kernel of a timm attention block ran arithmetic that ``timm_rows`` cannot repeat, or None.
+
+    In training, with attention dropout, sdpa drops weights at random: no rebuild
+    gives those weights back, and the map before dropout is not the one eager
+    mode captures. The fused call passes no scale, so sdpa uses
+    ``head_dim ** -0.5`` whatever ``module.scale`` says.
+    """
+    p = float(getattr(getattr(module, "attn_drop", None), "p", 0.0) or 0.0)
+    if module.training and p > 0:
+        return (f"is in training mode with attention dropout p={p:g}, which the fused kernel applies at random "
+                "(no rebuild gives those weights back); call model.eval(), or set fused_attn = False on it "
+                "(fast mode then reads its map as it is)")
+    head_dim = getattr(module, "head_dim", None)
+    scale = getattr(module, "scale", None)
+    if isinstance(head_dim, int) and scale is not None and scale != head_dim ** -0.5:
+        return (f"has scale={scale!r}, but its fused kernel uses head_dim ** -0.5 = {head_dim ** -0.5!r}; "
+                "set fused_attn = False on it (fast mode then reads its map as it is)")
+    return None

@@ -19,8 +19,10 @@ Targets = List[Tuple[Callable, str]]
 
 
 class TimmAttention:
-    """timm's ViT ``Attention`` blocks, captured on ``attn`` with the fused path switched off.
+    """timm's ViT ``Attention`` blocks, captured on ``attn``.
 
+    mode='eager' switches the fused path off; mode='fast' leaves ``fused_attn``
+    as it is and rebuilds a fused block's map from ``q`` and ``k``.
     ``optional``: a model without timm (a Llama alone) is fine. timm 0.9.x keeps
     ``Attention`` in ``timm.models.vision_transformer``, 1.0.x in ``timm.layers.attention``.
     """
@@ -68,6 +70,28 @@ class TimmAttention:
 
     def owns(self, owner) -> bool:
         return bool(self.classes) and isinstance(owner, self.classes)
+
+    # -- mode='fast': every block keeps fused_attn as it is (see _fast.keep_timm) ---
+
+    def fast_targets(self, fast) -> List[Tuple[Callable, Tuple[str, ...], Callable]]:
+        """``(Attention.forward, locals, keep)``: a non-fused block's ``attn``, a fused one's ``q`` and ``k``."""
+        from . import _fast
+
+        found = []
+        for func, _ in self.targets():
+            present = set(func.__code__.co_varnames)
+            found.append((func, tuple(n for n in _fast.TIMM_LOCALS if n in present), fast.keep_timm))
+        return found
+
+    def check_fast(self, module, path: str = "") -> None:
+        """Raise if ``module`` is a fused timm block whose map ``mode='fast'`` cannot rebuild exactly."""
+        if not self.owns(module) or not getattr(module, "fused_attn", False):
+            return  # a non-fused block is read as it is
+        from . import _fast
+
+        why = _fast.timm_unrebuildable(module)
+        if why:
+            raise _unsupported(f"{type(module).__name__}{f' ({path})' if path else ''} {why}")
 
 
 class EagerTransformers:

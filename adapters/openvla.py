@@ -113,11 +113,12 @@ def activate(model=None, *, convert="numpy", max_calls: Optional[int] = None, ma
     model is switched at its first call (``torch.compile(model)`` included). ``convert``,
     ``max_calls`` and ``max_bytes`` go to ``get_local.activate``.
 
-    ``mode='fast'``: the model keeps its attention kernel (nothing is switched)
-    and the maps are rebuilt exactly from the softmax inputs. ``queries``,
-    ``heads``, ``towers`` (of 'dinov2', 'siglip', 'llm'), ``layers`` and ``dtype``
-    select before anything is kept, in either mode: see :mod:`getlocal.adapters`
-    and the README, "Two capture modes".
+    ``mode='fast'``: the model keeps its attention kernels (nothing is switched:
+    the timm towers stay fused, the language model on its kernel) and the maps
+    are rebuilt exactly from the softmax inputs. ``queries``, ``heads``,
+    ``towers`` (of 'dinov2', 'siglip', 'llm'), ``layers`` and ``dtype`` select
+    before anything is kept, in either mode: see :mod:`getlocal.adapters` and
+    the README, "Two capture modes".
     """
     _ADAPTER.activate(model, convert, max_calls, max_bytes, mode=mode, queries=queries, heads=heads,
                       towers=towers, layers=layers, dtype=dtype)

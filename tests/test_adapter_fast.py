@@ -122,7 +122,9 @@ def test_a_fast_cache_saves_and_records_as_the_maps_it_stands_for(tmp_path):
 @needs_fast
 def test_fast_mode_leaves_openvla_outputs_and_kernel_untouched():
     model = tiny.openvla(attn_implementation=None)
-    fused_before = [b.attn.fused_attn for b in model.vision_backbone.featurizer.blocks]
+    backbone = model.vision_backbone
+    blocks = list(backbone.featurizer.blocks) + list(backbone.fused_featurizer.blocks)
+    fused_before = [b.attn.fused_attn for b in blocks]
     pixels, ids = tiny.openvla_inputs(model, batch=2)
     with torch.no_grad():
         logits = model(pixels, ids).logits
@@ -132,12 +134,16 @@ def test_fast_mode_leaves_openvla_outputs_and_kernel_untouched():
             logits_fast = model(pixels, ids).logits
         generated_fast = tiny.generate(model, pixels, ids)
         assert model.language_model.config._attn_implementation == "sdpa"  # during the block too
-        assert [b.attn.fused_attn for b in model.vision_backbone.featurizer.blocks] == fused_before
+        assert [b.attn.fused_attn for b in blocks] == fused_before
     assert torch.equal(logits, logits_fast), "mode='fast' must not change a single bit of the logits"
     assert torch.equal(generated, generated_fast)
     assert model.language_model.config._attn_implementation == "sdpa"
-    assert maps.towers == ["llm"]  # the timm towers stay fused, so uncaptured in this mode
-    assert len(maps) == 2 * (1 + 7)  # 2 layers: the forward, then generate's prefill and 6 decode steps
+    assert [b.attn.fused_attn for b in blocks] == fused_before
+    assert maps.towers == ["dinov2", "siglip", "llm"]  # the timm towers stay fused and are captured too
+    llm = maps.select(tower="llm")
+    assert len(llm) == 2 * (1 + 7)  # 2 layers: the forward, then generate's prefill and 6 decode steps
+    towers = [len(maps.select(tower=t)) for t in ("dinov2", "siglip")]
+    assert towers[0] == towers[1] > 0 and towers[0] % 2 == 0  # the same blocks in the forward and in generate
 
 
 @needs_fast
