@@ -183,7 +183,7 @@ class Fast:
             return None
         if isinstance(self.queries, slice):
             return list(range(q_len))[self.queries]
-        return [i % q_len for i in self.queries if -q_len <= i < q_len]
+        return list(dict.fromkeys(i % q_len for i in self.queries if -q_len <= i < q_len))  # 0 and -1 of one row: once
 
     def finish(self, weights, padding=None):
         """What is kept of a map computed now: the selection applied, then ``convert``."""

@@ -57,7 +57,8 @@ from ._errors import GetLocalError
 from ._files import fsync_dir, write_atomic
 from .maps import AttentionMap, AttentionMaps
 from .saved import (_CODES, _DTYPES, _ITEMSIZE, INDEX, _corrupt, _decode, _encode, _encode_cache, _frozen,
-                    _layout, _open_plain, _optional, _path, _plain_json, _Plan, _to_numpy, _version)
+                    _layout, _open_plain, _optional, _path, _plain_json, _Plan, _rows_and_padding, _to_numpy,
+                    _version)
 
 RUN = "run.json"
 PART = "part.json"
@@ -615,7 +616,7 @@ def _parse_step(part: _Part, number: int, text: bytes) -> Dict[str, Any]:
                 if len(r.shape) < 2 or tuple(r.shape[-2:]) != (len(queries), len(keys)):
                     raise ValueError(f"maps[{i}] has shape {r.shape} for {len(queries)} queries and {len(keys)} keys")
                 maps.append(_StoredMap(r, queries=queries, keys=keys, camera=_optional(meta.get("camera"), str),
-                                       **labels))
+                                       **labels, **_rows_and_padding(meta, r.shape)))
             layouts = {str(k): _layout(v) for k, v in _dict(rec, "layouts").items()}
             out["maps"] = lambda: AttentionMaps(list(maps), dict(layouts))
         elif kind == "cache":

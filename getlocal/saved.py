@@ -546,8 +546,28 @@ def _decode_maps(root: Path, index, array) -> AttentionMaps:
             raise _corrupt(root, f"maps[{i}] has shape {list(arr.shape)} but its labels say {meta['shape']} with "
                                  f"{len(queries)} queries and {len(keys)} keys")
         maps.append(AttentionMap(arr, labels["tower"], labels["layer"], labels["path"], labels["step"],
-                                 labels["phase"], labels["call"], queries, keys, camera))
+                                 labels["phase"], labels["call"], queries, keys, camera,
+                                 **_rows_and_padding(meta, arr.shape)))
     return AttentionMaps(maps, {str(k): _layout(v) for k, v in _dict(index, "layouts").items()})
+
+
+def _rows_and_padding(meta, shape) -> Dict[str, Any]:
+    """``AttentionMap.padding`` and ``.rows`` from their JSON (positions), checked against the map's shape."""
+    batch, queries, keys = (shape[0] if len(shape) > 2 else 1), shape[-2], shape[-1]
+    out: Dict[str, Any] = {"padding": None, "rows": None}
+    padding, rows = meta.get("padding"), meta.get("rows")
+    if padding is not None:
+        if type(padding) is not list or len(padding) != batch or not all(
+                type(row) is list and all(type(p) is int and 0 <= p < keys for p in row) for row in padding):
+            raise ValueError(f"padding is not {batch} lists of key positions below {keys}")
+        out["padding"] = np.zeros((batch, keys), dtype=bool)
+        for item, row in enumerate(padding):
+            out["padding"][item, row] = True
+    if rows is not None:
+        if type(rows) is not list or len(rows) != queries or not all(type(r) is int and 0 <= r < keys for r in rows):
+            raise ValueError(f"rows is not {queries} key positions below {keys}")
+        out["rows"] = np.asarray(rows, dtype=np.int64)
+    return out
 
 
 def _layout(data) -> TokenLayout:
