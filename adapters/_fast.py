@@ -37,6 +37,8 @@ HEADS = ("mean", "max")
 #: The locals of ``sdpa_attention_forward`` a rebuild needs (those a version lacks are left out).
 SDPA_LOCALS = ("query", "key", "attention_mask", "scaling", "is_causal", "q_length", "kv_length")
 EAGER_LOCALS = ("attn_weights",)
+#: The locals of ``LlamaAttention.forward`` / ``LlamaSdpaAttention.forward`` (transformers < 4.48) a rebuild needs.
+LLAMA_OLD_LOCALS = ("query_states", "key_states", "attention_mask", "is_causal", "attn_weights")
 
 
 class Skipped(Lazy):
@@ -93,6 +95,36 @@ def softmax_rows(query, key, mask, scaling, causal: bool, kv_length: int):
     if kv_length > k_len:  # sdpa cut the keys no query could see (prefill into a longer static cache)
         weights = torch.nn.functional.pad(weights, (0, kv_length - k_len))
     return weights
+
+
+def repeat_keys(key, heads: int):
+    """``key`` ``[B, Hk, K, D]`` with each head repeated for the ``heads // Hk`` query heads sharing it (repeat_kv)."""
+    b, hk, k_len, d = key.shape
+    if hk == heads:
+        return key
+    return key[:, :, None].expand(b, hk, heads // hk, k_len, d).reshape(b, heads, k_len, d)
+
+
+def _additive_causal(q_len: int, k_len: int, dtype, device):
+    """sdpa's ``is_causal`` triangle (top left) as transformers' eager mask: 0 where seen, the dtype's minimum elsewhere."""
+    seen = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril()
+    return torch.zeros(q_len, k_len, dtype=dtype, device=device).masked_fill(~seen, torch.finfo(dtype).min)[None, None]
+
+
+def llama_old_rows(query, key, mask, head_dim: int, causal: bool):
+    """Eager ``LlamaAttention``'s weights (transformers < 4.48) ``[B, H, Q, K]`` from the inputs sdpa received.
+
+    That version divides by ``math.sqrt(head_dim)`` (later ones multiply by
+    ``scaling``) and adds the model's 4-D mask cut to the keys; the last bit of
+    a float32 score depends on which, hence this twin of ``softmax_rows``.
+    """
+    key = repeat_keys(key, query.shape[1])
+    scores = torch.matmul(query, key.transpose(2, 3)) / math.sqrt(head_dim)
+    if mask is None and causal:
+        mask = _additive_causal(query.shape[2], key.shape[2], scores.dtype, scores.device)
+    if mask is not None:
+        scores = scores + mask[:, :, :, : key.shape[2]]
+    return torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
 
 
 def reduce_heads(weights, heads: Optional[str]):
@@ -209,3 +241,34 @@ class Fast:
             return Skipped(self.kept_shape(weights.shape[0], weights.shape[1], q_len, k_len),
                            _padding_of_weights(weights) if q_len == k_len else None)
         return self.finish(weights)
+
+    def keep_llama_old(self, owner, values: Dict[str, Any], sdpa: bool = False):
+        """transformers < 4.48's Llama attention: ``LlamaSdpaAttention.forward`` (``sdpa``) or ``LlamaAttention.forward``.
+
+        At return ``key_states`` is the whole cache after ``repeat_kv`` (one copy
+        per query head), and ``attention_mask`` the model's 4-D additive mask, or
+        None: sdpa then ran ``is_causal`` when more than one query came, eager
+        with no mask at all. An eager forward asked for its weights
+        (``output_attentions``, also how an sdpa module answers that) keeps them
+        as they are; the sdpa call that handed over to it ends without query_states.
+        """
+        if values.get("attn_weights") is not None:
+            return self.keep_eager(owner, values)
+        query, key = values.get("query_states"), values.get("key_states")
+        if query is None or key is None:
+            return None
+        mask = values.get("attention_mask")
+        batch, heads, q_len, _ = query.shape
+        k_len = key.shape[2]
+        causal = bool(values.get("is_causal", sdpa and mask is None and q_len > 1))
+        shape = self.kept_shape(batch, heads, q_len, k_len)
+        padding = padding_of(mask, q_len, k_len) if q_len == k_len else None
+        if not self.wanted(owner, q_len, k_len):
+            return Skipped(shape, padding)
+        rows = functools.partial(llama_old_rows, head_dim=owner.head_dim, causal=causal)
+        if q_len < k_len:  # a decode step: its rows now, never a copy of the cache
+            with torch.no_grad():
+                return self.finish(rows(query, key, mask))
+        repeats = max(1, key.shape[1] // getattr(owner, "num_key_value_heads", key.shape[1]))
+        shared = key[:, ::repeats]  # one copy per key head, as the cache holds them (repeat_keys restores the rest)
+        return self.whole(rows, (query, shared), mask, shape, padding)
