@@ -20,6 +20,11 @@ dtype (a boolean mask made additive with the dtype's minimum, as transformers'
 eager mask is), softmax in float32, cast back to the query's dtype. An eager
 kernel (``attn_weights`` exists: Gemma 2's soft-capping included) is read
 as it is. Only torch code here; imported when an adapter activates in this mode.
+
+Before 4.48 (OpenVLA pins 4.40.1) there is no such function: the attention
+class is the kernel, and ``keep_llama_old`` reads the locals of
+``LlamaSdpaAttention.forward`` / ``LlamaAttention.forward`` under the same
+rules, rebuilt by ``llama_old_rows`` with that version's eager arithmetic.
 """
 import functools
 import math

@@ -28,6 +28,14 @@ How eager attention is made to happen:
   returning unless ``output_attentions``, a forward pre-hook asks each attention
   module for its weights. ``LlamaDecoderLayer`` decides what it returns from its
   own ``output_attentions``, so the model's outputs do not change.
+
+``mode='fast'`` switches none of this. From 4.48 it reads the arguments of
+``sdpa_attention_forward``; before, it reads the locals of the attention
+classes' own forwards (``LlamaSdpaAttention``, and ``LlamaAttention`` for a
+model built eager) as they return: the query after the rotary embedding, the
+keys of the whole cache after ``repeat_kv`` and the model's 4-D mask, or no
+mask, where sdpa ran ``is_causal``. ``LlamaFlashAttention2`` (and any class
+with a forward of its own) is refused at activation.
 """
 import functools
 from typing import Optional
