@@ -111,7 +111,7 @@ def repeat_keys(key, heads: int):
 
 
 def _additive_causal(q_len: int, k_len: int, dtype, device):
-    """sdpa's ``is_causal`` triangle (top left) as transformers' eager mask: 0 where seen, the dtype's minimum elsewhere."""
+    """sdpa's ``is_causal`` (top left) as transformers' eager mask: 0 where seen, the dtype's minimum elsewhere."""
     seen = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril()
     return torch.zeros(q_len, k_len, dtype=dtype, device=device).masked_fill(~seen, torch.finfo(dtype).min)[None, None]
 
@@ -248,7 +248,7 @@ class Fast:
         return self.finish(weights)
 
     def keep_llama_old(self, owner, values: Dict[str, Any], sdpa: bool = False):
-        """transformers < 4.48's Llama attention: ``LlamaSdpaAttention.forward`` (``sdpa``) or ``LlamaAttention.forward``.
+        """transformers < 4.48's ``LlamaSdpaAttention.forward`` (``sdpa``) or ``LlamaAttention.forward``.
 
         At return ``key_states`` is the whole cache after ``repeat_kv`` (one copy
         per query head), and ``attention_mask`` the model's 4-D additive mask, or

@@ -74,7 +74,7 @@ class _Llama(EagerTransformers):
     # -- mode='fast' before 4.48: the forward of each attention class is the kernel --
 
     def fast_targets(self, fast):
-        """Before 4.48: the locals of ``LlamaSdpaAttention.forward`` and ``LlamaAttention.forward`` (see the module doc)."""
+        """Before 4.48: the locals of ``LlamaSdpaAttention.forward`` and ``LlamaAttention.forward`` (module doc)."""
         classes = _old_llama_classes()
         if classes is None:
             return super().fast_targets(fast)

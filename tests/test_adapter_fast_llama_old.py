@@ -98,7 +98,7 @@ def test_fast_maps_equal_eager_every_layer_prefill_and_decode_left_padded(dtype)
 
 
 def test_fast_maps_without_a_mask_are_causal_and_equal_eager():
-    """No attention mask (OpenVLA's predict_action may give none): sdpa runs ``is_causal``, eager builds the triangle."""
+    """No mask (OpenVLA's predict_action may give none): sdpa runs ``is_causal``, eager builds the triangle."""
     fast, eager = _llm_pair()
     ids = _padded_prompt(length=40, pad=0)[0]  # long enough that the prefill is kept as its inputs
     with openvla.capture(fast, mode="fast") as fm:
