@@ -102,7 +102,7 @@ def softmax_rows(query, key, mask, scaling, causal: bool, kv_length: int):
     return weights
 
 
-def repeat_keys(key, heads: int):
+def _repeat_keys(key, heads: int):
     """``key`` ``[B, Hk, K, D]`` with each head repeated for the ``heads // Hk`` query heads sharing it (repeat_kv)."""
     b, hk, k_len, d = key.shape
     if hk == heads:
@@ -123,7 +123,7 @@ def llama_old_rows(query, key, mask, head_dim: int, causal: bool):
     ``scaling``) and adds the model's 4-D mask cut to the keys; the last bit of
     a float32 score depends on which, hence this twin of ``softmax_rows``.
     """
-    key = repeat_keys(key, query.shape[1])
+    key = _repeat_keys(key, query.shape[1])
     scores = torch.matmul(query, key.transpose(2, 3)) / math.sqrt(head_dim)
     if mask is None and causal:
         mask = _additive_causal(query.shape[2], key.shape[2], scores.dtype, scores.device)
@@ -275,5 +275,5 @@ class Fast:
             with torch.no_grad():
                 return self.finish(rows(query, key, mask))
         repeats = max(1, key.shape[1] // getattr(owner, "num_key_value_heads", key.shape[1]))
-        shared = key[:, ::repeats]  # one copy per key head, as the cache holds them (repeat_keys restores the rest)
+        shared = key[:, ::repeats]  # one copy per key head, as the cache holds them; _repeat_keys restores it
         return self.whole(rows, (query, shared), mask, shape, padding)

@@ -27,10 +27,10 @@ TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 PAD = 3
 
 
-def _llm_pair(dtype=torch.float32):
+def _llm_pair(dtype=torch.float32, dim=32):
     """The tiny OpenVLA's Llama on sdpa (the default, as from_pretrained leaves it) and an eager copy."""
-    fast = tiny.openvla(attn_implementation=None).language_model.to(dtype)
-    eager = tiny.openvla(attn_implementation="eager").language_model.to(dtype)
+    fast = tiny.openvla(dim=dim, attn_implementation=None).language_model.to(dtype)
+    eager = tiny.openvla(dim=dim, attn_implementation="eager").language_model.to(dtype)
     eager.load_state_dict(fast.state_dict())
     return fast, eager
 
@@ -95,6 +95,19 @@ def test_fast_maps_equal_eager_every_layer_prefill_and_decode_left_padded(dtype)
             assert m.padding is not None and m.padding[0, :PAD].all() and not m.padding[1].any()
             assert (np.triu(a[1], 1) == 0).all(), "a decoder's map is exactly 0 above the diagonal"
             assert (np.triu(a[0, :, PAD:, PAD:], 1) == 0).all()
+
+
+def test_first_layer_is_eager_bit_for_bit_with_a_scale_that_rounds():
+    """head_dim 24: ``/ sqrt(24)`` (eager before 4.48) and ``* 24 ** -0.5`` differ in the last bit of many scores."""
+    fast, eager = _llm_pair(dim=48)
+    assert fast.model.layers[0].self_attn.head_dim == 24
+    ids, mask = _padded_prompt()
+    with openvla.capture(fast, mode="fast") as fm:
+        _generate(fast, ids, mask)
+    with openvla.capture(eager) as em:
+        _generate(eager, ids, mask)
+    worst, first_exact = _compare(fm, em)
+    assert worst <= TOLERANCE[torch.float32] and first_exact
 
 
 def test_fast_maps_without_a_mask_are_causal_and_equal_eager():
