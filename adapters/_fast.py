@@ -20,6 +20,11 @@ dtype (a boolean mask made additive with the dtype's minimum, as transformers'
 eager mask is), softmax in float32, cast back to the query's dtype. An eager
 kernel (``attn_weights`` exists: Gemma 2's soft-capping included) is read
 as it is. Only torch code here; imported when an adapter activates in this mode.
+
+Before 4.48 (OpenVLA pins 4.40.1) there is no such function: the attention
+class is the kernel, and ``keep_llama_old`` reads the locals of
+``LlamaSdpaAttention.forward`` / ``LlamaAttention.forward`` under the same
+rules, rebuilt by ``llama_old_rows`` with that version's eager arithmetic.
 """
 import functools
 import math
@@ -35,6 +40,8 @@ from ._labels import Rows, Skipped
 #: The locals of ``sdpa_attention_forward`` a rebuild needs (those a version lacks are left out).
 SDPA_LOCALS = ("query", "key", "attention_mask", "scaling", "is_causal", "q_length", "kv_length")
 EAGER_LOCALS = ("attn_weights",)
+#: The locals of ``LlamaAttention.forward`` / ``LlamaSdpaAttention.forward`` (transformers < 4.48) a rebuild needs.
+LLAMA_OLD_LOCALS = ("query_states", "key_states", "attention_mask", "is_causal", "attn_weights")
 
 
 class Rebuild(Lazy):
@@ -59,11 +66,8 @@ class Rebuild(Lazy):
 
 def softmax_rows(query, key, mask, scaling, causal: bool, kv_length: int):
     """Eager's attention weights ``[B, H, Q, kv_length]`` from the softmax inputs of one call."""
-    heads, q_len = query.shape[1], query.shape[2]
-    if key.shape[1] != heads:  # grouped-query keys, shared as repeat_kv shares them
-        n = heads // key.shape[1]
-        b, hk, k_len, d = key.shape
-        key = key[:, :, None].expand(b, hk, n, k_len, d).reshape(b, hk * n, k_len, d)
+    q_len = query.shape[2]
+    key = _repeat_keys(key, query.shape[1])  # grouped-query keys, shared as repeat_kv shares them
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
@@ -79,6 +83,42 @@ def softmax_rows(query, key, mask, scaling, causal: bool, kv_length: int):
     if kv_length > k_len:  # sdpa cut the keys no query could see (prefill into a longer static cache)
         weights = torch.nn.functional.pad(weights, (0, kv_length - k_len))
     return weights
+
+
+def _repeat_keys(key, heads: int):
+    """``key`` ``[B, Hk, K, D]`` with each head repeated for the ``heads // Hk`` query heads sharing it (repeat_kv)."""
+    b, hk, k_len, d = key.shape
+    if hk == heads:
+        return key
+    return key[:, :, None].expand(b, hk, heads // hk, k_len, d).reshape(b, heads, k_len, d)
+
+
+def _additive_causal(q_len: int, k_len: int, dtype, device):
+    """sdpa's ``is_causal`` (top left) as transformers' eager mask: 0 where seen, the dtype's minimum elsewhere."""
+    seen = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril()
+    return torch.zeros(q_len, k_len, dtype=dtype, device=device).masked_fill(~seen, torch.finfo(dtype).min)[None, None]
+
+
+def llama_old_rows(query, key, mask, head_dim: int, causal: bool):
+    """Eager ``LlamaAttention``'s weights (transformers < 4.48) ``[B, H, Q, K]`` from the inputs sdpa received.
+
+    That version divides by ``math.sqrt(head_dim)`` (later ones multiply by
+    ``scaling``) and adds the model's 4-D mask cut to the keys; the last bit of
+    a float32 score depends on which, hence this twin of ``softmax_rows``.
+    """
+    key = _repeat_keys(key, query.shape[1])
+    scores = torch.matmul(query, key.transpose(2, 3)) / math.sqrt(head_dim)
+    if mask is None and causal:
+        mask = _additive_causal(query.shape[2], key.shape[2], scores.dtype, scores.device)
+    if mask is not None:
+        scores = scores + mask[:, :, :, : key.shape[2]]
+    return torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+
+
+def _one_per_key_head(key, owner):
+    """``key`` after ``repeat_kv`` (a copy per query head) as the cache holds it; ``_repeat_keys`` restores it."""
+    groups = getattr(owner, "num_key_value_groups", 1)
+    return key[:, ::groups] if isinstance(groups, int) and groups > 1 and key.shape[1] % groups == 0 else key
 
 
 def reduce_heads(weights, heads):
@@ -239,7 +279,7 @@ class Fast:
         if q_len < kv_length:  # a step over cached keys: its rows now, never a copy of the cache
             with torch.no_grad():
                 return self.finish(rows(query, key, mask), padding)
-        return self.whole(rows, (query, key), mask, shape, padding)
+        return self.whole(rows, (query, _one_per_key_head(key, owner)), mask, shape, padding)
 
     def keep_eager(self, owner, values: Dict[str, Any]):
         """An eager kernel's weights (its one captured local: ``attn_weights``, timm's ``attn``), selected."""
@@ -252,6 +292,35 @@ class Fast:
         if not wanted:
             return Skipped(self.kept_shape(weights.shape[0], weights.shape[1], q_len, k_len), padding)
         return self.finish(weights, padding)
+
+    def keep_llama_old(self, owner, values: Dict[str, Any], sdpa: bool = False):
+        """transformers < 4.48's ``LlamaSdpaAttention.forward`` (``sdpa``) or ``LlamaAttention.forward``.
+
+        At return ``key_states`` is the whole cache after ``repeat_kv`` (one copy
+        per query head), and ``attention_mask`` the model's 4-D additive mask, or
+        None: sdpa then ran ``is_causal`` when more than one query came, eager
+        with no mask at all. An eager forward asked for its weights
+        (``output_attentions``, also how an sdpa module answers that) keeps them
+        as they are; the sdpa call that handed over to it ends without query_states.
+        """
+        if values.get("attn_weights") is not None:
+            return self.keep_eager(owner, values)
+        query, key = values.get("query_states"), values.get("key_states")
+        if query is None or key is None:
+            return None
+        mask = values.get("attention_mask")
+        batch, heads, q_len, _ = query.shape
+        k_len = key.shape[2]
+        causal = bool(values.get("is_causal", sdpa and mask is None and q_len > 1))
+        shape = self.kept_shape(batch, heads, q_len, k_len)
+        padding = padding_of(mask, q_len, k_len) if q_len == k_len else None
+        if not self.wanted(owner, q_len, k_len):
+            return Skipped(shape, padding)
+        rows = functools.partial(llama_old_rows, head_dim=owner.head_dim, causal=causal)
+        if q_len < k_len:  # a decode step: its rows now, never a copy of the cache
+            with torch.no_grad():
+                return self.finish(rows(query, key, mask), padding)
+        return self.whole(rows, (query, _one_per_key_head(key, owner)), mask, shape, padding)
 
     def keep_timm(self, owner, values: Dict[str, Any]):
         """One call of timm's ``Attention.forward``: ``attn`` as it is if the block ran non-fused, else rebuilt.

@@ -28,13 +28,22 @@ How eager attention is made to happen:
   returning unless ``output_attentions``, a forward pre-hook asks each attention
   module for its weights. ``LlamaDecoderLayer`` decides what it returns from its
   own ``output_attentions``, so the model's outputs do not change.
+
+``mode='fast'`` switches none of this. From 4.48 it reads the arguments of
+``sdpa_attention_forward``; before, it reads the locals of the attention
+classes' own forwards (``LlamaSdpaAttention``, and ``LlamaAttention`` for a
+model built eager) as they return: the query after the rotary embedding, the
+keys of the whole cache after ``repeat_kv`` and the model's 4-D mask, or no
+mask, where sdpa ran ``is_causal``. ``LlamaFlashAttention2`` (and any class
+with a forward of its own) is refused at activation.
 """
+import functools
 from typing import Optional
 
 from getlocal.maps import AttentionMaps, Segment, TokenLayout
 
 from ._labels import parent
-from ._libraries import EagerTransformers, TimmAttention, timm_layout
+from ._libraries import EagerTransformers, TimmAttention, _unsupported, timm_layout
 from ._lifecycle import Spec, register
 from ._undo import Undo
 
@@ -61,6 +70,43 @@ class _Llama(EagerTransformers):
             if type(module) is not self.old_llama:
                 undo.set(module, "__class__", self.old_llama)
             undo.add(module.register_forward_pre_hook(_keep_weights, with_kwargs=True).remove)
+
+    # -- mode='fast' before 4.48: the forward of each attention class is the kernel --
+
+    def fast_targets(self, fast):
+        """Before 4.48: the locals of ``LlamaSdpaAttention.forward`` and ``LlamaAttention.forward`` (module doc)."""
+        classes = _old_llama_classes()
+        if classes is None:
+            return super().fast_targets(fast)
+        from . import _fast
+
+        targets = []
+        for cls, sdpa in classes:
+            present = set(cls.forward.__code__.co_varnames)
+            names = tuple(n for n in _fast.LLAMA_OLD_LOCALS if n in present)
+            targets.append((cls.forward, names, functools.partial(fast.keep_llama_old, sdpa=sdpa)))
+        return targets
+
+    def check_fast(self, module, path: str = "") -> None:
+        """Before 4.48, also refuse an attention module whose forward ``fast_targets`` does not capture (flash)."""
+        classes = _old_llama_classes()
+        if classes is not None and isinstance(module, classes[0][0]) and self.owns(module):
+            if type(module).forward not in [cls.forward for cls, _ in classes]:
+                raise _unsupported(
+                    f"{type(module).__name__}{f' ({path})' if path else ''} computes its attention in its own "
+                    f"forward, whose softmax inputs getlocal does not rebuild (it does for "
+                    f"{' and '.join(cls.__name__ for cls, _ in classes)})")
+        super().check_fast(module, path)  # the config's kernel: it chooses the mask every layer receives
+
+
+def _old_llama_classes():
+    """``[(LlamaAttention, False), (LlamaSdpaAttention, True)]`` where the class is the kernel (< 4.48), else None."""
+    from transformers.models.llama import modeling_llama
+
+    if getattr(modeling_llama, "eager_attention_forward", None) is not None:
+        return None
+    sdpa = getattr(modeling_llama, "LlamaSdpaAttention", None)
+    return [(modeling_llama.LlamaAttention, False)] + ([(sdpa, True)] if sdpa is not None else [])
 
 
 def _keep_weights(module, args, kwargs):
