@@ -115,10 +115,14 @@ def llama_old_rows(query, key, mask, head_dim: int, causal: bool):
     return torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
 
 
-def _one_per_key_head(key, owner):
-    """``key`` after ``repeat_kv`` (a copy per query head) as the cache holds it; ``_repeat_keys`` restores it."""
+def _one_per_key_head(key, heads: int, owner):
+    """``key`` after ``repeat_kv`` (a copy per query head) as the cache holds it; ``_repeat_keys`` restores it.
+
+    Keys that were not repeated (sdpa's own grouped-query path) are returned as they are.
+    """
     groups = getattr(owner, "num_key_value_groups", 1)
-    return key[:, ::groups] if isinstance(groups, int) and groups > 1 and key.shape[1] % groups == 0 else key
+    repeated = isinstance(groups, int) and groups > 1 and key.shape[1] == heads
+    return key[:, ::groups] if repeated else key
 
 
 def reduce_heads(weights, heads):
@@ -279,7 +283,7 @@ class Fast:
         if q_len < kv_length:  # a step over cached keys: its rows now, never a copy of the cache
             with torch.no_grad():
                 return self.finish(rows(query, key, mask), padding)
-        return self.whole(rows, (query, _one_per_key_head(key, owner)), mask, shape, padding)
+        return self.whole(rows, (query, _one_per_key_head(key, query.shape[1], owner)), mask, shape, padding)
 
     def keep_eager(self, owner, values: Dict[str, Any]):
         """An eager kernel's weights (its one captured local: ``attn_weights``, timm's ``attn``), selected."""
@@ -304,7 +308,7 @@ class Fast:
         as they are; the sdpa call that handed over to it ends without query_states.
         """
         if values.get("attn_weights") is not None:
-            return self.keep_eager(owner, values)
+            return self.keep_eager(owner, {"attn_weights": values["attn_weights"]})
         query, key = values.get("query_states"), values.get("key_states")
         if query is None or key is None:
             return None
@@ -320,7 +324,7 @@ class Fast:
         if q_len < k_len:  # a decode step: its rows now, never a copy of the cache
             with torch.no_grad():
                 return self.finish(rows(query, key, mask), padding)
-        return self.whole(rows, (query, _one_per_key_head(key, owner)), mask, shape, padding)
+        return self.whole(rows, (query, _one_per_key_head(key, query.shape[1], owner)), mask, shape, padding)
 
     def keep_timm(self, owner, values: Dict[str, Any]):
         """One call of timm's ``Attention.forward``: ``attn`` as it is if the block ran non-fused, else rebuilt.

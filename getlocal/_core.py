@@ -327,6 +327,7 @@ class GetLocal:
         ``keys``: only these keys (``get_local.key_of(func)``); ``after``: only the
         calls whose index (``Call.index``) is larger, e.g. those of one block of code:
 
+        >>> from getlocal import get_local
         >>> since = max((c.index for cs in get_local.calls.values() for c in cs), default=-1)
         >>> get_local.clear(after=since)   # what ran since then is dropped, the rest is kept
         """

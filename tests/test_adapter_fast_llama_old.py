@@ -171,7 +171,7 @@ def test_fast_mode_leaves_openvla_predict_action_untouched_in_bfloat16():
         generated_fast = tiny.generate(model, pixels, ids)
     assert torch.equal(generated, generated_fast)
     assert _attention_state(model.language_model) == before
-    assert maps.towers == ["llm"] and len(maps) == 2 * 7
+    assert maps.towers == ["dinov2", "siglip", "llm"] and len(maps.select(tower="llm")) == 2 * 7
 
 
 @pytest.mark.parametrize("heads", [None, "mean"])
