@@ -113,19 +113,27 @@ def label(entries: List[Entry], vision_towers, prompt_layout: PromptLayout, opti
         elif language and prompt is None:  # a decode/denoise step whose prompt was not captured
             first = language[0]
             prompt = TokenLayout([Segment("context", 0, first.keys - first.queries)])
+        # a sliding-window layer's cache keeps only its window: its keys are the last ones of the step's sequence
+        seen = {}
+        for e in language:
+            seen[e.tower] = max(seen.get(e.tower, 0), e.keys)
         for e in step:
+            start = 0
             if e.tower in vision_towers:
                 queries = keys = e.layout
             else:
                 denoise = phase == "denoise"
-                keys = _extend(prompt, e.keys, "action" if denoise else "generated",
+                total = seen[e.tower] if phase in ("decode", "denoise") else e.keys
+                keys = _extend(prompt, total, "action" if denoise else "generated",
                                options.get("state_tokens", 0) if denoise else 0)
+                start = total - e.keys
+                keys = keys.window(start, total) if start else keys
                 queries = keys.window(e.keys - e.queries, e.keys)
             rows = None
             if isinstance(e.array, Rows):  # the capture kept some rows: say which
                 rows = np.asarray(e.array.rows, dtype=np.int64) + (e.keys - e.queries)
                 queries = queries.take(e.array.rows)
-            pad = None if e.tower in vision_towers else _pad_for(padding, e.batch, e.keys)
+            pad = None if e.tower in vision_towers else _pad_for(padding, e.batch, e.keys, start)
             maps.append(AttentionMap(e.array, e.tower, e.layer, e.path, number, phase, e.index,
                                      queries, keys, e.camera, pad, rows))
             if e.tower not in layouts or len(keys) > len(layouts[e.tower]):
@@ -196,14 +204,13 @@ def _mark_padding(prompt: TokenLayout, padding) -> TokenLayout:
     return TokenLayout(segments)
 
 
-def _pad_for(padding, batch: int, keys: int):
-    """The prompt padding of a map with ``keys`` keys (later keys are generated: never padding)."""
-
+def _pad_for(padding, batch: int, keys: int, start: int = 0):
+    """The prompt padding of a map whose ``keys`` keys start at ``start`` (later keys are generated: never padding)."""
     if padding is None or padding.shape[0] != batch:
         return None
     out = np.zeros((batch, keys), dtype=bool)
-    n = min(keys, padding.shape[1])
-    out[:, :n] = padding[:, :n]
+    part = padding[:, start:start + keys]
+    out[:, :part.shape[1]] = part
     return out if out.any() else None
 
 

@@ -386,3 +386,24 @@ def test_fast_bfloat16_pi0_actions_untouched_and_maps_are_eagers_arithmetic_on_t
     _report(model="pi0-bf16", versus_same_inputs=same, versus_eager_twin=twin)
     assert same <= BF16_SAME_INPUTS, f"fast vs eager's arithmetic on the kernel's inputs: {same:.3g}"
     assert twin <= BF16_TWIN, f"fast vs the eager twin: {twin:.3g}"
+
+
+@pytest.mark.parametrize("mode", ["eager", "fast"])
+def test_a_sliding_window_layers_decode_map_is_labelled_with_the_last_keys_of_the_sequence(mode):
+    """A cache that keeps only the window gives decode maps of fewer keys: they are the newest positions."""
+    _needs("gemma3")
+    import copy
+
+    config = tiny.paligemma(text="gemma3", sliding_window=WINDOW).config.text_config
+    model = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="sdpa").eval()
+    ids = torch.randint(3, 100, (1, 9), generator=torch.Generator().manual_seed(2))
+    with paligemma.capture(model, mode=mode) as maps:
+        model.generate(input_ids=ids, do_sample=False, max_new_tokens=3, min_new_tokens=3, pad_token_id=0)
+    for step, phase in maps.steps:
+        if phase != "decode":
+            continue
+        full, *_ = [m for m in maps.select(step=step) if config.layer_types[m.layer] == "full_attention"]
+        total = full.shape[-1]
+        for m in maps.select(step=step):
+            assert m.keys == full.keys.window(total - m.shape[-1], total)
+            assert m.queries.find("generated") and len(m.keys.find("generated")[0]) == min(step, m.shape[-1])
