@@ -54,14 +54,19 @@ class Rebuild(Lazy):
     @property
     def nbytes(self) -> int:
         held = [t for t in self.inputs if isinstance(t, torch.Tensor)]
-        return sum(t.numel() * t.element_size() for t in held) + (0 if self.padding is None else int(self.padding.nbytes))
+        result = getattr(self, "result", None)
+        return (sum(t.numel() * t.element_size() for t in held) + (0 if result is None else int(result.nbytes))
+                + (0 if self.padding is None else int(self.padding.nbytes)))
 
     def materialize(self):
-        with torch.no_grad():
-            return self.finish(self.rows(*self.inputs))
+        if self.inputs:  # computed once: the map replaces its inputs here too, so the cache holds one of them
+            with torch.no_grad():
+                self.result = self.finish(self.rows(*self.inputs))
+            self.inputs = ()
+        return self.result
 
     def parts(self):
-        return self.inputs + (self.padding,)
+        return self.inputs + (self.padding, getattr(self, "result", None))
 
 
 def softmax_rows(query, key, mask, scaling, causal: bool, kv_length: int):

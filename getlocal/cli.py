@@ -39,6 +39,7 @@ _EPILOG_DEMO = f"""examples:
   python -m getlocal demo --model deit_small_patch16_224
   python -m getlocal demo --model openvla-tiny         # DINOv2 + SigLIP + Llama, prefill and 6 decode steps
   python -m getlocal demo --model paligemma-tiny       # Pi0 shape: SigLIP + Gemma + action expert, 2 cameras
+  python -m getlocal demo --model openvla-tiny --mode fast  # the models keep their kernels (sdpa, timm fused)
 
 writes into --out: capture/ (the saved maps), one folder of figures per tower,
 summary.md and summary.json; prints the per-layer pattern table.
@@ -90,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="load the model's weights from disk: a state-dict file (.safetensors, .pth, .pt, .bin) "
                            "or a directory holding model.safetensors or pytorch_model.bin (what save_pretrained "
                            "writes); no network")
+    demo.add_argument("--mode", choices=("eager", "fast"), default="eager",
+                      help="eager (default): the model is switched to eager attention and its maps captured; "
+                           "fast: the model keeps its own kernel (timm fused, transformers sdpa) and the maps are "
+                           "rebuilt exactly from the kernel's inputs")
     demo.add_argument("--quiet", action="store_true", help="no progress bars (they only show on a terminal anyway)")
     demo.set_defaults(run=_demo)
     plot = commands.add_parser(
@@ -218,7 +223,7 @@ def _demo(args) -> int:
     stages = _progress(args.quiet, total=2, desc=args.model, unit="stage")
     stages.set_postfix_str("building and running the model")
     try:
-        maps, images, info = _capture(args.model, args.pretrained, picture, weights)
+        maps, images, info = _capture(args.model, args.pretrained, picture, weights, args.mode)
         stages.update()
         stages.set_postfix_str("saving the capture")
         info.update(model=args.model, image=described)
@@ -452,15 +457,16 @@ class _Demo(NamedTuple):
     options: Dict[str, Any] = {}  # for the adapter's capture(): cameras, state_tokens
 
 
-def _capture(name: str, pretrained: bool, picture, weights: Optional[str] = None):
+def _capture(name: str, pretrained: bool, picture, weights: Optional[str] = None, mode: str = "eager"):
     """``(maps, images, info)``: the demo model ``name`` run once on ``picture`` with every map captured."""
     from getlocal import get_local
 
     build = {"openvla-tiny": _openvla_demo, "paligemma-tiny": _pi0_demo}.get(name, _vit_demo)
-    demo = build(name, pretrained, picture, weights)
+    demo = build(name, pretrained, picture, weights, mode)
+    demo.info["mode"] = mode
     get_local.clear()
     try:
-        with demo.adapter.capture(demo.model, **demo.options) as maps:
+        with demo.adapter.capture(demo.model, mode=mode, **demo.options) as maps:
             demo.run()
     finally:
         get_local.clear()
@@ -470,7 +476,7 @@ def _capture(name: str, pretrained: bool, picture, weights: Optional[str] = None
     return maps, demo.images, demo.info
 
 
-def _vit_demo(name: str, pretrained: bool, picture, weights: Optional[str]) -> _Demo:
+def _vit_demo(name: str, pretrained: bool, picture, weights: Optional[str], mode: str = "eager") -> _Demo:
     import numpy as np
     import torch
 
@@ -499,10 +505,10 @@ def _tiny_pixels(shown):
     return torch.from_numpy(shown / 127.5 - 1.0).float().permute(2, 0, 1)[None]  # [-1, 1], as SigLIP
 
 
-def _openvla_demo(name: str, pretrained: bool, picture, weights: Optional[str]) -> _Demo:
+def _openvla_demo(name: str, pretrained: bool, picture, weights: Optional[str], mode: str = "eager") -> _Demo:
     from getlocal.adapters import openvla, tiny
 
-    model = tiny.openvla(image_size=TINY_IMAGE)
+    model = tiny.openvla(image_size=TINY_IMAGE, attn_implementation="eager" if mode == "eager" else None)
     if weights:
         _load_weights(model, weights, name)
     shown = _square(picture, TINY_IMAGE)
@@ -518,13 +524,13 @@ def _openvla_demo(name: str, pretrained: bool, picture, weights: Optional[str]) 
                  {"image": shown}, info)
 
 
-def _pi0_demo(name: str, pretrained: bool, picture, weights: Optional[str]) -> _Demo:
+def _pi0_demo(name: str, pretrained: bool, picture, weights: Optional[str], mode: str = "eager") -> _Demo:
     import numpy as np
     from PIL import Image
 
     from getlocal.adapters import paligemma, tiny
 
-    model = tiny.pi0(image_size=TINY_IMAGE)
+    model = tiny.pi0(image_size=TINY_IMAGE, attn_implementation="eager" if mode == "eager" else None)
     if weights:
         _load_weights(model, weights, name)
     exterior = _square(picture, TINY_IMAGE)

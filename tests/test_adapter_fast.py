@@ -94,6 +94,17 @@ def test_fast_prefill_map_is_rebuilt_on_first_read_from_fewer_bytes():
     array = m.array
     assert array.shape == (2, 4, 40, 40) and m.array is array  # computed once, then kept
     np.testing.assert_allclose(array.sum(-1), 1, atol=1e-5)
+    assert pending.nbytes == array.nbytes and not pending.inputs  # the map replaced query and key in the cache too
+
+
+def test_a_second_collect_reads_the_map_the_first_one_computed():
+    fast, _ = _llm_pair()
+    ids, mask = _padded_prompt(length=40, pad=0)
+    openvla.activate(fast, mode="fast")
+    fast(input_ids=ids, attention_mask=mask)
+    first = openvla.collect(fast)[0].array
+    assert openvla.collect(fast)[0].array is first  # not rebuilt, not a second copy
+    openvla.deactivate()
 
 
 def test_a_fast_cache_saves_and_records_as_the_maps_it_stands_for(tmp_path):

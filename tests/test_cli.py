@@ -13,6 +13,7 @@ pytest.importorskip("safetensors")
 Image = pytest.importorskip("PIL.Image")
 
 from getlocal import cli  # noqa: E402
+from getlocal.saved import read  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -132,6 +133,18 @@ def test_openvla_tiny_labels_prefill_and_decode_steps_and_draws_text_and_generat
     assert "dinov2/prefill_L1_attn_vis_query-r4c4.png" in names and "siglip/prefill_Lall_attn_vis_patterns.png" in names
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [(s["step"], s["phase"]) for s in summary["steps"]] == [(0, "prefill")] + [(t, "decode") for t in range(1, 7)]
+
+
+def test_demo_in_fast_mode_keeps_the_kernels_and_gives_the_maps_of_eager_mode(tmp_path):
+    for mode in ("eager", "fast"):
+        result = run("demo", "--model", "openvla-tiny", "--mode", mode, "--out", str(tmp_path / mode), "--quiet")
+        assert result.returncode == 0, result.stderr
+    eager, fast = (read(tmp_path / mode / "capture") for mode in ("eager", "fast"))
+    assert fast.info["mode"] == "fast" and eager.info["mode"] == "eager"
+    assert [(m.tower, m.layer, m.step, m.phase, m.shape) for m in fast.data] == \
+        [(m.tower, m.layer, m.step, m.phase, m.shape) for m in eager.data]
+    worst = max(float(np.abs(f.array - e.array).max()) for f, e in zip(fast.data, eager.data))
+    assert worst < 1e-5, worst
 
 
 def test_paligemma_tiny_draws_text_and_action_overlays_for_both_cameras(tmp_path):
