@@ -71,25 +71,25 @@ class TimmAttention:
     def owns(self, owner) -> bool:
         return bool(self.classes) and isinstance(owner, self.classes)
 
-    # -- mode='fast': every block keeps fused_attn as it is (see _fast.keep_timm) ---
+    # -- mode='fast': every block keeps fused_attn as it is (see _keep.keep_timm) ---
 
     def fast_targets(self, fast) -> List[Tuple[Callable, Tuple[str, ...], Callable]]:
         """``(Attention.forward, locals, keep)``: a non-fused block's ``attn``, a fused one's ``q`` and ``k``."""
-        from . import _fast
+        from . import _keep
 
         found = []
         for func, _ in self.targets():
             present = set(func.__code__.co_varnames)
-            found.append((func, tuple(n for n in _fast.TIMM_LOCALS if n in present), fast.keep_timm))
+            found.append((func, tuple(n for n in _keep.TIMM_LOCALS if n in present), fast.keep_timm))
         return found
 
     def check_fast(self, module, path: str = "") -> None:
         """Raise if ``module`` is a fused timm block whose map ``mode='fast'`` cannot rebuild exactly."""
         if not self.owns(module) or not getattr(module, "fused_attn", False):
             return  # a non-fused block is read as it is
-        from . import _fast
+        from . import _keep
 
-        why = _fast.timm_unrebuildable(module)
+        why = _keep.timm_unrebuildable(module)
         if why:
             raise _unsupported(f"{type(module).__name__}{f' ({path})' if path else ''} {why}")
 
@@ -120,13 +120,13 @@ class EagerTransformers:
     def owns(self, owner) -> bool:
         return getattr(getattr(owner, "config", None), "model_type", None) in self.model_types
 
-    # -- mode='fast': the model keeps its kernel (see _fast) ---------------------
+    # -- mode='fast': the model keeps its kernel (see _keep) ---------------------
 
     def fast_targets(self, fast) -> List[Tuple[Callable, Tuple[str, ...], Callable]]:
         """``(function, locals, keep)``: the sdpa kernel's softmax inputs, and each eager kernel's weights."""
         import transformers
 
-        from . import _fast
+        from . import _keep
 
         try:
             from transformers.integrations import sdpa_attention
@@ -142,8 +142,8 @@ class EagerTransformers:
                 "inputs (transformers >= 4.48 has one)")
         sdpa = sdpa_attention.sdpa_attention_forward
         present = set(sdpa.__code__.co_varnames)
-        names = tuple(n for n in _fast.SDPA_LOCALS if n in present)
-        return [(sdpa, names, fast.keep_sdpa)] + [(func, _fast.EAGER_LOCALS, fast.keep_eager) for func, _ in eager]
+        names = tuple(n for n in _keep.SDPA_LOCALS if n in present)
+        return [(sdpa, names, fast.keep_sdpa)] + [(func, _keep.EAGER_LOCALS, fast.keep_eager) for func, _ in eager]
 
     def check_fast(self, module, path: str = "") -> None:
         """Raise unless ``module`` (one of our attention modules) runs a kernel that mode='fast' rebuilds."""

@@ -155,11 +155,11 @@ class Adapter:
         known = set(get_local.functions().values())
         keeper = None
         if self.mode == "fast" or self._selects():
-            from . import _fast
+            from . import _keep
 
             c = self.choice
             to_host = not callable(convert) and convert in ("numpy", "cpu")
-            keeper = _fast.Fast(converter(convert), to_host, c["queries"], c["heads"], numpy=convert == "numpy",
+            keeper = _keep.Keep(converter(convert), to_host, c["queries"], c["heads"], numpy=convert == "numpy",
                                 towers=c["towers"], layers=c["layers"], dtype=c["dtype"], place=self._place)
         if self.mode == "fast":
             targets = [t for source in self._sources() for t in source.fast_targets(keeper)]

@@ -78,12 +78,12 @@ class _Llama(EagerTransformers):
         classes = _old_llama_classes()
         if classes is None:
             return super().fast_targets(fast)
-        from . import _fast
+        from . import _keep
 
         targets = []
         for cls, sdpa in classes:
             present = set(cls.forward.__code__.co_varnames)
-            names = tuple(n for n in _fast.LLAMA_OLD_LOCALS if n in present)
+            names = tuple(n for n in _keep.LLAMA_OLD_LOCALS if n in present)
             targets.append((cls.forward, names, functools.partial(fast.keep_llama_old, sdpa=sdpa)))
         return targets
 

@@ -1,30 +1,35 @@
-"""``mode='fast'``: the model keeps its attention kernel; maps are rebuilt from the softmax inputs.
+"""What each captured attention call keeps: the selection, and ``mode='fast'``'s rebuild from the kernel's inputs.
 
-transformers calls one function per kernel (``sdpa_attention_forward``,
-``eager_attention_forward``, ...) with ``query`` (after the rotary embedding),
-``key`` (the whole cache), ``attention_mask`` and ``scaling`` as arguments.
-``get_local(..., keep=)`` sees those locals as the function returns and keeps:
+``Keep`` holds one activation's choice and gives ``get_local(..., keep=)`` its
+functions, which see a call's locals as it returns and keep only what was
+asked for, before anything is copied off the model's device: towers and
+layers (a call left out is kept as ``Skipped``: its shape, for the labels),
+query rows (``'generated'``/``'action'``, or indices, kept as ``Rows``), heads
+(mean, max, indices) and dtype. In ``mode='eager'`` with a selection,
+``keep_eager`` applies it to the eager weights.
 
-* a call whose queries attend to more keys than there are queries (a decode
-  step, Pi0's denoising suffix): the selected rows, computed now, so no copy of
-  the key cache is kept per step;
-* any other call (a prefill, a vision encoder): its map now if that is no larger
-  than ``query`` and ``key`` (a short prompt, a head-reduced map), else ``query``,
-  ``key`` and the mask (one copy per mask, shared by the layers of a forward) as a
-  ``Rebuild`` whose map is computed on the first read of ``AttentionMap.array``;
-* a call that the selection (``queries=``) leaves out: its shape and padding only.
+In ``mode='fast'`` the model keeps its kernel and the map is rebuilt from the
+kernel's inputs with the eager kernel's own arithmetic, per library:
 
-The rebuild is eager's own arithmetic on the same tensors: ``repeat_kv`` for
-grouped-query keys, ``matmul(query, key^T) * scaling + mask`` in the query's
-dtype (a boolean mask made additive with the dtype's minimum, as transformers'
-eager mask is), softmax in float32, cast back to the query's dtype. An eager
-kernel (``attn_weights`` exists: Gemma 2's soft-capping included) is read
-as it is. Only torch code here; imported when an adapter activates in this mode.
+* transformers >= 4.48 calls one function per kernel (``sdpa_attention_forward``)
+  with ``query`` (after the rotary embedding), ``key`` (the whole cache), the mask
+  and ``scaling``: ``keep_sdpa``, rebuilt by ``softmax_rows`` (``repeat_kv``,
+  ``q k^T * scaling + mask`` in the query's dtype, a boolean mask made additive
+  with the dtype's minimum, softmax in float32, cast back); an eager kernel's
+  ``attn_weights`` (Gemma 2's soft-capping included) is read as it is;
+* before 4.48 (OpenVLA pins 4.40.1) the attention class is the kernel:
+  ``keep_llama_old`` reads ``LlamaSdpaAttention.forward``'s locals, rebuilt by
+  ``llama_old_rows`` (that version divides by ``sqrt(head_dim)``);
+* timm's fused blocks: ``keep_timm`` reads ``q`` and ``k``, rebuilt by
+  ``timm_rows`` (query scaled first, softmax in the scores' dtype).
 
-Before 4.48 (OpenVLA pins 4.40.1) there is no such function: the attention
-class is the kernel, and ``keep_llama_old`` reads the locals of
-``LlamaSdpaAttention.forward`` / ``LlamaAttention.forward`` under the same
-rules, rebuilt by ``llama_old_rows`` with that version's eager arithmetic.
+What is held per call: a step over cached keys (decode, Pi0's denoising suffix)
+computes its rows at once, so no copy of the key cache is kept per step; any
+other call keeps its map now if that is no larger than its query and key (a
+short prompt, a head-reduced map), else query, key (one copy per key head) and
+the mask (one copy per mask object, shared by the layers of a forward) as a
+``Rebuild``, computed on the first read of ``AttentionMap.array``, which then
+replaces its inputs. Only torch code here; imported when an adapter needs it.
 """
 import functools
 import math
@@ -161,7 +166,7 @@ def _padding_of_weights(weights):
     return hidden.cpu().numpy() if bool(hidden.any()) else None
 
 
-class Fast:
+class Keep:
     """The ``keep`` functions of one activation: what each call holds, given the selection.
 
     Used by ``mode='fast'`` (its kernels' softmax inputs) and by ``mode='eager'``
