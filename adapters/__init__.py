@@ -29,6 +29,7 @@ Every adapter's ``activate`` and ``capture`` take the same mode and selection:
 
 Inside, an adapter module is a ``Spec`` (data: towers, attention sources,
 layouts) given to ``_lifecycle.register``; ``_libraries`` holds the timm and
-transformers sources, ``_labels`` turns captured calls into ``AttentionMaps``,
+transformers sources, ``_keep`` what each captured call keeps (the selection,
+fast mode's rebuilds), ``_labels`` turns captured calls into ``AttentionMaps``,
 ``_undo`` logs every switch so that ``deactivate`` can take it back.
 """
