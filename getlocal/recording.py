@@ -48,7 +48,7 @@ import time
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -56,7 +56,7 @@ from . import _check
 from ._errors import GetLocalError
 from ._files import fsync_dir, write_atomic
 from .maps import AttentionMap, AttentionMaps
-from .saved import (_CODES, _DTYPES, _ITEMSIZE, INDEX, _corrupt, _decode, _encode, _encode_cache, _frozen,
+from .saved import (_DTYPES, _ITEMSIZE, INDEX, _corrupt, _decode, _encode, _encode_cache, _frozen,
                     _layout, _open_plain, _optional, _path, _plain_json, _Plan, _rows_and_padding, _to_numpy,
                     _version)
 
@@ -254,8 +254,6 @@ def _step_file(number: int) -> str:
 
 def _encode_step(number, capture, images, info, select):
     """The log line of one step and the arrays its file holds."""
-    from . import get_local
-
     plan = _Plan()
     record: Dict[str, Any] = {"step": number}
     if isinstance(capture, AttentionMaps):
