@@ -43,7 +43,8 @@ from getlocal.maps import Lazy
 from ._labels import Rows, Skipped
 
 #: The locals of ``sdpa_attention_forward`` a rebuild needs (those a version lacks are left out).
-SDPA_LOCALS = ("query", "key", "attention_mask", "scaling", "is_causal", "q_length", "kv_length")
+SDPA_LOCALS = ("query", "key", "attention_mask", "scaling", "is_causal", "q_length", "kv_length", "dropout",
+               "position_bias")
 EAGER_LOCALS = ("attn_weights",)
 #: The locals of ``LlamaAttention.forward`` / ``LlamaSdpaAttention.forward`` (transformers < 4.48) a rebuild needs.
 LLAMA_OLD_LOCALS = ("query_states", "key_states", "attention_mask", "is_causal", "attn_weights")
@@ -133,6 +134,13 @@ def _one_per_key_head(key, heads: int, owner):
     groups = getattr(owner, "num_key_value_groups", 1)
     repeated = isinstance(groups, int) and groups > 1 and key.shape[1] == heads
     return key[:, ::groups] if repeated else key
+
+
+def _random_dropout(owner, p: float):
+    from ._libraries import _unsupported
+
+    return _unsupported(f"{type(owner).__name__} ran its kernel with attention dropout {p:g}, which is random "
+                        "(training mode; call model.eval())")
 
 
 def reduce_heads(weights, heads):
@@ -276,6 +284,12 @@ class Keep:
         return self.layers is None or any(layer == (n if n >= 0 else count + n) for n in self.layers)
 
     def keep_sdpa(self, owner, values: Dict[str, Any]):
+        if values.get("dropout"):  # put in training after activation: warned and skipped by get_local
+            raise _random_dropout(owner, values["dropout"])
+        if values.get("position_bias") is not None:
+            from ._libraries import _unsupported
+
+            raise _unsupported(f"{type(owner).__name__} adds a position bias to its scores, which the rebuild does not")
         query, key = values["query"], values["key"]
         mask = values.get("attention_mask")
         q_len = values.get("q_length", query.shape[2])
@@ -322,6 +336,9 @@ class Keep:
         query, key = values.get("query_states"), values.get("key_states")
         if query is None or key is None:
             return None
+        dropout = float(getattr(owner, "attention_dropout", 0.0) or 0.0) if owner.training else 0.0
+        if dropout:  # put in training after activation: warned and skipped by get_local, never a wrong map
+            raise _random_dropout(owner, dropout)
         mask = values.get("attention_mask")
         batch, heads, q_len, _ = query.shape
         k_len = key.shape[2]

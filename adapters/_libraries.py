@@ -155,6 +155,12 @@ class EagerTransformers:
             raise _unsupported(
                 f"{type(module).__name__}{f' ({path})' if path else ''} runs the {kernel!r} attention kernel, "
                 f"whose softmax inputs getlocal does not rebuild yet (it does for {', '.join(map(repr, FAST_KERNELS))})")
+        dropout = float(getattr(config, "attention_dropout", 0.0) or 0.0)
+        if module.training and dropout > 0 and kernel != "eager":
+            raise _unsupported(
+                f"{type(module).__name__}{f' ({path})' if path else ''} is in training mode with attention dropout "
+                f"{dropout:g}, which its kernel applies at random (no rebuild gives those weights back); call "
+                "model.eval()")
 
 
 #: The transformers kernels whose maps mode='fast' rebuilds exactly (None: a module used alone, eager).

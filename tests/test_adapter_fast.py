@@ -252,3 +252,21 @@ def test_fast_mode_refuses_a_kernel_it_cannot_rebuild_naming_the_module_and_the_
     with pytest.raises(GetLocalError, match=r"Llama\w*Attention \(model\.layers\.0\.self_attn\).*mode='eager'"):
         openvla.activate(llm, mode="fast")
     assert not openvla.is_active()
+
+
+def test_fast_mode_refuses_attention_dropout_in_training_and_skips_a_call_that_meets_it():
+    fast, _ = _llm_pair()
+    fast.config.attention_dropout = 0.1
+    for layer in fast.model.layers:
+        layer.self_attn.attention_dropout = 0.1
+    ids, mask = _padded_prompt()
+    fast.train()
+    with pytest.raises(GetLocalError, match=r"training mode with attention dropout 0.1.*model\.eval\(\)"):
+        openvla.activate(fast, mode="fast")
+    assert not openvla.is_active()
+    fast.eval()
+    with openvla.capture(fast, mode="fast") as maps:
+        fast.train()  # after activation: the kernel's dropped weights are random, so no map is kept
+        with pytest.warns(RuntimeWarning, match="attention dropout 0.1"):
+            fast(input_ids=ids, attention_mask=mask)
+    assert len(maps) == 0
