@@ -40,7 +40,7 @@ import torch
 
 from getlocal.maps import Lazy
 
-from ._labels import Rows, Skipped
+from ._labels import Rows, Skipped, layer_picked
 
 #: The locals of ``sdpa_attention_forward`` a rebuild needs (those a version lacks are left out).
 SDPA_LOCALS = ("query", "key", "attention_mask", "scaling", "is_causal", "q_length", "kv_length", "dropout",
@@ -281,7 +281,7 @@ class Keep:
         tower, layer, count = where
         if self.towers is not None and tower not in self.towers:
             return False
-        return self.layers is None or any(layer == (n if n >= 0 else count + n) for n in self.layers)
+        return layer_picked(layer, count, self.layers)
 
     def keep_sdpa(self, owner, values: Dict[str, Any]):
         if values.get("dropout"):  # put in training after activation: warned and skipped by get_local

@@ -321,6 +321,11 @@ def image_layout(path: str, modules: Dict[str, Any], length: int) -> TokenLayout
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
 
+def layer_picked(layer: int, count: int, layers) -> bool:
+    """Whether ``layer`` of a tower of ``count`` layers is one of ``layers`` (None: all; negative: from the end)."""
+    return layers is None or any(layer == (n if n >= 0 else count + n) for n in layers)
+
+
 def layer_of(owner, path: str) -> int:
     found = _LAYER.findall(path)
     if found:

@@ -18,7 +18,7 @@ from getlocal import GetLocalError, _check, get_local
 from getlocal._convert import MODES, converter
 from getlocal.maps import AttentionMaps, TokenLayout
 
-from ._labels import Entry, PromptLayout, Skipped, check_options, image_layout, label, layer_of
+from ._labels import Entry, PromptLayout, Skipped, check_options, image_layout, label, layer_of, layer_picked
 from ._libraries import pretrained_class
 from ._undo import Undo
 
@@ -118,14 +118,12 @@ class Adapter:
             for tower in towers:
                 _check.choice("towers", tower, self.spec.towers)
             out["towers"] = frozenset(towers)
-        layers = out["layers"]
-        if layers is not None:
-            layers = (layers,) if not isinstance(layers, (list, tuple, range)) else tuple(layers)
-            out["layers"] = tuple(_check.integer("layers", n, low=None, high=None) for n in layers)
+        if out["layers"] is not None:
+            out["layers"] = tuple(_check.integer("layers", n, low=None, high=None) for n in _as_tuple(out["layers"]))
         out["queries"] = _check_queries(out["queries"])
         heads = out["heads"]
         if heads is not None and not isinstance(heads, str):
-            heads = (heads,) if not isinstance(heads, (list, tuple, range)) else tuple(heads)
+            heads = _as_tuple(heads)
             if not heads:
                 raise _check.ArgumentError("heads=[] keeps no head; give head indices, 'mean', 'max' or None")
             out["heads"] = tuple(_check.integer("heads", n, low=0, high=None) for n in heads)
@@ -347,20 +345,20 @@ class Adapter:
             if e.tower in self.spec.vision_towers:
                 e.layout = self.spec.vision_layout(e.path, modules, e.keys)
         maps = label(entries, self.spec.vision_towers, self.spec.prompt_layout, options)
-        maps.maps = [m for m in maps.maps if not isinstance(m.__dict__["_array"], Skipped)]  # kept for labels only
         c = self.choice
         if c["towers"] is not None or c["layers"] is not None or isinstance(c["queries"], str):
-            maps.maps = [m for m in maps.maps if self._chosen(m)]  # by the labels: exact where capture could not tell
+            counts: Dict[str, int] = {}  # layers per tower, from the labels of every call (left-out ones too)
+            for m in maps.maps:
+                counts[m.tower] = max(counts.get(m.tower, 0), m.layer + 1)
+            maps.maps = [m for m in maps.maps if self._chosen(m, counts[m.tower])]  # exact where capture could not tell
+        maps.maps = [m for m in maps.maps if not isinstance(m.__dict__["_array"], Skipped)]  # kept for labels only
         return maps
 
-    def _chosen(self, m) -> bool:
+    def _chosen(self, m, count: int) -> bool:
         c = self.choice
         if isinstance(c["queries"], str) and m.phase != {"generated": "decode", "action": "denoise"}[c["queries"]]:
             return False
-        if c["towers"] is not None and m.tower not in c["towers"]:
-            return False
-        count = self._layer_counts.get(m.tower, m.layer + 1)
-        return c["layers"] is None or any(m.layer == (n if n >= 0 else count + n) for n in c["layers"])
+        return (c["towers"] is None or m.tower in c["towers"]) and layer_picked(m.layer, count, c["layers"])
 
     def _entries(self, since: int) -> List[Entry]:
         cache, calls, owns = get_local.cache, get_local.calls, self.spec.owns
@@ -442,6 +440,11 @@ def _sequence(name: str, value, what: str) -> tuple:
     raise _check.ArgumentTypeError(f"{name} must be one of the {what} or a non-empty list of them; got {_check._show(value)}")
 
 
+def _as_tuple(value) -> tuple:
+    """One value, or a list / tuple / range of them, as a tuple."""
+    return tuple(value) if isinstance(value, (list, tuple, range)) else (value,)
+
+
 def _check_queries(queries):
     """``queries=``: None, ``'generated'``/``'action'``, a row index, a list of them, or a slice of rows."""
     if queries is None or isinstance(queries, str):
@@ -452,7 +455,7 @@ def _check_queries(queries):
         if queries.step is not None and queries.step <= 0:
             raise _check.ArgumentError(f"queries={queries!r}: the slice's step must be positive")
         return queries
-    rows = (queries,) if not isinstance(queries, (list, tuple, range)) else tuple(queries)
+    rows = _as_tuple(queries)
     if not rows:
         raise _check.ArgumentError("queries=[] keeps no row; give row indices, a slice, 'generated', 'action' or None")
     return tuple(_check.integer("queries", r, low=None, high=None) for r in rows)
