@@ -19,6 +19,16 @@ def import_or_skip(adapter: str, module: str):
     return pytest.importorskip(module)
 
 
+def attention_interface() -> bool:
+    """Whether transformers has its attention-interface functions (>= 4.48), which PaliGemma/Pi0's fast mode reads."""
+    try:
+        from transformers.integrations import sdpa_attention  # noqa: F401
+        from transformers.models.llama.modeling_llama import eager_attention_forward  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def skip_unless(adapter: str, condition: bool, reason: str) -> None:
     """Skip the calling test (or, at module level, the module) unless ``condition``; fail when ``adapter`` is required."""
     if condition:

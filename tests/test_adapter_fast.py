@@ -7,6 +7,7 @@ also test_adapter_fast_llama_old); PaliGemma and Pi0 need the attention interfac
 """
 import numpy as np
 import pytest
+from required import attention_interface
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -15,12 +16,7 @@ from getlocal import GetLocalError, get_local, load, record, save  # noqa: E402
 from getlocal.adapters import openvla, paligemma, tiny  # noqa: E402
 from getlocal.maps import Lazy  # noqa: E402
 
-try:
-    from transformers.integrations import sdpa_attention  # noqa: F401
-    from transformers.models.llama.modeling_llama import eager_attention_forward  # noqa: F401
-    FAST = True
-except ImportError:
-    FAST = False
+FAST = attention_interface()
 
 needs_fast = pytest.mark.skipif(
     not FAST, reason=f"mode='fast' for PaliGemma/Pi0 needs transformers' attention interface (>= 4.48); "

@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 import pytest
+from required import attention_interface
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -26,12 +27,7 @@ transformers = pytest.importorskip("transformers")
 from getlocal import get_local  # noqa: E402
 from getlocal.adapters import openvla, paligemma, tiny  # noqa: E402
 
-try:
-    from transformers.integrations import sdpa_attention
-    from transformers.models.llama.modeling_llama import eager_attention_forward  # noqa: F401
-    FAST = True
-except ImportError:
-    FAST = False
+FAST = attention_interface()
 
 pytestmark = [
     pytest.mark.skipif(not FAST, reason=f"mode='fast' needs transformers >= 4.48; this is {transformers.__version__}"),
@@ -91,6 +87,8 @@ def _padded_inputs(model, images, dtype=torch.float32):
 
 def _kernel_calls(run):
     """The locals of every ``sdpa_attention_forward`` call of ``run()`` as the kernel returned, in call order."""
+    from transformers.integrations import sdpa_attention
+
     sdpa = sdpa_attention.sdpa_attention_forward
 
     def keep(owner, values):
