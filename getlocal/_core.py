@@ -333,7 +333,8 @@ class GetLocal:
         """
         for key in keys:
             if not isinstance(key, str):
-                raise ArgumentTypeError(f"get_local.clear(*keys): each key is a str (get_local.key_of(func)); got {_check._show(key)}")
+                raise ArgumentTypeError(
+                    f"get_local.clear(*keys): each key is a str (get_local.key_of(func)); got {_check._show(key)}")
         _check.integer("after", after, low=-1, high=None, optional=True)
         self._store.clear(keys, after)
 

@@ -274,7 +274,7 @@ class Store:
                 self.cache.clear()
                 self.skipped.clear()
                 self._meta.clear()
-            for key in keys or list(self.cache):
+            for key in keys or list(self.cache):  # after a full clear, nothing is left to look at
                 meta = self._meta.get(key)
                 if after is None or meta is None or meta[0] is not self.cache.get(key):
                     self.cache.pop(key, None)  # a list changed by hand has no call indexes: all of it goes
