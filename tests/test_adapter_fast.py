@@ -7,10 +7,10 @@ also test_adapter_fast_llama_old); PaliGemma and Pi0 need the attention interfac
 """
 import numpy as np
 import pytest
-from required import attention_interface
+from required import attention_interface, import_or_skip
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = import_or_skip("openvla", "torch")
+transformers = import_or_skip("openvla", "transformers")
 
 from getlocal import GetLocalError, get_local, load, record, save  # noqa: E402
 from getlocal.adapters import openvla, paligemma, tiny  # noqa: E402

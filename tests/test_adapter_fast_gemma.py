@@ -19,10 +19,10 @@ import sys
 
 import numpy as np
 import pytest
-from required import attention_interface
+from required import attention_interface, import_or_skip
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = import_or_skip("paligemma", "torch")
+transformers = import_or_skip("paligemma", "transformers")
 
 from getlocal import get_local  # noqa: E402
 from getlocal.adapters import openvla, paligemma, tiny  # noqa: E402

@@ -8,15 +8,16 @@ only. Run under the pins with ``PYTHONPATH=.ci/envs/openvla``.
 """
 import numpy as np
 import pytest
+from required import import_or_skip
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = import_or_skip("openvla", "torch")
+transformers = import_or_skip("openvla", "transformers")
 
 from getlocal import GetLocalError  # noqa: E402
 from getlocal.adapters import openvla, tiny  # noqa: E402
 from getlocal.maps import Lazy  # noqa: E402
 
-modeling_llama = pytest.importorskip("transformers.models.llama.modeling_llama")
+modeling_llama = import_or_skip("openvla", "transformers.models.llama.modeling_llama")
 OLD = not hasattr(modeling_llama, "eager_attention_forward")  # the attention class is the kernel
 pytestmark = pytest.mark.usefixtures("adapters_off")
 

@@ -8,9 +8,10 @@ import warnings
 
 import numpy as np
 import pytest
+from required import import_or_skip
 
-torch = pytest.importorskip("torch")
-timm = pytest.importorskip("timm")
+torch = import_or_skip("vit", "torch")
+timm = import_or_skip("vit", "timm")
 
 from getlocal import GetLocalError, get_local  # noqa: E402
 from getlocal.adapters import openvla, tiny, vit  # noqa: E402
