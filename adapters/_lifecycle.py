@@ -412,7 +412,7 @@ def check_model(model) -> None:
     torch = sys.modules.get("torch")
     if torch is None or not issubclass(type(model), torch.nn.Module):
         raise _check.ArgumentTypeError(
-            f"model must be a torch.nn.Module (the model, or torch.compile(model)) or None; got {_check._show(model)}")
+            f"model must be a torch.nn.Module (the model, or torch.compile(model)) or None; got {_check.show(model)}")
 
 
 def _check_activation(model, convert, max_calls, max_bytes) -> None:
@@ -437,7 +437,7 @@ def _show_choice(choice: Dict[str, Any]) -> str:
 def _sequence(name: str, value, what: str) -> tuple:
     if isinstance(value, (list, tuple)) and value:
         return tuple(value)
-    raise _check.ArgumentTypeError(f"{name} must be one of the {what} or a non-empty list of them; got {_check._show(value)}")
+    raise _check.ArgumentTypeError(f"{name} must be one of the {what} or a non-empty list of them; got {_check.show(value)}")
 
 
 def _as_tuple(value) -> tuple:

@@ -15,7 +15,7 @@ from ._errors import ArgumentError, ArgumentTypeError
 HUGE = 1 << 20
 
 
-def _show(value) -> str:
+def show(value) -> str:
     try:
         text = repr(value)
     except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the real error
@@ -28,7 +28,7 @@ def integer(name: str, value, *, low: Optional[int] = None, high: Optional[int] 
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ArgumentTypeError(f"{name} must be an int; got {_show(value)}")
+        raise ArgumentTypeError(f"{name} must be an int; got {show(value)}")
     value = int(value)
     if low is not None and value < low or high is not None and value > high:
         bounds = f">= {low}" if high is None else f"between {low} and {high}" if low is not None else f"<= {high}"
@@ -42,7 +42,7 @@ def number(name: str, value, *, low: Optional[float] = None, high: Optional[floa
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ArgumentTypeError(f"{name} must be a number; got {_show(value)}")
+        raise ArgumentTypeError(f"{name} must be a number; got {show(value)}")
     value = float(value)
     if not math.isfinite(value):
         raise ArgumentError(f"{name} must be a finite number; got {value}")
@@ -56,7 +56,7 @@ def number(name: str, value, *, low: Optional[float] = None, high: Optional[floa
 def flag(name: str, value) -> bool:
     """``value`` as a bool (True/False, numpy bools too)."""
     if type(value).__name__ not in ("bool", "bool_"):
-        raise ArgumentTypeError(f"{name} must be True or False; got {_show(value)}")
+        raise ArgumentTypeError(f"{name} must be True or False; got {show(value)}")
     return bool(value)
 
 
@@ -65,7 +65,7 @@ def text(name: str, value, *, optional: bool = False, empty: bool = False):
     if value is None and optional:
         return None
     if not isinstance(value, str):
-        raise ArgumentTypeError(f"{name} must be a str; got {_show(value)}")
+        raise ArgumentTypeError(f"{name} must be a str; got {show(value)}")
     if not value and not empty:
         raise ArgumentError(f"{name} must not be empty")
     return value
@@ -77,7 +77,7 @@ def choice(name: str, value, choices: Iterable[str], *, optional: bool = False):
     if value is None and optional:
         return None
     if not isinstance(value, str) or value not in choices:
-        raise ArgumentError(f"{name}={_show(value)} is not one of {', '.join(repr(c) for c in choices)}")
+        raise ArgumentError(f"{name}={show(value)} is not one of {', '.join(repr(c) for c in choices)}")
     return value
 
 
@@ -86,7 +86,7 @@ def options(name: str, value):
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise ArgumentTypeError(f"{name} must be a dict of keyword arguments or None; got {_show(value)}")
+        raise ArgumentTypeError(f"{name} must be a dict of keyword arguments or None; got {show(value)}")
     return value
 
 
@@ -95,12 +95,12 @@ def axes(name: str, value):
     if value is None:
         return None
     if not any(cls.__name__ == "Axes" for cls in type(value).__mro__):
-        raise ArgumentTypeError(f"{name} must be a matplotlib Axes or None (the current Axes); got {_show(value)}")
+        raise ArgumentTypeError(f"{name} must be a matplotlib Axes or None (the current Axes); got {show(value)}")
     return value
 
 
 def instance(name: str, value, cls, what: str):
     """``value`` when it is a ``cls`` (checked through ``type()``, which no object can fake)."""
     if not issubclass(type(value), cls):
-        raise ArgumentTypeError(f"{name} must be {what}; got {_show(value)}")
+        raise ArgumentTypeError(f"{name} must be {what}; got {show(value)}")
     return value

@@ -31,17 +31,15 @@ def _skip_code():
     return getattr(getattr(dynamo, "eval_frame", None), "skip_code", None)
 
 
-def shield_recording_code() -> None:
-    """Make Dynamo skip every function of the recording path (once torch is loaded)."""
+def shield_recording_code(modules) -> None:
+    """Make Dynamo skip every function of ``modules``, the recording path (once torch is loaded)."""
     global _shielded
     if _shielded:
         return
     skip_code = _skip_code()
     if skip_code is None:
         return
-    from . import _convert, _core, _store
-
-    pending = [obj.__code__ for module in (_core, _store, _convert) for obj in _functions(module)]
+    pending = [obj.__code__ for module in modules for obj in _functions(module)]
     while pending:
         code = pending.pop()
         skip_code(code)

@@ -132,14 +132,13 @@ def storages(value) -> List[Tuple[Any, int]]:
     """
     found: Dict[Any, int] = {}
     pending = [value]
-    lazy = getattr(sys.modules.get("getlocal.maps"), "Lazy", ())  # none exists before getlocal.maps is imported
     while pending:
         value = pending.pop()
         if isinstance(value, _PLAIN):
             continue
         if isinstance(value, (list, tuple)):
             pending += value
-        elif isinstance(value, lazy):  # a map not computed yet counts what it keeps to compute it
+        elif isinstance(value, Lazy):  # a map not computed yet counts what it keeps to compute it
             pending += value.parts()
         elif isinstance(value, dict):
             pending += value.values()
@@ -165,3 +164,25 @@ def _storage(value) -> Tuple[Any, int]:
         size = getattr(value, "nbytes", None)
         root = value
     return ("object", id(root)), size if isinstance(size, int) else 0
+
+
+class Lazy:
+    """A map not computed yet: ``shape`` is known, ``materialize()`` computes the array.
+
+    ``AttentionMap.array`` computes it on first access and keeps the result.
+    The adapters' ``mode='fast'`` stores the softmax inputs (query, key, mask,
+    scale) this way instead of the map.
+    """
+
+    shape: Tuple[int, ...] = ()
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def materialize(self):
+        raise NotImplementedError
+
+    def parts(self) -> Tuple[Any, ...]:
+        """The arrays and tensors it keeps alive (what ``max_bytes`` counts)."""
+        return ()

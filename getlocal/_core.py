@@ -10,7 +10,7 @@ import warnings
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from . import _check, _compile, _rewrite
+from . import _check, _compile, _convert, _rewrite, _store
 from ._errors import ArgumentTypeError, GetLocalError
 from ._store import UNBOUND, Call, Store
 
@@ -266,7 +266,7 @@ class GetLocal:
                 self._holders.pop(target.key, None)
 
     def _instrument(self, func, target: _Target) -> None:
-        _compile.shield_recording_code()
+        _compile.shield_recording_code((sys.modules[__name__], _store, _convert))
         if target.twin is None:
             try:
                 fast, from_locals = _recorders(self._store, target)
@@ -334,7 +334,7 @@ class GetLocal:
         for key in keys:
             if not isinstance(key, str):
                 raise ArgumentTypeError(
-                    f"get_local.clear(*keys): each key is a str (get_local.key_of(func)); got {_check._show(key)}")
+                    f"get_local.clear(*keys): each key is a str (get_local.key_of(func)); got {_check.show(key)}")
         _check.integer("after", after, low=-1, high=None, optional=True)
         self._store.clear(keys, after)
 

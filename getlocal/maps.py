@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _check
+from ._convert import Lazy
 from ._errors import GetLocalError
 
 #: Token kinds that the adapters write. ``image`` segments carry a ``grid``
@@ -121,7 +122,7 @@ class TokenLayout:
             values = np.asarray(values)
         if not hasattr(type(values), "shape") or not hasattr(type(values), "reshape") or len(values.shape) == 0:
             raise _check.ArgumentTypeError(
-                f"to_grid(values={_check._show(values)}): values must be an array whose last axis holds "
+                f"to_grid(values={_check.show(values)}): values must be an array whose last axis holds "
                 f"the {len(seg)} image tokens (or the whole sequence of {len(self)})")
         n = values.shape[-1]
         if n == len(self) and n != len(seg):
@@ -156,7 +157,7 @@ class TokenLayout:
         if isinstance(positions, np.ndarray) and positions.ndim == 1:
             positions = positions.tolist()
         if not isinstance(positions, (list, tuple, range)):
-            raise _check.ArgumentTypeError(f"positions must be a list of token positions; got {_check._show(positions)}")
+            raise _check.ArgumentTypeError(f"positions must be a list of token positions; got {_check.show(positions)}")
         runs: List[list] = []  # [segment, first position, count]
         for p in positions:
             p = _check.integer("positions[i]", p, low=0, high=len(self) - 1)
@@ -184,7 +185,7 @@ class TokenLayout:
         except (KeyError, TypeError, AttributeError, IndexError) as exc:
             raise _check.ArgumentError(
                 f"data must be what TokenLayout.to_dict() returns, {{'segments': [{{'kind', 'start', 'stop', ...}}]}}; "
-                f"got {_check._show(data)} ({type(exc).__name__}: {exc})") from None
+                f"got {_check.show(data)} ({type(exc).__name__}: {exc})") from None
         return cls(segments)
 
     def __repr__(self):
@@ -207,28 +208,6 @@ class TokenLayout:
             f"this sequence has {len(found)} images; say which: camera= one of "
             f"{', '.join(repr(c) for c in self.cameras)}"
         )
-
-
-class Lazy:
-    """A map not computed yet: ``shape`` is known, ``materialize()`` computes the array.
-
-    ``AttentionMap.array`` computes it on first access and keeps the result.
-    The adapters' ``mode='fast'`` stores the softmax inputs (query, key, mask,
-    scale) this way instead of the map.
-    """
-
-    shape: Tuple[int, ...] = ()
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def materialize(self):
-        raise NotImplementedError
-
-    def parts(self) -> Tuple[Any, ...]:
-        """The arrays and tensors it keeps alive (what ``max_bytes`` counts)."""
-        return ()
 
 
 class _ArrayField:

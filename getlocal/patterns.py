@@ -539,11 +539,11 @@ def _segment_starts(segments, k: int, name: str = "segments") -> np.ndarray:
         if not ok:
             raise _check.ArgumentTypeError(
                 f"{name} must be a TokenLayout or a list of the positions where segments start "
-                f"(e.g. [0, 1, 197]); got {_check._show(segments)}")
+                f"(e.g. [0, 1, 197]); got {_check.show(segments)}")
     starts = np.unique(np.asarray([0] + starts, dtype=np.int64))
     if starts.min() < 0 or starts.max() >= k:
         raise _check.ArgumentError(
-            f"{name} has segment starts outside the {k} keys of the map: {_check._show(segments)}")
+            f"{name} has segment starts outside the {k} keys of the map: {_check.show(segments)}")
     return starts
 
 
@@ -881,7 +881,7 @@ def _scores_excluding(a, image_tokens, grid, causal, patch_size, radius, segment
         try:
             out = _scores(sub, img, grid, causal, patch_size, radius, seg)
         except ValueError as exc:  # e.g. a grid that no longer fits the kept tokens
-            raise _check.ArgumentError(f"with exclude={_check._show(exclude)}: {exc}") from None
+            raise _check.ArgumentError(f"with exclude={_check.show(exclude)}: {exc}") from None
         full = np.flatnonzero(kb)
         out["sinks"] = [full[s] for s in out["sinks"]]
         parts.append(out)

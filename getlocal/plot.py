@@ -253,7 +253,7 @@ def _layout(layout, k: int):
     if layout is None:
         return None
     if not isinstance(layout, TokenLayout):
-        raise _check.ArgumentTypeError(f"layout must be a TokenLayout (a map's .keys) or None; got {_check._show(layout)}")
+        raise _check.ArgumentTypeError(f"layout must be a TokenLayout (a map's .keys) or None; got {_check.show(layout)}")
     if len(layout) != k:
         raise ValueError(f"layout has {len(layout)} tokens but the map has {k} keys; pass the map's own .keys")
     return layout
@@ -441,7 +441,7 @@ def patch_grid(
         cells = [cells]
     if not isinstance(cells, (list, tuple, np.ndarray)):
         raise _check.ArgumentTypeError(
-            f"cells must be a cell, a (row, col) pair or flat index, or a list of them; got {_check._show(cells)}")
+            f"cells must be a cell, a (row, col) pair or flat index, or a list of them; got {_check.show(cells)}")
     cells = [_cell(c, (h, w), "cells") for c in cells]
     ax = plt.gca() if ax is None else ax
     _show_image(ax, img, **kwargs)
@@ -469,7 +469,7 @@ def _figsize(figsize):
     if figsize is None:
         return
     if not isinstance(figsize, (list, tuple)) or len(figsize) != 2:
-        raise _check.ArgumentTypeError(f"figsize must be a (width, height) pair in inches or None; got {_check._show(figsize)}")
+        raise _check.ArgumentTypeError(f"figsize must be a (width, height) pair in inches or None; got {_check.show(figsize)}")
     for v in figsize:
         _check.number("figsize", v, low=0, high=1000, low_open=True)
 
@@ -756,14 +756,14 @@ def camera_attention(
     2
     """
     if not isinstance(images, (list, tuple)):
-        raise _check.ArgumentTypeError(f"images must be a list with one picture per camera; got {_check._show(images)}")
+        raise _check.ArgumentTypeError(f"images must be a list with one picture per camera; got {_check.show(images)}")
     for pad in pad_to_square if isinstance(pad_to_square, (list, tuple)) else [pad_to_square]:
         _check.flag("pad_to_square", pad)
     if titles is not None and (not isinstance(titles, (list, tuple)) or not all(isinstance(t, str) for t in titles)
                                or len(titles) != len(images)):
-        raise _check.ArgumentTypeError(f"titles must be a list of {len(images)} str, one per camera of images; got {_check._show(titles)}")
+        raise _check.ArgumentTypeError(f"titles must be a list of {len(images)} str, one per camera of images; got {_check.show(titles)}")
     if grids is not None and not isinstance(grids, (list, tuple)):
-        raise _check.ArgumentTypeError(f"grids must be None, one (h, w) pair, or a list of them; got {_check._show(grids)}")
+        raise _check.ArgumentTypeError(f"grids must be None, one (h, w) pair, or a list of them; got {_check.show(grids)}")
     _check.flag("per_head", per_head), _check.number("alpha", alpha, low=0, high=1)
     _check.number("panel_size", panel_size, low=0, high=100, low_open=True), _check.choice("scale", scale, SCALES)
     images = list(images)
@@ -873,7 +873,7 @@ def pattern_scores(
     """
     _table(table), _check.axes("ax", ax), _check.options("scatter_kws", scatter_kws)
     if isinstance(scores, str) or not isinstance(scores, (list, tuple)) or not scores:
-        raise _check.ArgumentTypeError(f"scores must be a list of score names such as ['self_mass']; got {_check._show(scores)}")
+        raise _check.ArgumentTypeError(f"scores must be a list of score names such as ['self_mass']; got {_check.show(scores)}")
     for name in scores:
         _check.choice("scores", name, PatternTable.columns)
     ax = plt.gca() if ax is None else ax
@@ -939,7 +939,7 @@ def figure_path(root, *, name: str, phase: str, layer, mode: str, ext: str = "jp
     'out/openvla/prefill_L3_attn_vis_mean.jpg'
     """
     if not isinstance(root, (str, os.PathLike)):
-        raise _check.ArgumentTypeError(f"root must be a folder path (str or Path); got {_check._show(root)}")
+        raise _check.ArgumentTypeError(f"root must be a folder path (str or Path); got {_check.show(root)}")
     _check.text("name", name), _check.text("phase", phase), _check.text("mode", mode), _check.text("ext", ext)
     if not isinstance(layer, str):
         _check.integer("layer", layer, low=None, high=None)
@@ -963,7 +963,7 @@ def save_figure(fig, root=".", *, name: str, phase: str, layer, mode: str, ext: 
     'prefill_L0_attn_vis_max.jpg'
     """
     if not hasattr(type(fig), "savefig"):
-        raise _check.ArgumentTypeError(f"fig must be a matplotlib Figure; got {_check._show(fig)}")
+        raise _check.ArgumentTypeError(f"fig must be a matplotlib Figure; got {_check.show(fig)}")
     path = figure_path(root, name=name, phase=phase, layer=layer, mode=mode, ext=ext)
     path.parent.mkdir(parents=True, exist_ok=True)
     kwargs.setdefault("bbox_inches", "tight")
@@ -1002,7 +1002,7 @@ def image_share(shares, *, ax=None, legend_kws: Optional[dict] = None, **kwargs)
 
     if not isinstance(shares, KindShares) or shares.rows is None:
         raise _check.ArgumentTypeError(
-            f"shares must be what AttentionMaps.kind_shares() returns; got {_check._show(shares)}; "
+            f"shares must be what AttentionMaps.kind_shares() returns; got {_check.show(shares)}; "
             f"for one map, wrap it: AttentionMaps([m]).kind_shares()")
     _check.axes("ax", ax), _check.options("legend_kws", legend_kws)
     if not any(k == "image" or k.startswith("image:") for k in shares.key_kinds):
@@ -1058,11 +1058,11 @@ def _episode(run, layers=None):
     from .recording import Recording
 
     if not issubclass(type(run), Recording):
-        raise _check.ArgumentTypeError(f"run must be a Recording (getlocal.load of a recorded run); got {_check._show(run)}")
+        raise _check.ArgumentTypeError(f"run must be a Recording (getlocal.load of a recorded run); got {_check.show(run)}")
     if layers is not None:
         if isinstance(layers, (str, bytes)) or not isinstance(layers, (list, tuple, range, set)) \
                 or not all(type(n) is int for n in layers):
-            raise _check.ArgumentTypeError(f"layers must be None or a list of layer numbers (int); got {_check._show(layers)}")
+            raise _check.ArgumentTypeError(f"layers must be None or a list of layer numbers (int); got {_check.show(layers)}")
         if not len(layers):
             raise _check.ArgumentError("layers is empty; give the layer numbers to average, or None for all")
     out = []
@@ -1094,7 +1094,7 @@ def _episode(run, layers=None):
                     "share": {layer: float(np.mean(v)) for layer, v in share.items()}})
     if not out and layers is not None:
         present = sorted({m.layer for step in run for m in step.maps})
-        raise _check.ArgumentError(f"layers={_check._show(layers)} matches no recorded layer; the run has layers {present}")
+        raise _check.ArgumentError(f"layers={_check.show(layers)} matches no recorded layer; the run has layers {present}")
     if not out:
         raise GetLocalError(f"{getattr(run, 'path', 'the run')}: no step holds maps from action or generated tokens to "
                             "image tokens; record a VLA's language/expert tower (select= kept other towers only?)")
@@ -1233,9 +1233,9 @@ def episode_gif(run, path, *, layers=None, pad_to_square=False, height: int = 19
     _check.integer("duration", duration, low=1)
     _episode_options(pad_to_square, alpha)
     if not isinstance(path, (str, os.PathLike)) or "\0" in os.fspath(path) or not str(os.fspath(path)).lower().endswith(".gif"):
-        raise _check.ArgumentTypeError(f"path must be a file name ending in .gif (str or Path); got {_check._show(path)}")
+        raise _check.ArgumentTypeError(f"path must be a file name ending in .gif (str or Path); got {_check.show(path)}")
     if not isinstance(cmap, str) or cmap not in plt.colormaps():
-        raise _check.ArgumentError(f"cmap={_check._show(cmap)} is not a matplotlib colour map; try 'jet' or 'viridis'")
+        raise _check.ArgumentError(f"cmap={_check.show(cmap)} is not a matplotlib colour map; try 'jet' or 'viridis'")
     data, kind = _episode(run, layers)
     cameras = list(dict.fromkeys(c for d in data for c in d["heats"]))
     vmax = _episode_top(data)

@@ -116,13 +116,13 @@ class Recorder:
         if collect is not None and not callable(collect):
             raise _check.ArgumentTypeError(
                 f"collect must be a function returning AttentionMaps or a cache dict (e.g. lambda: "
-                f"openvla.collect(model)) or None for get_local.cache; got {_check._show(collect)}")
+                f"openvla.collect(model)) or None for get_local.cache; got {_check.show(collect)}")
         self.every = _check.integer("every", every, low=1)
         self.select = _select_option(select)
         self.durable = _check.flag("durable", durable)
         self.info = _plain_json(info or {}, "record(info=...)") if info is None or isinstance(info, dict) else None
         if self.info is None:
-            raise _check.ArgumentTypeError(f"info must be a dict of JSON values or None; got {_check._show(info)}")
+            raise _check.ArgumentTypeError(f"info must be a dict of JSON values or None; got {_check.show(info)}")
         self.rank, self.world_size = _rank(rank)
         self.collect = collect
         self.path = root
@@ -203,7 +203,7 @@ def _select_option(select):
     if not isinstance(select, dict) or not all(k in _LABELS + ("key",) for k in select):
         raise _check.ArgumentError(
             f"select must be a dict with keys among {', '.join(_LABELS + ('key',))} (tower/layer/phase/path "
-            f"for maps, key for a raw cache); got {_check._show(select)}")
+            f"for maps, key for a raw cache); got {_check.show(select)}")
     return dict(select)
 
 
@@ -290,10 +290,10 @@ def _encode_step(number, capture, images, info, select):
     else:
         raise _check.ArgumentTypeError(
             f"step() writes AttentionMaps (an adapter's collect()) or a cache dict such as get_local.cache; "
-            f"got {_check._show(capture)}")
+            f"got {_check.show(capture)}")
     for name, value in (("images", images), ("info", info)):
         if value is not None and not isinstance(value, dict):
-            raise _check.ArgumentTypeError(f"step({name}=...) takes a dict or None; got {_check._show(value)}")
+            raise _check.ArgumentTypeError(f"step({name}=...) takes a dict or None; got {_check.show(value)}")
         for key in value or {}:
             if not isinstance(key, str):
                 raise _check.ArgumentTypeError(f"step({name}=...): the key {key!r} is not a str; name it with a str")
