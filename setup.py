@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 version = next(
     line.split('"')[1]
@@ -19,7 +19,8 @@ setup(
     python_requires=">=3.9",
     # The adapters live in the top-level folder adapters/ but install as
     # getlocal.adapters: a top-level module named `adapters` is another PyPI project.
-    packages=["getlocal", "getlocal.adapters"],
+    packages=["getlocal", *(f"getlocal.{p}" for p in find_packages("getlocal")),
+              "getlocal.adapters", *(f"getlocal.adapters.{p}" for p in find_packages("adapters"))],
     package_dir={"getlocal": "getlocal", "getlocal.adapters": "adapters"},
     install_requires=[
         # bytecode 0.17 is the last release for 3.9 and 3.10; 0.19 adds what 3.13 needs.
