@@ -81,15 +81,18 @@ def test_select_filters_on_any_label_with_values_or_lists():
     assert len(maps.select(step=[0, 1], layer=0)) == 3
     assert maps.steps == [(0, "prefill"), (1, "decode")]
     assert maps.towers == ["language", "vision"]
-    assert len(maps.select(tower="expert")) == 0  # a tower that adapters write, not in these maps
+    with pytest.raises(GetLocalError, match="tower='expert' is not one of 'language', 'vision'"):
+        maps.select(tower="expert")  # another model's tower: not in these maps, so it raises (issue 19)
 
 
-def test_select_with_an_unknown_tower_or_phase_names_the_valid_ones():
-    maps = AttentionMaps([_map()])
-    with pytest.raises(GetLocalError, match="tower='dinov3' is not one of 'dinov2', 'siglip'"):
+def test_select_with_a_tower_or_phase_the_maps_lack_names_the_ones_they_hold():
+    maps = AttentionMaps([_map(), _map(1, "decode", tower="vision")])
+    with pytest.raises(GetLocalError, match="tower='dinov3' is not one of 'language', 'vision'"):
         maps.select(tower="dinov3")
-    with pytest.raises(GetLocalError, match="phase='prefil' is not one of 'encode', 'prefill'"):
+    with pytest.raises(GetLocalError, match="phase='prefil' is not one of 'prefill', 'decode'"):
         maps.select(phase=["prefil"])
+    with pytest.raises(ValueError, match="phase='prefill': these maps are empty"):
+        AttentionMaps([]).select(phase="prefill")
 
 
 def test_between_with_an_unknown_kind_names_the_kinds():
