@@ -24,7 +24,7 @@ import numpy as np
 
 from . import _check
 from ._convert import Lazy
-from .tokens import KINDS, Segment, TokenLayout, kind_shares, stack_kind_shares
+from .tokens import KINDS, Segment, TokenLayout, kind_shares, stack_kind_shares  # noqa: F401 (KINDS, Segment: re-exported)
 
 
 class _ArrayField:
