@@ -1,0 +1,186 @@
+"""The values a map is drawn with: heads as ``[H, Q, K]``, the keys each row could see, scales, query heat maps.
+
+>>> import numpy as np
+>>> values, note = prepare_maps(np.full((4, 4), 0.25), scale="uniform", sinks=None)
+>>> values[0].tolist()[0]                      # uniform attention is 1 on the 'uniform' scale
+[1.0, 1.0, 1.0, 1.0]
+
+Pure numpy: :mod:`getlocal.plot` draws these values, the numbers are made here.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from .. import _check
+from .._errors import ArgumentError
+from ._inputs import as_array, count, grid_shape, image_positions
+
+
+#: The colour scales every map and overlay helper takes as ``scale=``.
+SCALES = ("uniform", "log", "linear")
+
+
+def as_maps(attn, name: str = "attn") -> np.ndarray:
+    """``attn`` as a ``[H, Q, K]`` float array."""
+    arr = as_array(attn, name)
+    if arr.ndim == 2:
+        arr = arr[None]
+    elif arr.ndim == 4:
+        if arr.shape[0] != 1:
+            raise ArgumentError(
+                f"{name} has a batch of {arr.shape[0]} maps (shape {tuple(arr.shape)}); "
+                f"plot one item at a time, e.g. {name}[0]"
+            )
+        arr = arr[0]
+    elif arr.ndim != 3:
+        raise ArgumentError(f"{name} must be [Q, K], [H, Q, K] or [1, H, Q, K]; got shape {tuple(arr.shape)}")
+    if 0 in arr.shape:
+        raise ArgumentError(f"{name} is empty: shape {tuple(arr.shape)}")
+    return arr
+
+
+def nanmean(a, axis):
+    """The mean over ``axis`` ignoring NaN (keys a row could not see); NaN where nothing is left, silently."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(a, axis)
+
+
+def visible_mask(maps: np.ndarray) -> np.ndarray:
+    """``[Q, K]`` bool: which keys each query row could see.
+
+    A map that is exactly zero above its diagonal (offset by ``K - Q`` for the
+    decode rows of a longer sequence) is taken as causal: row ``i`` sees the
+    keys up to its own position. Otherwise every row sees every key.
+    """
+    _, q, k = maps.shape
+    if q > 1 and k >= q:
+        upper = np.triu(np.ones((q, k), dtype=bool), k - q + 1)
+        if upper.any() and not np.any(maps[:, upper]):
+            return ~upper
+    return np.ones((q, k), dtype=bool)
+
+
+def keys_index(value, k: int, name: str) -> np.ndarray:
+    try:
+        if value is None or isinstance(value, bool):
+            raise TypeError
+        picked = np.atleast_1d(np.arange(k)[value])
+    except Exception:  # noqa: BLE001 - whatever numpy cannot index with is the same mistake
+        raise ArgumentError(f"{name}={value!r} does not index the {k} keys of the map; give a key position, "
+                         "a list of them or a slice") from None
+    return picked
+
+
+def without_sinks(maps: np.ndarray, sinks, visible: np.ndarray):
+    """Mask the ``sinks`` key columns and renormalise every row over the keys left."""
+    cols = keys_index(sinks, maps.shape[-1], "sinks")
+    maps = maps.astype(np.float64, copy=True)
+    maps[..., cols] = 0.0
+    total = maps.sum(-1, keepdims=True)
+    maps = np.divide(maps, total, out=np.full_like(maps, np.nan), where=total > 0)
+    visible = visible.copy()
+    visible[:, cols] = False
+    return maps, visible, cols
+
+
+def scaled(maps: np.ndarray, scale: str, visible: np.ndarray) -> np.ndarray:
+    """The values drawn on ``scale``: keys a row could not see are NaN (drawn grey) except on 'linear'."""
+    if scale == "linear":
+        return np.where(visible, maps, 0.0)
+    out = np.where(visible, maps, np.nan)
+    if scale == "uniform":
+        out = out * visible.sum(-1, keepdims=True)
+    return out
+
+
+def prepare_maps(attn, *, scale, sinks, name="attn"):
+    """``[H, Q, K]`` values on ``scale`` (sinks masked, rows renormalised), and the words that say so."""
+    _check.choice("scale", scale, SCALES)
+    maps = as_maps(attn, name)
+    visible = visible_mask(maps)
+    note = ""
+    if sinks is not None:
+        maps, visible, cols = without_sinks(maps, sinks, visible)
+        shown = ", ".join(str(int(c)) for c in cols[:6]) + (", ..." if len(cols) > 6 else "")
+        note = f"without sinks (keys {shown} masked, rows renormalised)"
+    return scaled(maps, scale, visible), note
+
+
+def reducer(name, reduce):
+    _check.choice(name, reduce, ("mean", "max"))
+    return np.mean if reduce == "mean" else np.max
+
+
+def is_int_pair(value):
+    return len(value) == 2 and all(isinstance(v, (int, np.integer)) for v in value)
+
+
+def grid_cells(grid):
+    try:
+        h, w = (int(v) for v in grid)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"grid must be a pair (h, w) of positive ints; got {grid!r}") from None
+    return h * w
+
+
+def grid_cell(cell, grid, name="cell"):
+    """``(row, col)`` of a cell given as ``(row, col)`` or as a flat index."""
+    h, w = grid
+    if isinstance(cell, (int, np.integer)):
+        if not -h * w <= cell < h * w:
+            raise ArgumentError(f"{name}={cell} is outside the {h} x {w} grid ({h * w} cells)")
+        return divmod(int(cell) % (h * w), w)
+    try:
+        r, c = (int(v) for v in cell)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"{name} must be a flat cell index or a (row, col) pair; got {cell!r}") from None
+    if not (0 <= r < h and 0 <= c < w):
+        raise ArgumentError(f"{name}={cell!r} is outside the {h} x {w} grid; rows are 0..{h - 1}, columns 0..{w - 1}")
+    return r, c
+
+
+def query_heatmap(attn, *, image_tokens, queries, grid=None, reduce: str = "mean", heads=None,
+                  scale: str = "linear") -> np.ndarray:
+    """The attention from chosen query tokens to the image tokens, as an ``[h, w]`` grid.
+
+    Rows ``queries`` of the map (an int, a slice or a list of query indices;
+    for a prefill map these are token positions, for a decode map the rows of
+    the new tokens) are averaged, then the heads (``heads`` picks some, all
+    when None) are reduced by ``reduce`` (``'mean'`` or ``'max'``). The image
+    tokens' weights are laid out on ``grid`` (inferred when square). With
+    ``scale='uniform'`` each row's weights are first multiplied by the number
+    of keys that row could see (1 = uniform attention; see
+    :func:`attention_map`); 'linear' and 'log' give the weights themselves.
+
+    >>> import numpy as np
+    >>> a = np.zeros((2, 10, 10)); a[:, 9, 1 + 2] = 1
+    >>> query_heatmap(a, image_tokens=slice(1, 5), queries=9, grid=(2, 2)).tolist()
+    [[0.0, 0.0], [1.0, 0.0]]
+    """
+    fn = reducer("reduce", reduce)
+    _check.choice("scale", scale, SCALES)
+    maps, _ = prepare_maps(attn, scale="uniform" if scale == "uniform" else "linear", sinks=None)
+    nh, q, k = maps.shape
+    positions = image_positions(image_tokens, k)
+    hw = grid_shape(grid, count(positions), image_tokens)
+    rows = np.arange(q)
+    try:
+        if queries is None or isinstance(queries, bool):
+            raise TypeError
+        picked = np.atleast_1d(rows[queries])
+    except Exception:  # noqa: BLE001 - whatever numpy cannot index with is the same mistake
+        raise ArgumentError(f"queries={queries!r} does not index the {q} query rows of the map") from None
+    if picked.size == 0:
+        raise ArgumentError(f"queries={queries!r} selects no query row of the {q} in the map")
+    if heads is not None:
+        try:
+            if isinstance(heads, bool):
+                raise TypeError
+            maps = maps[np.atleast_1d(np.arange(nh)[heads])]
+        except Exception:  # noqa: BLE001
+            raise ArgumentError(f"heads={heads!r} does not index the {nh} heads of the map") from None
+    per_head = nanmean(maps[:, picked, :][..., positions], 1)
+    return fn(per_head, axis=0).reshape(hw)
