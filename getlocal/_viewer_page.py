@@ -4,6 +4,8 @@ Everything is inline (no CDN, no request of any kind), so the file opens from
 disk and can be mailed. ``window.getlocalView`` lets a test (or a curious user
 in the browser console) read back exactly what the page shows.
 """
+import html
+import json
 from typing import Any, Dict
 
 _CSS = r"""
@@ -582,12 +584,13 @@ window.getlocalView = {
 """
 
 
+def data_json(data: Dict[str, Any]) -> str:
+    """``data`` as JSON that is safe inside ``<script>``: no ``</script>`` or ``<!--`` can end it early."""
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
+
+
 def render(data: Dict[str, Any]) -> str:
-    """The whole page for ``data`` (what :func:`getlocal.viewer._page_data` builds)."""
-    import html
-
-    from .viewer import data_json
-
+    """The whole page for ``data``: the maps, labels and pictures that :func:`getlocal.viewer.view` gathers."""
     # replace the data last: it is the only part that could hold the other placeholders' names
     page = _HTML.replace("__TITLE__", html.escape(str(data["title"]))).replace("__CSS__", _CSS).replace("__JS__", _JS)
     return page.replace("__DATA__", data_json(data))

@@ -29,15 +29,16 @@ and counted in the page.
 """
 import base64
 import html
-import json
 import zlib
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from . import patterns, saved
 from ._convert import converter
 from ._errors import GetLocalError
+from ._viewer_page import data_json, render  # noqa: F401 (data_json: re-exported, viewer.data_json as before)
 from .maps import AttentionMaps
 
 _to_numpy = converter("numpy")
@@ -111,8 +112,6 @@ def view(maps_or_path, *, out=None, images: Optional[Dict[str, Any]] = None, tok
     tokens = tokens if tokens is not None else info.get("tokens")
     pad_to_square = pad_to_square if pad_to_square is not None else info.get("pad_to_square", False)
     data = _page_data(maps, images, info, tokens, pad_to_square, bits, int(batch), title)
-    from ._viewer_page import render
-
     page = View(render(data))
     if out is not None:
         page.save(out)
@@ -126,8 +125,6 @@ def _source(maps_or_path, images, info):
     if isinstance(maps_or_path, AttentionMaps):
         maps, found_images, found_info = maps_or_path, {}, {}
     elif isinstance(maps_or_path, (str, Path)):
-        from . import saved
-
         found = saved.read(maps_or_path)
         if not isinstance(found.data, AttentionMaps):
             raise GetLocalError(f"{maps_or_path} holds a raw cache (get_local.cache); the viewer shows labelled "
@@ -229,8 +226,6 @@ def _labels(m, a: np.ndarray) -> Optional[List[str]]:
     """The per-head pattern labels of a square (prompt) map, as :func:`getlocal.plot.label_map` shows them."""
     if a.shape[-2] != a.shape[-1]:
         return None  # a decode map's one query row is no pattern
-    from . import patterns
-
     vision = {s.kind for s in m.keys.segments} <= _VISION_KINDS
     images = m.keys.find("image")
     grid = {"image_tokens": images[0].slice, "grid": images[0].grid} if images and images[0].grid else {}
@@ -296,11 +291,6 @@ def _png(rgb: np.ndarray) -> bytes:
 
 def _b64_bytes(blob: bytes) -> str:
     return base64.b64encode(blob).decode("ascii")
-
-
-def data_json(data: Dict[str, Any]) -> str:
-    """``data`` as JSON that is safe inside ``<script>``: no ``</script>`` or ``<!--`` can end it early."""
-    return json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
 
 
 __all__ = ["view", "View"]
