@@ -184,3 +184,38 @@ def query_heatmap(attn, *, image_tokens, queries, grid=None, reduce: str = "mean
             raise ArgumentError(f"heads={heads!r} does not index the {nh} heads of the map") from None
     per_head = nanmean(maps[:, picked, :][..., positions], 1)
     return fn(per_head, axis=0).reshape(hw)
+
+
+def query_patch(attn, *, query, grid=None, image_tokens=None, head=None, scale: str = "uniform"):
+    """The attention of one image query patch, as :func:`getlocal.plot.grid_to_grid` draws it.
+
+    Returns ``((row, col), (h, w), heat, weights, shown)``: the query's cell and
+    the grid, ``heat [h, w]`` its attention to the image patches on ``scale``,
+    ``weights [K]`` its raw attention to every key and ``shown [K]`` the same on
+    ``scale``; the mean over heads when ``head`` is None.
+
+    >>> import numpy as np
+    >>> cell, hw, heat, weights, shown = query_patch(np.full((5, 5), 0.2), query=3, image_tokens=slice(1, 5))
+    >>> cell, hw, heat.tolist()
+    ((1, 1), (2, 2), [[1.0, 1.0], [1.0, 1.0]])
+    """
+    raw = as_maps(attn)
+    values, _ = prepare_maps(raw, scale=scale, sinks=None)
+    q, k = raw.shape[-2:]
+    positions = image_positions(image_tokens, k)
+    n = count(positions)
+    hw = grid_shape(grid, n, image_tokens)
+    r, c = grid_cell(query, hw, "query")
+    keys = np.arange(k)[positions]
+    row = int(keys[r * hw[1] + c]) - (k - q)
+    if row < 0:
+        raise ArgumentError(
+            f"query={query!r} is image token {keys[r * hw[1] + c]}, which is not among the {q} queries of this decode map"
+        )
+    if head is None:
+        weights, shown = raw[:, row, :].mean(0), nanmean(values[:, row, :], 0)
+    else:
+        if not -raw.shape[0] <= head < raw.shape[0]:
+            raise ArgumentError(f"head={head} but attn has {raw.shape[0]} heads")
+        weights, shown = raw[head, row, :], values[head, row, :]
+    return (r, c), hw, shown[keys].reshape(hw), weights, shown

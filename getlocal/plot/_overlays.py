@@ -9,9 +9,8 @@ from matplotlib.patches import Rectangle
 
 from .. import _check
 from .._errors import ArgumentError
-from ..patterns._display import (SCALES, as_maps, grid_cell, grid_cells, is_int_pair, nanmean, prepare_maps,
-                                 query_heatmap)
-from ..patterns._inputs import count, grid_shape, image_positions
+from ..patterns._display import SCALES, as_maps, grid_cell, grid_cells, is_int_pair, query_heatmap, query_patch
+from ..patterns._inputs import grid_shape
 from ._pictures import as_picture, overlay, show_image
 from ._scales import SCALE_LABELS, colorbar, norm_for
 
@@ -109,26 +108,9 @@ def grid_to_grid(
     _check.integer("head", head, low=None, optional=True)
     _check.number("alpha", alpha, low=0, high=1), _check.options("cell_kws", cell_kws)
     _figsize(figsize)
-    raw = as_maps(attn)
-    values, _ = prepare_maps(raw, scale=scale, sinks=None)
-    q, k = raw.shape[-2:]
-    positions = image_positions(image_tokens, k)
-    n = count(positions)
-    hw = grid_shape(grid, n, image_tokens)
-    r, c = grid_cell(query, hw, "query")
-    keys = np.arange(k)[positions]
-    row = int(keys[r * hw[1] + c]) - (k - q)
-    if row < 0:
-        raise ArgumentError(
-            f"query={query!r} is image token {keys[r * hw[1] + c]}, which is not among the {q} queries of this decode map"
-        )
-    if head is None:
-        weights, shown = raw[:, row, :].mean(0), nanmean(values[:, row, :], 0)
-    else:
-        if not -raw.shape[0] <= head < raw.shape[0]:
-            raise ArgumentError(f"head={head} but attn has {raw.shape[0]} heads")
-        weights, shown = raw[head, row, :], values[head, row, :]
-    heat = shown[keys].reshape(hw)
+    (r, c), hw, heat, weights, shown = query_patch(attn, query=query, grid=grid, image_tokens=image_tokens,
+                                                   head=head, scale=scale)
+    k = weights.shape[-1]
     img = as_picture(image)
 
     with_cls = cls_token is not None
