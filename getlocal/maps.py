@@ -15,7 +15,10 @@
 Everything here is plain data: arrays (numpy, or torch tensors when capture
 ran with ``convert='cpu'``/``'device'``) and labels that ``meta()`` /
 ``to_dict()`` turn into JSON-ready dicts, so results can be saved and loaded
-without the model. Nothing imports torch.
+without the model. Nothing imports torch. ``Segment``, ``TokenLayout`` and
+the vocabulary of token ``KINDS`` live in :mod:`getlocal.tokens` (with the
+token-kind shares that ``kind_shares()`` returns) and are re-exported here;
+``Lazy`` lives in ``getlocal._convert``.
 """
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
