@@ -56,7 +56,8 @@ def test_a_figure_from_random_weights_says_so_in_its_title_and_the_last_lines(tm
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from getlocal import _report, saved
+    from getlocal import saved
+    from getlocal.cli import report as _report
 
     path = small_capture(tmp_path / "capture", random=random)
     drawn = []

@@ -4,6 +4,11 @@
 alone (towers, phases, token layouts), never from a model: vision towers get
 their heads, grid-to-grid overlays and patterns by depth; language towers their
 heads and the attention of text, generated and action tokens to the image.
+
+>>> report(maps, images, info, Path("figures"))     # doctest: +SKIP
+
+Importing this module imports matplotlib (through :mod:`getlocal.plot`): the
+commands import it after switching matplotlib to Agg, and ``view`` never does.
 """
 import json
 import math
@@ -11,9 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
-from ._errors import GetLocalError
-from ._files import safe_name, write_atomic
-from .maps import AttentionMaps
+import matplotlib.pyplot as plt
+import numpy as np
+
+from getlocal import GetLocalError, patterns, plot
+from getlocal._files import safe_name, write_atomic
+from getlocal.maps import AttentionMaps
 
 DPI = 110  # a 16 x 16 patch grid stays legible in a 2.6 inch panel
 _VISION_KINDS = {"cls", "register", "image"}
@@ -77,8 +85,6 @@ class _Plan:
         self._taken = set()
 
     def figure(self, tower, phase, layer, mode, draw):
-        from . import plot
-
         # labels come from the capture, which may come from anyone: each becomes one plain name inside out/
         path = plot.figure_path(self.out, name=safe_name(tower), phase=safe_name(phase), layer=safe_name(layer),
                                 mode=safe_name(mode), ext="png")
@@ -139,8 +145,6 @@ def report(maps, images, info, out: Path, *, quiet: bool = False) -> None:
 
 
 def _plan_vision(plan: _Plan, tower: str, maps, images, info) -> None:
-    from . import patterns, plot
-
     step, phase = maps.steps[0]
     first = maps.select(step=step)
     camera = first[0].camera
@@ -168,10 +172,6 @@ def _plan_vision(plan: _Plan, tower: str, maps, images, info) -> None:
 
 
 def _plan_depth(plan: _Plan, tower, phase, table, pixels: bool) -> None:
-    import matplotlib.pyplot as plt
-
-    from . import plot
-
     def patterns_by_depth():
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [1, 1.3]}, layout="constrained")
         plot.label_map(table, ax=axes[0])
@@ -189,10 +189,6 @@ def _plan_depth(plan: _Plan, tower, phase, table, pixels: bool) -> None:
 
 
 def _plan_language(plan: _Plan, tower: str, maps, images, info) -> None:
-    import numpy as np
-
-    from . import patterns, plot
-
     square = [m for m in maps if m.shape[-2] == m.shape[-1]]
     if square:  # the prompt step (prefill / prefix): square causal maps
         step = square[0].step
@@ -249,10 +245,6 @@ def _plan_language(plan: _Plan, tower: str, maps, images, info) -> None:
 
 
 def _overlay(arr, rows, layout, cameras, images, title):
-    import matplotlib.pyplot as plt
-
-    from . import plot
-
     pictures = [_picture_of(images, c) for c in cameras]
     if any(p is None for p in pictures):
         fig, ax = plt.subplots(figsize=(4, 3.4))
@@ -271,8 +263,6 @@ def _titled(fig, title):
 
 
 def _draw(plan: _Plan, quiet: bool = False) -> None:
-    import matplotlib.pyplot as plt
-
     try:
         from tqdm import tqdm
     except ImportError:  # tqdm is in the demo extra; without it, no bar
@@ -300,10 +290,6 @@ def _draw(plan: _Plan, quiet: bool = False) -> None:
 
 def _plan_kind_shares(plan: _Plan, towers: Dict[str, list], layouts) -> Dict[str, Any]:
     """Per language tower, its first step's token-kind attention shares by layer; the image-share figure."""
-    import matplotlib.pyplot as plt
-
-    from . import plot
-
     out: Dict[str, Any] = {}
     for tower, mine in towers.items():
         mine = AttentionMaps(mine, layouts)
@@ -424,11 +410,6 @@ def _markdown(summary: Dict[str, Any]) -> str:
 
 def report_run(run, out: Path) -> List[str]:
     """``episode.gif``, ``episode-grid.png`` and ``image-share.png`` for each part of a recorded run; what was written."""
-    import matplotlib.pyplot as plt
-
-    from . import plot
-    from ._files import safe_name, write_atomic
-
     lines = []
     for name, part in run.parts.items():
         steps = run.select(part=name)

@@ -1,0 +1,142 @@
+"""What each command does, given its parsed arguments: ``demo``, ``plot`` and ``view``; each returns the exit status.
+
+>>> from getlocal.cli import main
+>>> main(["view", "getlocal-demo/capture"])       # doctest: +SKIP
+wrote getlocal-demo/capture.html (0.3 MB); open it in a browser
+0
+
+``demo`` runs a model and saves its capture, then draws from the capture exactly
+what ``plot`` draws from a saved one (:func:`getlocal.cli.report.report`), so the
+two write the same files. The report is imported by the command that draws, once
+matplotlib is switched to Agg (a command line writes files; it never opens
+windows): ``view`` and ``--help`` need no matplotlib.
+"""
+import sys
+from pathlib import Path
+
+from getlocal import saved
+from getlocal.viewer import view as view_page
+
+from .inputs import CommandError, open_picture, out_dir, picture_file, weights_file
+from .models import TINY_MODELS, capture, check_model
+
+
+def demo(args) -> int:
+    if args.pretrained and args.model in TINY_MODELS:
+        raise CommandError(f"--pretrained is for timm models; {args.model} is random init by design "
+                           "(--weights PATH loads a checkpoint of it from disk)")
+    if args.pretrained and args.weights:
+        raise CommandError("--pretrained and --weights both say where the weights come from; give one")
+    check_model(args.model)
+    weights = weights_file(args.weights) if args.weights else None
+    file, described = picture_file(args.image)
+    picture = open_picture(file)
+    out = out_dir(args.out)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .report import RANDOM_NOTE, describe_steps, random_weights, report
+
+    stages = _progress(args.quiet, total=2, desc=args.model, unit="stage")
+    stages.set_postfix_str("building and running the model")
+    try:
+        maps, images, info = capture(args.model, args.pretrained, picture, weights, args.mode)
+        stages.update()
+        stages.set_postfix_str("saving the capture")
+        info.update(model=args.model, image=described)
+        saved_to = saved.save(out / "capture", maps, images=images, info=info)
+        stages.update()
+    finally:
+        stages.close()
+    print(f"{args.model}: {info['weights']}")
+    print(f"image: {described}, {info['preprocessing']}")
+    print(describe_steps(maps))
+    size = sum(f.stat().st_size for f in saved_to.rglob("*") if f.is_file())
+    print(f"saved the capture to {saved_to}/ ({len(maps)} maps, {size / 2**20:.1f} MB); "
+          f"`python -m getlocal plot {saved_to} --out DIR` redraws everything below without the model")
+    report(maps, images, info, out, quiet=args.quiet)
+    page = view_page(saved_to, out=out / "view.html")
+    if random_weights(info):
+        print(f"\nnote: {RANDOM_NOTE}")
+    print(f"\nexplore the capture in a browser: open {page.path} (one self-contained page)")
+    return 0
+
+
+def _progress(quiet: bool, **kwargs):
+    """A tqdm bar on stderr when it is a terminal (none with --quiet, or when tqdm is missing)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is in the demo extra
+        quiet = True
+
+        class tqdm:  # noqa: N801 - the same few calls, doing nothing
+            def __init__(self, *a, **k): pass
+            def update(self, *a): pass
+            def set_postfix_str(self, *a): pass
+            def close(self): pass
+    return tqdm(file=sys.stderr, disable=True if quiet else None, **kwargs)
+
+
+def plot(args) -> int:
+    found = saved.read(args.capture)
+    if hasattr(found.data, "ranks"):  # a recorded episode (getlocal.record)
+        return _plot_run(args, found.data)
+    if not hasattr(found.data, "select"):
+        raise CommandError(f"{args.capture} holds a raw cache (get_local.cache); plot draws labelled maps: "
+                           "save the AttentionMaps of an adapter's collect() instead")
+    if not len(found.data):
+        raise CommandError(f"{args.capture} holds no attention maps; nothing to draw")
+    out = out_dir(args.out)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .report import RANDOM_NOTE, describe_steps, random_weights, report
+
+    info = _known_info(found.info)
+    print(f"{info.get('model', 'capture')}: {info.get('weights', 'weights unknown')} "
+          f"(saved by getlocal {found.version or '?'})")
+    print(describe_steps(found.data))
+    try:
+        report(found.data, found.images, info, out, quiet=args.quiet)
+    except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as exc:
+        # load() checked every label getlocal relies on; this is a capture no getlocal wrote
+        raise CommandError(f"cannot draw {args.capture}: {type(exc).__name__}: {exc}; its maps are not what "
+                           "getlocal saves (was it edited?)") from None
+    if random_weights(info):
+        print(f"\nnote: {RANDOM_NOTE}")
+    return 0
+
+
+def _plot_run(args, run) -> int:
+    """Episode figures of a run recorded by getlocal.record: one set per part (process)."""
+    if not len(run):
+        raise CommandError(f"{args.capture} is a recorded run with no completed step; nothing to draw")
+    out = out_dir(args.out)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .report import report_run
+
+    for line in report_run(run, out):
+        print(line)
+    return 0
+
+
+def _known_info(info):
+    """The parts of a capture's free-form info that the report reads, when they have the types the demo writes."""
+    out = {k: v for k, v in info.items() if k in ("model", "weights", "image", "preprocessing", "generated")
+           and isinstance(v, str)}
+    if isinstance(info.get("random_weights"), bool):
+        out["random_weights"] = info["random_weights"]
+    patch = info.get("patch_size")
+    if isinstance(patch, dict):
+        out["patch_size"] = {k: v for k, v in patch.items()
+                             if type(v) in (int, float) and 0 < v < float("inf")}
+    return out
+
+
+def view(args) -> int:
+    capture_dir = Path(args.capture)
+    page = view_page(capture_dir, out=args.out or capture_dir.parent / f"{capture_dir.resolve().name}.html")
+    print(f"wrote {page.path} ({len(page.html) / 2**20:.1f} MB); open it in a browser")
+    return 0
