@@ -12,7 +12,7 @@ import torch  # noqa: E402
 
 import getlocal  # noqa: E402
 from getlocal import get_local  # noqa: E402
-from getlocal._report import report_run  # noqa: E402
+from getlocal.cli.report import report_run  # noqa: E402
 from getlocal.adapters import paligemma, tiny  # noqa: E402
 
 SIZE = 56  # a 4x4 patch grid

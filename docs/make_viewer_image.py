@@ -20,7 +20,8 @@ import browser  # noqa: E402
 from matplotlib.cbook import get_sample_data  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from getlocal import cli, view  # noqa: E402
+from getlocal import view  # noqa: E402
+from getlocal.cli import models  # noqa: E402
 
 OUT = ROOT / "docs" / "images" / "viewer.png"
 
@@ -28,7 +29,7 @@ OUT = ROOT / "docs" / "images" / "viewer.png"
 def main():
     with Image.open(get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
         picture = im.convert("RGB")
-    maps, images, info = cli._run_pi0(picture)
+    maps, images, info = models.capture("paligemma-tiny", False, picture)
     info["model"] = "paligemma-tiny (Pi0 shape)"
     page = view(maps, images=images, info=info, out=Path(tempfile.mkdtemp()) / "pi0.html")
     driver = browser.start()
