@@ -27,9 +27,28 @@ Every adapter's ``activate`` and ``capture`` take the same mode and selection:
   ``AttentionMap.queries`` lays them out and ``AttentionMap.rows`` gives their
   key positions.
 
-Inside, an adapter module is a ``Spec`` (data: towers, attention sources,
-layouts) given to ``_lifecycle.register``; ``_libraries`` holds the timm and
-transformers sources, ``_keep`` what each captured call keeps (the selection,
-fast mode's rebuilds), ``_labels`` turns captured calls into ``AttentionMaps``,
-``_undo`` logs every switch so that ``deactivate`` can take it back.
+Inside, each adapter module (``vit``, ``openvla``, ``paligemma``) is one
+registration, read from the bottom up:
+
+* ``_spec``: the ``Spec`` an adapter declares, as data: its towers by role
+  (vision, language, action expert), the phases and token kinds its labels
+  use, its attention sources, how to name a call's tower and lay out its tokens;
+* ``sources/``: one module per attention source, each holding its targets (the
+  functions and locals to capture), its switch to eager attention and its
+  fast-mode rebuild: ``sources.timm`` (timm's ``Attention``),
+  ``sources.transformers`` (the attention-interface functions of transformers
+  >= 4.48), ``sources.llama_old`` (Llama before 4.48, OpenVLA's pin);
+* ``_keep``: what every source shares: ``Keep``, the selection applied to each
+  call as it returns (and ``Keep.keep_inputs``, a kernel's softmax inputs kept
+  or rebuilt), the lazy values it stores (``Rebuild``, ``Rows``, ``Skipped``)
+  and fast mode's refusal;
+* ``_labels``: captured calls in, ``AttentionMaps`` out, reading the spec;
+* ``_choice``: the mode and selection keywords, checked; ``_undo``: every switch
+  logged so that ``deactivate`` can take it back;
+* ``_lifecycle``: the ``Adapter`` that ``register(spec)`` returns; its methods
+  (``activate``, ``capture``, ``collect``, ``deactivate``, ``is_active``) are
+  the adapter module's public functions, bound, not forwarded to.
+
+No bytecode work happens in adapters: they say which functions, which locals,
+and how to label; ``getlocal`` does the rest.
 """

@@ -1,4 +1,4 @@
-"""What each captured attention call keeps: the selection, and ``mode='fast'``'s rebuild from the kernel's inputs.
+"""What each captured attention call keeps: the selection, and the shared half of ``mode='fast'``'s rebuilds.
 
 ``Keep`` holds one activation's choice and gives ``get_local(..., keep=)`` its
 functions, which see a call's locals as it returns and keep only what was
@@ -8,20 +8,11 @@ query rows (``'generated'``/``'action'``, or indices, kept as ``Rows``), heads
 (mean, max, indices) and dtype. In ``mode='eager'`` with a selection,
 ``keep_eager`` applies it to the eager weights.
 
-In ``mode='fast'`` the model keeps its kernel and the map is rebuilt from the
-kernel's inputs with the eager kernel's own arithmetic, per library:
-
-* transformers >= 4.48 calls one function per kernel (``sdpa_attention_forward``)
-  with ``query`` (after the rotary embedding), ``key`` (the whole cache), the mask
-  and ``scaling``: ``keep_sdpa``, rebuilt by ``softmax_rows`` (``repeat_kv``,
-  ``q k^T * scaling + mask`` in the query's dtype, a boolean mask made additive
-  with the dtype's minimum, softmax in float32, cast back); an eager kernel's
-  ``attn_weights`` (Gemma 2's soft-capping included) is read as it is;
-* before 4.48 (OpenVLA pins 4.40.1) the attention class is the kernel:
-  ``keep_llama_old`` reads ``LlamaSdpaAttention.forward``'s locals, rebuilt by
-  ``llama_old_rows`` (that version divides by ``sqrt(head_dim)``);
-* timm's fused blocks: ``keep_timm`` reads ``q`` and ``k``, rebuilt by
-  ``timm_rows`` (query scaled first, softmax in the scores' dtype).
+In ``mode='fast'`` the model keeps its kernel and each attention source
+(``sources/``) reads its kernel's softmax inputs and hands them to
+``Keep.keep_inputs`` with its ``rows`` function: the eager kernel's own
+arithmetic for that library and version (``sources.timm.timm_rows``,
+``sources.transformers.softmax_rows``, ``sources.llama_old.llama_old_rows``).
 
 What is held per call: a step over cached keys (decode, Pi0's denoising suffix)
 computes its rows at once, so no copy of the key cache is kept per step; any
@@ -29,25 +20,52 @@ other call keeps its map now if that is no larger than its query and key (a
 short prompt, a head-reduced map), else query, key (one copy per key head) and
 the mask (one copy per mask object, shared by the layers of a forward) as a
 ``Rebuild``, computed on the first read of ``AttentionMap.array``, which then
-replaces its inputs. Only torch code here; imported when an adapter needs it.
+replaces its inputs. torch is imported where a call is kept, not with the adapters.
 """
-import functools
 import math
 import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
 
-import torch
-
+from getlocal import GetLocalError
 from getlocal.maps import Lazy
 
-from ._labels import Rows, Skipped, layer_picked
 
-#: The locals of ``sdpa_attention_forward`` a rebuild needs (those a version lacks are left out).
-SDPA_LOCALS = ("query", "key", "attention_mask", "scaling", "is_causal", "q_length", "kv_length", "dropout",
-               "position_bias")
-EAGER_LOCALS = ("attn_weights",)
-#: The locals of ``LlamaAttention.forward`` / ``LlamaSdpaAttention.forward`` (transformers < 4.48) a rebuild needs.
-LLAMA_OLD_LOCALS = ("query_states", "key_states", "attention_mask", "is_causal", "attn_weights")
+class Skipped(Lazy):
+    """A call the selection leaves out: its shape (for labelling) and its prompt padding, no data."""
+
+    def __init__(self, shape, padding):
+        self.shape, self.padding = tuple(shape), padding
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.padding is None else int(self.padding.nbytes)
+
+    def materialize(self):  # nothing was kept: saving the cache writes None for this call
+        return None
+
+    def parts(self):
+        return (self.padding,)
+
+
+class Rows(Lazy):
+    """The rows a selection by index kept of one call: ``value`` ``[B, H, len(rows), K]`` and which rows.
+
+    ``rows`` index the call's ``queries`` query rows; ``padding`` as ``Skipped``'s.
+    """
+
+    def __init__(self, value, rows, queries: int, padding=None):
+        self.value, self.rows, self.queries, self.padding = value, tuple(int(r) for r in rows), queries, padding
+        self.shape = tuple(value.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.value.nbytes) + (0 if self.padding is None else int(self.padding.nbytes))
+
+    def materialize(self):
+        return self.value
+
+    def parts(self):
+        return (self.value, self.padding)
 
 
 class Rebuild(Lazy):
@@ -59,12 +77,16 @@ class Rebuild(Lazy):
 
     @property
     def nbytes(self) -> int:
+        import torch
+
         held = [t for t in self.inputs if isinstance(t, torch.Tensor)]
         result = getattr(self, "result", None)
         return (sum(t.numel() * t.element_size() for t in held) + (0 if result is None else int(result.nbytes))
                 + (0 if self.padding is None else int(self.padding.nbytes)))
 
     def materialize(self):
+        import torch
+
         if self.inputs:  # computed once: the map replaces its inputs here too, so the cache holds one of them
             with torch.no_grad():
                 self.result = self.finish(self.rows(*self.inputs))
@@ -75,28 +97,7 @@ class Rebuild(Lazy):
         return self.inputs + (self.padding, getattr(self, "result", None))
 
 
-def softmax_rows(query, key, mask, scaling, causal: bool, kv_length: int):
-    """Eager's attention weights ``[B, H, Q, kv_length]`` from the softmax inputs of one call."""
-    q_len = query.shape[2]
-    key = _repeat_keys(key, query.shape[1])  # grouped-query keys, shared as repeat_kv shares them
-    if scaling is None:
-        scaling = query.shape[-1] ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    k_len = key.shape[2]
-    if mask is None and causal:  # sdpa's is_causal: aligned to the top left
-        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril()[None, None]
-    if mask is not None:
-        if mask.dtype == torch.bool:  # as transformers' eager mask: 0 where seen, the dtype's minimum elsewhere
-            mask = torch.zeros(mask.shape, dtype=scores.dtype, device=mask.device).masked_fill(
-                ~mask, torch.finfo(scores.dtype).min)
-        scores = scores + mask[..., :k_len]
-    weights = torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    if kv_length > k_len:  # sdpa cut the keys no query could see (prefill into a longer static cache)
-        weights = torch.nn.functional.pad(weights, (0, kv_length - k_len))
-    return weights
-
-
-def _repeat_keys(key, heads: int):
+def repeat_keys(key, heads: int):
     """``key`` ``[B, Hk, K, D]`` with each head repeated for the ``heads // Hk`` query heads sharing it (repeat_kv)."""
     b, hk, k_len, d = key.shape
     if hk == heads:
@@ -104,30 +105,8 @@ def _repeat_keys(key, heads: int):
     return key[:, :, None].expand(b, hk, heads // hk, k_len, d).reshape(b, heads, k_len, d)
 
 
-def _additive_causal(q_len: int, k_len: int, dtype, device):
-    """sdpa's ``is_causal`` (top left) as transformers' eager mask: 0 where seen, the dtype's minimum elsewhere."""
-    seen = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril()
-    return torch.zeros(q_len, k_len, dtype=dtype, device=device).masked_fill(~seen, torch.finfo(dtype).min)[None, None]
-
-
-def llama_old_rows(query, key, mask, head_dim: int, causal: bool):
-    """Eager ``LlamaAttention``'s weights (transformers < 4.48) ``[B, H, Q, K]`` from the inputs sdpa received.
-
-    That version divides by ``math.sqrt(head_dim)`` (later ones multiply by
-    ``scaling``) and adds the model's 4-D mask cut to the keys; the last bit of
-    a float32 score depends on which, hence this twin of ``softmax_rows``.
-    """
-    key = _repeat_keys(key, query.shape[1])
-    scores = torch.matmul(query, key.transpose(2, 3)) / math.sqrt(head_dim)
-    if mask is None and causal:
-        mask = _additive_causal(query.shape[2], key.shape[2], scores.dtype, scores.device)
-    if mask is not None:
-        scores = scores + mask[:, :, :, : key.shape[2]]
-    return torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-
-
-def _one_per_key_head(key, heads: int, owner):
-    """``key`` after ``repeat_kv`` (a copy per query head) as the cache holds it; ``_repeat_keys`` restores it.
+def one_per_key_head(key, heads: int, owner):
+    """``key`` after ``repeat_kv`` (a copy per query head) as the cache holds it; ``repeat_keys`` restores it.
 
     Keys that were not repeated (sdpa's own grouped-query path) are returned as they are.
     """
@@ -136,11 +115,16 @@ def _one_per_key_head(key, heads: int, owner):
     return key[:, ::groups] if repeated else key
 
 
-def _random_dropout(owner, p: float):
-    from ._libraries import _unsupported
+def unsupported(why: str) -> GetLocalError:
+    """The refusal of ``mode='fast'``, saying why and the way out."""
+    return GetLocalError(
+        f"mode='fast' cannot rebuild this model's attention maps: {why}. Use mode='eager' (the default), "
+        "which switches the model to eager attention and captures the maps themselves")
 
-    return _unsupported(f"{type(owner).__name__} ran its kernel with attention dropout {p:g}, which is random "
-                        "(training mode; call model.eval())")
+
+def random_dropout(owner, p: float) -> GetLocalError:
+    return unsupported(f"{type(owner).__name__} ran its kernel with attention dropout {p:g}, which is random "
+                       "(training mode; call model.eval())")
 
 
 def reduce_heads(weights, heads):
@@ -156,10 +140,12 @@ def reduce_heads(weights, heads):
 def padding_of(mask, q_len: int, k_len: int):
     """``[B, K]`` numpy bool: keys that every query which sees anything does not see, or None.
 
-    The same rule ``_labels._padding`` applies to eager maps (a zero column), read off the mask.
+    The same rule ``_labels.prompt_padding`` applies to eager maps (a zero column), read off the mask.
     """
     if mask is None:
         return None
+    import torch
+
     visible = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
     visible = visible[..., -q_len:, :k_len].reshape(visible.shape[0], -1, q_len, k_len).any(1)  # [B, Q, K]
     seeing = visible.any(-1, keepdim=True)  # rows whose keys are not all masked
@@ -167,7 +153,8 @@ def padding_of(mask, q_len: int, k_len: int):
     return hidden.cpu().numpy() if bool(hidden.any()) else None
 
 
-def _padding_of_weights(weights):
+def padding_of_weights(weights):
+    """``[B, K]`` numpy bool: the keys that eager ``weights`` give exactly 0 (or a uniform row), or None."""
     w = weights.float()
     uniform = w.amax(-1, keepdim=True) == w.amin(-1, keepdim=True)
     hidden = ((w == 0) | uniform).all(1).all(1)  # [B, K]
@@ -192,7 +179,10 @@ class Keep:
         self.convert, self.to_host, self.queries, self.heads = convert, to_host, queries, heads
         self.numpy = numpy  # convert='numpy': half-precision maps are kept as float32 (unless dtype= says)
         self.towers, self.layers, self.place = towers, layers, place
+        import torch
+
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.narrow = self.numpy and self.dtype == torch.float16
         self._masks: list = []  # (source mask, its version, the copy held): one copy per mask, not per layer
 
     def _hold(self, t):
@@ -214,6 +204,8 @@ class Keep:
         return held
 
     def _map_bytes(self, shape, dtype) -> int:
+        import torch
+
         if self.dtype is not None:
             size = self.dtype.itemsize
         elif isinstance(self.heads, str) or (self.numpy and dtype in (torch.float16, torch.bfloat16)):
@@ -229,6 +221,8 @@ class Keep:
         (query and key at OpenVLA's prefill length are about the size of the map;
         a head-reduced map, a few rows, or a short prompt is smaller than they are).
         """
+        import torch
+
         held = sum(t.numel() * t.element_size() for t in inputs if isinstance(t, torch.Tensor))
         if self._by_index() or self._map_bytes(shape, inputs[0].dtype) <= held:
             with torch.no_grad():
@@ -258,7 +252,7 @@ class Keep:
         if self.dtype is not None:
             weights = weights.to(self.dtype)
         value = self.convert(weights)
-        if self.dtype == torch.float16 and self.numpy:  # convert='numpy' widens half precision; dtype= said not to
+        if self.narrow:  # convert='numpy' widens half precision; dtype= said not to
             value = value.astype("float16")
         return value if rows is None else Rows(value, rows, q_len, padding)
 
@@ -283,32 +277,6 @@ class Keep:
             return False
         return layer_picked(layer, count, self.layers)
 
-    def keep_sdpa(self, owner, values: Dict[str, Any]):
-        if values.get("dropout"):  # put in training after activation: warned and skipped by get_local
-            raise _random_dropout(owner, values["dropout"])
-        if values.get("position_bias") is not None:
-            from ._libraries import _unsupported
-
-            raise _unsupported(f"{type(owner).__name__} adds a position bias to its scores, which the rebuild does not")
-        query, key = values["query"], values["key"]
-        mask = values.get("attention_mask")
-        q_len = values.get("q_length", query.shape[2])
-        if query.shape[2] != q_len:  # pack_gqa folded the heads of one query: [B, H/n, n, D]
-            query = query.reshape(query.shape[0], -1, q_len, query.shape[-1])
-        if mask is not None and mask.shape[-2] != q_len and mask.shape[-2] != 1:
-            mask = mask.reshape(mask.shape[0], -1, q_len, mask.shape[-1])
-        kv_length = values.get("kv_length", key.shape[2])
-        causal = bool(values.get("is_causal", False)) and mask is None
-        shape = self.kept_shape(query.shape[0], query.shape[1], q_len, kv_length)
-        padding = padding_of(mask, q_len, key.shape[2]) if q_len == kv_length else None
-        if not self.wanted(owner, q_len, kv_length):
-            return Skipped(shape, padding)
-        rows = functools.partial(softmax_rows, scaling=values.get("scaling"), causal=causal, kv_length=kv_length)
-        if q_len < kv_length:  # a step over cached keys: its rows now, never a copy of the cache
-            with torch.no_grad():
-                return self.finish(rows(query, key, mask), padding)
-        return self.whole(rows, (query, _one_per_key_head(key, query.shape[1], owner)), mask, shape, padding)
-
     def keep_eager(self, owner, values: Dict[str, Any]):
         """An eager kernel's weights (its one captured local: ``attn_weights``, timm's ``attn``), selected."""
         weights = next(iter(values.values()), None)
@@ -316,116 +284,32 @@ class Keep:
             return None
         q_len, k_len = weights.shape[-2:]
         wanted = self.wanted(owner, q_len, k_len)
-        padding = _padding_of_weights(weights) if q_len == k_len and (self._by_index() or not wanted) else None
+        padding = padding_of_weights(weights) if q_len == k_len and (self._by_index() or not wanted) else None
         if not wanted:
             return Skipped(self.kept_shape(weights.shape[0], weights.shape[1], q_len, k_len), padding)
         return self.finish(weights, padding)
 
-    def keep_llama_old(self, owner, values: Dict[str, Any], sdpa: bool = False):
-        """transformers < 4.48's ``LlamaSdpaAttention.forward`` (``sdpa``) or ``LlamaAttention.forward``.
+    def keep_inputs(self, owner, query, key, mask, rows: Callable[..., Any], kv_length: Optional[int] = None):
+        """One kernel call from its softmax inputs: ``Skipped``, a step's rows now, or the whole call (``whole``).
 
-        At return ``key_states`` is the whole cache after ``repeat_kv`` (one copy
-        per query head), and ``attention_mask`` the model's 4-D additive mask, or
-        None: sdpa then ran ``is_causal`` when more than one query came, eager
-        with no mask at all. An eager forward asked for its weights
-        (``output_attentions``, also how an sdpa module answers that) keeps them
-        as they are; the sdpa call that handed over to it ends without query_states.
+        ``query`` ``[B, H, Q, D]``, ``key`` ``[B, Hk or H, K, D]`` (the whole cache),
+        ``mask`` as the kernel received it and ``rows(query, key, mask)`` the
+        source's eager arithmetic; ``kv_length``: the keys the map has, where
+        the kernel was given fewer than that (sdpa cuts a static cache).
         """
-        if values.get("attn_weights") is not None:
-            return self.keep_eager(owner, {"attn_weights": values["attn_weights"]})
-        query, key = values.get("query_states"), values.get("key_states")
-        if query is None or key is None:
-            return None
-        dropout = float(getattr(owner, "attention_dropout", 0.0) or 0.0) if owner.training else 0.0
-        if dropout:  # put in training after activation: warned and skipped by get_local, never a wrong map
-            raise _random_dropout(owner, dropout)
-        mask = values.get("attention_mask")
-        batch, heads, q_len, _ = query.shape
-        k_len = key.shape[2]
-        causal = bool(values.get("is_causal", sdpa and mask is None and q_len > 1))
-        shape = self.kept_shape(batch, heads, q_len, k_len)
-        padding = padding_of(mask, q_len, k_len) if q_len == k_len else None
-        if not self.wanted(owner, q_len, k_len):
+        import torch
+
+        q_len, kv_length = query.shape[2], key.shape[2] if kv_length is None else kv_length
+        shape = self.kept_shape(query.shape[0], query.shape[1], q_len, kv_length)
+        padding = padding_of(mask, q_len, key.shape[2]) if q_len == kv_length else None
+        if not self.wanted(owner, q_len, kv_length):
             return Skipped(shape, padding)
-        rows = functools.partial(llama_old_rows, head_dim=owner.head_dim, causal=causal)
-        if q_len < k_len:  # a decode step: its rows now, never a copy of the cache
+        if q_len < kv_length:  # a step over cached keys: its rows now, never a copy of the cache
             with torch.no_grad():
                 return self.finish(rows(query, key, mask), padding)
-        return self.whole(rows, (query, _one_per_key_head(key, query.shape[1], owner)), mask, shape, padding)
-
-    def keep_timm(self, owner, values: Dict[str, Any]):
-        """One call of timm's ``Attention.forward``: ``attn`` as it is if the block ran non-fused, else rebuilt.
-
-        A fused block leaves ``q`` (unscaled) and ``k`` as they entered
-        ``scaled_dot_product_attention``, with ``attn_mask`` and ``is_causal`` where
-        the version has them; the rebuild is ``timm_rows``. A vision tower has no
-        prompt padding, so none is kept.
-        """
-        attn = values.get("attn")
-        if attn is not None:  # the user's block runs non-fused: the map itself
-            if not self.wanted(owner, attn.shape[-2], attn.shape[-1]):
-                return Skipped(self.kept_shape(*attn.shape), None)
-            return self.finish(attn)
-        q, k = values.get("q"), values.get("k")
-        if q is None or k is None:
-            return None
-        why = timm_unrebuildable(owner)
-        if why:  # switched after activation (check_fast saw it fine): warned and skipped by get_local, never wrong
-            from ._libraries import _unsupported
-
-            raise _unsupported(f"{type(owner).__name__} {why}")
-        shape = self.kept_shape(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-        if not self.wanted(owner, q.shape[2], k.shape[2]):
-            return Skipped(shape, None)
-        causal = bool(values.get("is_causal", False))
-        mask = None if causal else values.get("attn_mask")  # timm's causal mask takes precedence over any other
-        rows = functools.partial(timm_rows, scale=owner.scale, causal=causal)
-        return self.whole(rows, (q, k), mask, shape, None)
+        return self.whole(rows, (query, one_per_key_head(key, query.shape[1], owner)), mask, shape, padding)
 
 
-# -- timm ----------------------------------------------------------------------
-
-#: The locals of timm's ``Attention.forward`` that ``keep_timm`` reads (those a version lacks are left out):
-#: ``attn`` is bound only when the block ran non-fused; ``attn_mask``/``is_causal`` exist from timm 1.0.
-TIMM_LOCALS = ("attn", "q", "k", "attn_mask", "is_causal")
-
-
-def timm_rows(q, k, mask, *, scale: float, causal: bool = False):
-    """timm's non-fused attention weights ``[B, H, N, N]`` from one block's unscaled query and key.
-
-    The arithmetic of ``Attention.forward`` with ``fused_attn`` off, so that a map
-    equals what eager mode captures from the same weights: the query scaled before
-    the product; the mask as timm 1.0 resolves it (causal: ``-inf`` above the
-    diagonal; boolean: ``-inf`` where False, as sdpa reads it; float: added as it
-    is); the softmax in the scores' own dtype, not float32 as transformers does.
-    """
-    scores = (q * scale) @ k.transpose(-2, -1)
-    if causal:
-        n = scores.shape[-1]
-        mask = scores.new_full((n, n), float("-inf")).triu_(1)
-    elif mask is not None and mask.dtype == torch.bool:
-        mask = torch.zeros_like(mask, dtype=scores.dtype).masked_fill_(~mask, float("-inf"))
-    if mask is not None:
-        scores = scores + mask
-    return scores.softmax(dim=-1)
-
-
-def timm_unrebuildable(module) -> Optional[str]:
-    """Why the fused kernel of a timm attention block ran arithmetic that ``timm_rows`` cannot repeat, or None.
-
-    In training, with attention dropout, sdpa drops weights at random: no rebuild
-    gives those weights back, and the map before dropout is not the one eager
-    mode captures. The fused call passes no scale, so sdpa uses
-    ``head_dim ** -0.5`` whatever ``module.scale`` says.
-    """
-    p = float(getattr(getattr(module, "attn_drop", None), "p", 0.0) or 0.0)
-    if module.training and p > 0:
-        return (f"is in training mode with attention dropout p={p:g}, which the fused kernel applies at random "
-                "(no rebuild gives those weights back); call model.eval(), or set fused_attn = False on it "
-                "(fast mode then reads its map as it is)")
-    head_dim = getattr(module, "head_dim", None)
-    scale = getattr(module, "scale", None)
-    if isinstance(head_dim, int) and scale is not None and scale != head_dim ** -0.5:
-        return (f"has scale={scale!r}, but its fused kernel uses head_dim ** -0.5 = {head_dim ** -0.5!r}; "
-                "set fused_attn = False on it (fast mode then reads its map as it is)")
-    return None
+def layer_picked(layer: int, count: int, layers) -> bool:
+    """Whether ``layer`` of a tower of ``count`` layers is one of ``layers`` (None: all; negative: from the end)."""
+    return layers is None or any(layer == (n if n >= 0 else count + n) for n in layers)

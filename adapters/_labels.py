@@ -1,8 +1,10 @@
 """Labelling: captured calls in, ``AttentionMaps`` out (steps, phases, cameras, token layouts, padding).
 
-A pure function of the entries and of what an adapter says about its model
-(which towers are vision towers, how its prompt is laid out); nothing here
-touches a model, a library or get_local.
+A pure function of the entries and of what an adapter's ``Spec`` declares
+about its model: which towers are vision, language or action-expert towers,
+what its phases and added tokens are called (``Spec.steps``,
+``Spec.expert_steps``) and how its prompt is laid out. Nothing here is
+model-specific, and nothing touches a model, a library or get_local.
 """
 import math
 import re
@@ -11,47 +13,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from getlocal import GetLocalError, _check
+from getlocal._convert import converter
 from getlocal.maps import AttentionMap, AttentionMaps, Lazy, Segment, TokenLayout
 
+from ._keep import Rows
+
 PromptLayout = Callable[[int, List["Entry"], int, Dict[str, Any]], TokenLayout]
-
-
-class Skipped(Lazy):
-    """A call the selection leaves out: its shape (for labelling) and its prompt padding, no data."""
-
-    def __init__(self, shape, padding):
-        self.shape, self.padding = tuple(shape), padding
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.padding is None else int(self.padding.nbytes)
-
-    def materialize(self):  # nothing was kept: saving the cache writes None for this call
-        return None
-
-    def parts(self):
-        return (self.padding,)
-
-
-class Rows(Lazy):
-    """The rows a selection by index kept of one call: ``value`` ``[B, H, len(rows), K]`` and which rows.
-
-    ``rows`` index the call's ``queries`` query rows; ``padding`` as ``Skipped``'s.
-    """
-
-    def __init__(self, value, rows, queries: int, padding=None):
-        self.value, self.rows, self.queries, self.padding = value, tuple(int(r) for r in rows), queries, padding
-        self.shape = tuple(value.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.value.nbytes) + (0 if self.padding is None else int(self.padding.nbytes))
-
-    def materialize(self):
-        return self.value
-
-    def parts(self):
-        return (self.value, self.padding)
 
 
 class Entry:
@@ -87,13 +54,16 @@ def check_options(options: Dict[str, Any]) -> None:
         _check.integer("state_tokens", options["state_tokens"], low=0)
 
 
-def label(entries: List[Entry], vision_towers, prompt_layout: PromptLayout, options: Dict[str, Any]) -> AttentionMaps:
+def label(entries: List[Entry], spec, options: Dict[str, Any]) -> AttentionMaps:
     """The labelled maps of ``entries`` (in call order, each with tower, layer, path and vision layout set).
 
-    ``prompt_layout(length, vision entries, batch, options)`` lays out the language model's prompt.
+    ``spec`` (a ``Spec``) gives the towers' roles, the names of phases and added
+    tokens, and ``prompt_layout(length, vision entries, batch, options)``, the
+    language model's prompt.
     """
+    vision_towers, generate, denoise = spec.vision_towers, spec.steps, spec.expert_steps
     steps = _split_steps(vision_towers, entries)
-    has_expert = any(e.tower == "expert" for e in entries)
+    has_expert = any(e.tower in spec.expert_towers for e in entries)
     maps: List[AttentionMap] = []
     layouts: Dict[str, TokenLayout] = {}
     prompt: Optional[TokenLayout] = None  # the last prefill/prefix layout of the language model
@@ -105,10 +75,10 @@ def label(entries: List[Entry], vision_towers, prompt_layout: PromptLayout, opti
         if vision:
             vision_seen = vision
             _name_cameras(vision, language, options)
-        phase = _phase(language, has_expert)
-        if language and phase in ("prefill", "prefix"):
-            prompt = prompt_layout(language[0].keys, vision_seen, language[0].batch, options)
-            padding = _padding(language)
+        phase = _phase(language, spec, has_expert)
+        if language and phase in (generate.prompt, denoise.prompt):
+            prompt = spec.prompt_layout(language[0].keys, vision_seen, language[0].batch, options)
+            padding = prompt_padding(language)
             prompt = _mark_padding(prompt, padding)
         elif language and prompt is None:  # a decode/denoise step whose prompt was not captured
             first = language[0]
@@ -122,10 +92,9 @@ def label(entries: List[Entry], vision_towers, prompt_layout: PromptLayout, opti
             if e.tower in vision_towers:
                 queries = keys = e.layout
             else:
-                denoise = phase == "denoise"
-                total = seen[e.tower] if phase in ("decode", "denoise") else e.keys
-                keys = _extend(prompt, total, "action" if denoise else "generated",
-                               options.get("state_tokens", 0) if denoise else 0)
+                names = denoise if phase == denoise.step else generate
+                total = seen[e.tower] if phase in (generate.step, denoise.step) else e.keys
+                keys = _extend(prompt, total, names, options.get("state_tokens", 0) if names.state else 0)
                 start = total - e.keys
                 keys = keys.window(start, total) if start else keys
                 queries = keys.window(e.keys - e.queries, e.keys)
@@ -141,8 +110,7 @@ def label(entries: List[Entry], vision_towers, prompt_layout: PromptLayout, opti
     return AttentionMaps(maps, layouts)
 
 
-
-def _padding(language: List[Entry]):
+def prompt_padding(language: List[Entry]):
     """``[batch, keys]`` bool: the prompt positions that the attention mask hid, or None.
 
     An additive mask (``finfo.min`` or ``-inf``) makes a key's weight exactly 0
@@ -152,9 +120,6 @@ def _padding(language: List[Entry]):
     exactly 0. Query rows whose keys are all masked (a left-padded query: the
     softmax of equal values is uniform) are left out of that test.
     """
-
-    from getlocal._convert import converter
-
     to_numpy = converter("numpy")
     zero = None
     for e in language:
@@ -239,26 +204,27 @@ def _split_steps(vision_towers, entries: List[Entry]) -> List[List[Entry]]:
     return steps
 
 
-def _phase(language: List[Entry], has_expert: bool) -> str:
+def _phase(language: List[Entry], spec, has_expert: bool) -> str:
+    """A step's phase: vision only, the action expert's step, a pass over the whole prompt, or a step after it."""
     if not language:
-        return "encode"
-    if any(e.tower == "expert" for e in language):
-        return "denoise"
+        return spec.encode
+    if any(e.tower in spec.expert_towers for e in language):
+        return spec.expert_steps.step
     if all(e.queries == e.keys for e in language):
-        return "prefix" if has_expert else "prefill"
-    return "decode"
+        return spec.expert_steps.prompt if has_expert else spec.steps.prompt
+    return spec.steps.step
 
 
-def _extend(prompt: TokenLayout, length: int, kind: str, state_tokens: int) -> TokenLayout:
-    """The prompt layout, cut or extended to ``length`` keys with generated/state/action tokens."""
+def _extend(prompt: TokenLayout, length: int, names, state_tokens: int) -> TokenLayout:
+    """The prompt layout, cut or extended to ``length`` keys with the tokens a step adds (``names``: ``Steps``)."""
     if length <= len(prompt):
         return prompt.window(0, length)
     segments = list(prompt.segments)
     start = len(prompt)
     if state_tokens:
-        segments.append(Segment("state", start, min(start + state_tokens, length)))
+        segments.append(Segment(names.state, start, min(start + state_tokens, length)))
         start = segments[-1].stop
-    segments.append(Segment(kind, start, length))
+    segments.append(Segment(names.added, start, length))
     return TokenLayout(segments)
 
 
@@ -282,7 +248,6 @@ def _name_cameras(vision: List[Entry], language: List[Entry], options) -> None:
             tower_passes[p[0].tower] = i + 1
             for e in p:
                 e.camera = names[i] if i < len(names) else None
-
 
 
 def camera_names(n: int, options) -> List[str]:
@@ -312,18 +277,12 @@ def square(n: int) -> Optional[Tuple[int, int]]:
     return (side, side) if side * side == n else (1, n)
 
 
-
 def image_layout(path: str, modules: Dict[str, Any], length: int) -> TokenLayout:
     """A vision tower without class or register tokens: ``[image]`` on the squarest grid."""
     return TokenLayout([Segment("image", 0, length, grid=square(length))])
 
 
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
-
-
-def layer_picked(layer: int, count: int, layers) -> bool:
-    """Whether ``layer`` of a tower of ``count`` layers is one of ``layers`` (None: all; negative: from the end)."""
-    return layers is None or any(layer == (n if n >= 0 else count + n) for n in layers)
 
 
 def layer_of(owner, path: str) -> int:

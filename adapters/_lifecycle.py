@@ -1,12 +1,12 @@
-"""The adapter object: activate / deactivate / collect / capture, the same for every adapter.
+"""The adapter object: activate / deactivate / collect / capture / is_active, the same for every adapter.
 
-An adapter module (vit.py, openvla.py, paligemma.py) is a ``Spec``: its name,
-its vision towers, its attention sources (see ``_libraries``), how to name a
-tower and how to lay out its tokens. ``register(spec)`` gives it an ``Adapter``,
-which registers the sources' functions with ``get_local``, switches the models
-it is given, sees being built (a ``post_init`` patch) or sees called (a global
-forward pre-hook), undoes it all, and hands the captured calls to ``_labels``.
-No bytecode work happens here; that is the engine's.
+An adapter module (vit.py, openvla.py, paligemma.py) declares a ``Spec``
+(``_spec``) and binds the methods of the ``Adapter`` that ``register(spec)``
+returns as its public functions. The adapter registers the sources' functions
+with ``get_local``, switches the models it is given, sees being built (a
+``post_init`` patch) or sees called (a global forward pre-hook), undoes it all,
+and hands the captured calls to ``_labels``. No bytecode work happens here;
+that is the engine's.
 """
 import contextlib
 import gc
@@ -15,42 +15,23 @@ import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from getlocal import GetLocalError, _check, get_local
-from getlocal._convert import MODES, converter
-from getlocal.maps import AttentionMaps, TokenLayout
+from getlocal._convert import converter
+from getlocal.maps import AttentionMaps
 
-from ._labels import Entry, PromptLayout, Skipped, check_options, image_layout, label, layer_of, layer_picked
-from ._libraries import pretrained_class
+from ._choice import DEFAULT_CHOICE, check_activation, check_choice, check_model, show_choice
+from ._keep import Keep, Skipped, layer_picked
+from ._labels import Entry, check_options, label, layer_of
+from ._spec import Spec
 from ._undo import Undo
-
-
-class Spec:
-    """The model knowledge of one adapter, as data.
-
-    ``sources``: the attention it captures (``_libraries.TimmAttention``, ...);
-    ``tower(owner, path, modules)``: the tower of a captured call;
-    ``vision_layout(path, modules, length)``: the tokens of a vision call;
-    ``prompt_layout(length, vision entries, batch, options)``: the language model's prompt.
-    """
-
-    def __init__(self, name: str, *, vision_towers: Sequence[str], sources: Sequence[Any],
-                 tower: Callable[[Any, str, Dict[str, Any]], str],
-                 vision_layout: Callable[[str, Dict[str, Any], int], TokenLayout] = image_layout,
-                 prompt_layout: Optional[PromptLayout] = None, language_towers: Sequence[str] = ()):
-        self.name, self.vision_towers, self.sources = name, tuple(vision_towers), tuple(sources)
-        self.tower, self.vision_layout, self.prompt_layout = tower, vision_layout, prompt_layout
-        self.towers = self.vision_towers + tuple(language_towers)  # every name ``tower`` gives
-
-    def owns(self, owner) -> bool:
-        """Whether a captured call's owner is one of our attention modules.
-
-        Cache keys are names, and a key freed by one adapter's deactivate can be
-        taken by another's function while the cache still holds the first one's maps.
-        """
-        return any(source.owns(owner) for source in self.sources)
+from .sources.transformers import pretrained_class
 
 
 class Adapter:
-    """activate / deactivate / collect / capture for one ``Spec``."""
+    """activate / deactivate / collect / capture / is_active for one ``Spec``: what an adapter module exports.
+
+    ``vit.activate`` is ``Adapter.activate`` bound to the ViT adapter; what
+    each adapter captures, its towers and its layouts are in its module's doc.
+    """
 
     def __init__(self, spec: Spec):
         self.spec = spec
@@ -63,7 +44,7 @@ class Adapter:
         self._prepared: "weakref.WeakSet" = weakref.WeakSet()
         self._wants_live = False  # activated without a model: switch every model at its first call
         self.used = False  # activated at least once: collect() has something to look at
-        self.choice: Dict[str, Any] = dict(_DEFAULT_CHOICE)  # mode and selection of the activation in force
+        self.choice: Dict[str, Any] = dict(DEFAULT_CHOICE)  # mode and selection of the activation in force
         self._places: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # module -> (tower, layer)
         self._layer_counts: Dict[str, int] = {}
 
@@ -73,16 +54,38 @@ class Adapter:
 
     # -- switching -------------------------------------------------------
 
-    def activate(self, model=None, convert="numpy", max_calls=None, max_bytes=None, **choice) -> None:
+    def activate(self, model=None, *, convert="numpy", max_calls: Optional[int] = None,
+                 max_bytes: Optional[int] = None, mode: str = "eager", queries=None, heads=None, towers=None,
+                 layers=None, dtype=None) -> None:
+        """Capture every attention map of the adapter's models from now on.
+
+        Call it before the model is loaded (models built later are switched as
+        they are built: timm ViTs are built non-fused, transformers models are
+        switched as their ``post_init`` ends), or after: ``model`` is switched
+        if given, otherwise every model is switched at its first call
+        (``torch.compile(model)`` included). ``convert``, ``max_calls`` and
+        ``max_bytes`` go to ``get_local.activate``.
+
+        ``mode='fast'``: nothing is switched, the model keeps its attention
+        kernels (timm's fused path, the language model's kernel) and each map is
+        rebuilt exactly from the kernel's softmax inputs; ``model``, if given,
+        is only checked. ``queries`` (row indices of every call, e.g. ``0``: a
+        ViT's class token; ``'generated'``/``'action'``: the new rows of each
+        decode or denoise step), ``heads`` (``'mean'``/``'max'`` or head
+        indices), ``towers`` (of those the adapter writes), ``layers`` and
+        ``dtype`` select before anything is kept, in either mode: see
+        :mod:`getlocal.adapters` and the README, "Two capture modes".
+        """
         global _STARTED_CAPTURE
-        choice = self._check_choice(choice, convert)
-        _check_activation(model, convert, max_calls, max_bytes)
+        choice = self._check_choice(dict(mode=mode, queries=queries, heads=heads, towers=towers, layers=layers,
+                                         dtype=dtype), convert)
+        check_activation(model, convert, max_calls, max_bytes)
         was_active = self.active
         if self.active and choice != self.choice:
             name = self.spec.name
             raise GetLocalError(
-                f"{name} is active with {_show_choice(self.choice)}; call {name}.deactivate() before "
-                f"activating it with {_show_choice(choice)}")
+                f"{name} is active with {show_choice(self.choice)}; call {name}.deactivate() before "
+                f"activating it with {show_choice(choice)}")
         if not self.active:
             self.choice = choice
             try:
@@ -109,36 +112,11 @@ class Adapter:
         get_local.activate(convert, max_calls=max_calls, max_bytes=max_bytes)
 
     def _check_choice(self, choice: Dict[str, Any], convert) -> Dict[str, Any]:
-        """``mode`` and the selection, checked and normalised (a tuple for every list) before anything changes."""
-        out = dict(_DEFAULT_CHOICE, **choice)
-        _check.choice("mode", out["mode"], ("eager", "fast"))
-        towers = out["towers"]
-        if towers is not None:
-            towers = (towers,) if isinstance(towers, str) else _sequence("towers", towers, "tower names")
-            for tower in towers:
-                _check.choice("towers", tower, self.spec.towers)
-            out["towers"] = frozenset(towers)
-        if out["layers"] is not None:
-            out["layers"] = tuple(_check.integer("layers", n, low=None, high=None) for n in _as_tuple(out["layers"]))
-        out["queries"] = _check_queries(out["queries"])
-        heads = out["heads"]
-        if heads is not None and not isinstance(heads, str):
-            heads = _as_tuple(heads)
-            if not heads:
-                raise _check.ArgumentError("heads=[] keeps no head; give head indices, 'mean', 'max' or None")
-            out["heads"] = tuple(_check.integer("heads", n, low=0, high=None) for n in heads)
-        else:
-            _check.choice("heads", heads, ("mean", "max"), optional=True)
-        dtype = out["dtype"]
-        if dtype is not None:
-            if type(dtype).__name__ == "dtype" and type(dtype).__module__ == "torch":  # torch.float16 -> 'float16'
-                dtype = str(dtype)[len("torch."):]
-            out["dtype"] = _check.choice("dtype", dtype, _DTYPES)
-            if out["dtype"] == "bfloat16" and convert == "numpy":
-                raise _check.ArgumentError(
-                    "dtype='bfloat16' with convert='numpy': numpy has no bfloat16; use dtype='float16', or "
-                    "convert='cpu' / 'device' to keep bfloat16 tensors")
-        return out
+        return check_choice(choice, convert, self.spec.towers)
+
+    def is_active(self) -> bool:
+        """Whether the adapter is activated (and not deactivated since)."""
+        return self.active
 
     def _selects(self) -> bool:
         return any(self.choice[k] is not None for k in ("queries", "heads", "towers", "layers", "dtype"))
@@ -153,11 +131,9 @@ class Adapter:
         known = set(get_local.functions().values())
         keeper = None
         if self.mode == "fast" or self._selects():
-            from . import _keep
-
             c = self.choice
             to_host = not callable(convert) and convert in ("numpy", "cpu")
-            keeper = _keep.Keep(converter(convert), to_host, c["queries"], c["heads"], numpy=convert == "numpy",
+            keeper = Keep(converter(convert), to_host, c["queries"], c["heads"], numpy=convert == "numpy",
                                 towers=c["towers"], layers=c["layers"], dtype=c["dtype"], place=self._place)
         if self.mode == "fast":
             targets = [t for source in self._sources() for t in source.fast_targets(keeper)]
@@ -168,7 +144,7 @@ class Adapter:
             inner = getattr(func, "__func__", func)
             if inner in known and keep is not None:
                 raise GetLocalError(
-                    f"{self.spec.name}.activate({_show_choice(self.choice)}): {inner.__qualname__} is already "
+                    f"{self.spec.name}.activate({show_choice(self.choice)}): {inner.__qualname__} is already "
                     "captured by get_local (another adapter with mode='fast' or a selection, or your own "
                     "decoration); deactivate that adapter or get_local.remove() it first")
             if inner not in known:
@@ -180,6 +156,7 @@ class Adapter:
                 source.switch_globally(self._undo)
 
     def deactivate(self) -> None:
+        """Undo everything ``activate`` changed (the cache is kept for ``collect``)."""
         if not self.active:
             return
         self._undo.run()
@@ -278,8 +255,26 @@ class Adapter:
 
     # -- labelling ---------------------------------------------------------
 
-    def collect(self, model=None, **options) -> AttentionMaps:
+    def collect(self, model=None, *, cameras: Optional[Sequence[str]] = None, state_tokens: int = 0) -> AttentionMaps:
+        """The captured maps, labelled: tower, layer, module path, step (forward pass), phase and token layouts.
+
+        A ViT gives one ``'encode'`` step per forward pass. ``generate()`` gives
+        one ``'prefill'`` step (vision towers plus the prompt, square
+        ``[B, H, L, L]`` maps) and one ``'decode'`` step per further token
+        (``[B, H, 1, L+t]``); Pi0 gives a ``'prefix'`` step (vision plus the
+        language model over [images, BOS, text]) and then one ``'denoise'``
+        step per flow-matching step (the expert's suffix queries over prefix +
+        suffix keys). ``model`` names the modules (``blocks.3.attn``); without
+        it, the models passed to ``activate`` or built while it was on are
+        used (and otherwise found from the attention modules, which is slow).
+
+        ``cameras`` and ``state_tokens``, for adapters that take them
+        (paligemma): ``cameras`` names the images of each sequence in order
+        (default ``image0``, ``image1``, ...); ``state_tokens``: how many suffix
+        tokens come before the action tokens (Pi0: 1, the state token; Pi0.5: 0).
+        """
         check_model(model)
+        options = self._options("collect", cameras, state_tokens)
         check_options(options)
         if not self.used:
             name = self.spec.name
@@ -288,32 +283,41 @@ class Adapter:
                 f"call {name}.activate() (or {name}.activate(model)) before running the model")
         return self._collect(model, options)
 
-    def capture(self, model=None, convert="numpy", max_calls=None, max_bytes=None, options=None, **choice):
-        """A context manager: activated for the block, yielding ``AttentionMaps`` filled when the block ends.
+    def capture(self, model=None, *, cameras: Optional[Sequence[str]] = None, state_tokens: int = 0,
+                convert="numpy", max_calls: Optional[int] = None, max_bytes: Optional[int] = None,
+                mode: str = "eager", queries=None, heads=None, towers=None, layers=None, dtype=None):
+        """``with vit.capture(model) as maps:`` activated for the block; ``maps`` is filled when it ends.
 
-        Arguments are checked here, before anything changes. Only calls made in
-        the block are labelled. An adapter that was active before the block
-        stays active (under its own ``convert``, ``max_calls``, ``max_bytes``; a
-        ``model`` given is switched until ``deactivate()``) and its calls stay in
-        ``get_local.cache`` for ``collect()``; otherwise it is deactivated on exit,
-        error or not, and the block's calls are taken out of the cache (``maps``
-        holds them). ``options``: ``collect()``'s labelling options.
+        ``maps`` is an empty ``AttentionMaps`` inside the block and holds what
+        ``collect(model)`` gives for the calls made in it once the block ends
+        without error. Arguments are checked here, before anything changes.
+        The adapter is deactivated on exit, error or not, unless it was active
+        before the block: then it stays active, under its own ``convert``,
+        ``max_calls`` and ``max_bytes`` (a ``model`` given is switched until
+        ``deactivate()``), and its calls stay in ``get_local.cache`` for
+        ``collect()``; otherwise the block's calls are taken out of the cache
+        (``maps`` holds them). ``cameras`` and ``state_tokens`` are those of
+        :meth:`collect`, ``mode`` and the selection those of :meth:`activate`:
+        ``vit.capture(model, mode='fast')`` leaves the model fused and gives the
+        same maps.
         """
-        options = dict(options or {})
+        options = self._options("capture", cameras, state_tokens)
+        choice = dict(mode=mode, queries=queries, heads=heads, towers=towers, layers=layers, dtype=dtype)
         checked = self._check_choice(choice, convert)
-        _check_activation(model, convert, max_calls, max_bytes)
+        check_activation(model, convert, max_calls, max_bytes)
         check_options(options)
         if self.active and checked != self.choice:
             raise GetLocalError(
-                f"{self.spec.name}.capture({_show_choice(checked)}): the adapter is already active with "
-                f"{_show_choice(self.choice)}; call {self.spec.name}.deactivate() first")
+                f"{self.spec.name}.capture({show_choice(checked)}): the adapter is already active with "
+                f"{show_choice(self.choice)}; call {self.spec.name}.deactivate() first")
         return self._capture(model, (convert, max_calls, max_bytes), choice, options)
 
     @contextlib.contextmanager
     def _capture(self, model, activation, choice, options):
         was_active = self.active
         if not was_active:
-            self.activate(model, *activation, **choice)
+            convert, max_calls, max_bytes = activation
+            self.activate(model, convert=convert, max_calls=max_calls, max_bytes=max_bytes, **choice)
         elif model is not None:
             self._roots.add(model)
             self.prepare(model)
@@ -327,6 +331,14 @@ class Adapter:
             if not was_active:  # the block's calls live on in ``maps`` only: the cache does not grow
                 get_local.clear(*self._keys, after=since)
                 self.deactivate()
+
+    def _options(self, call: str, cameras, state_tokens) -> Dict[str, Any]:
+        """The labelling options the spec takes; another one given is refused as Python refuses a keyword."""
+        given = {"cameras": cameras, "state_tokens": state_tokens}
+        for name, value in given.items():
+            if name not in self.spec.options and value != {"cameras": None, "state_tokens": 0}[name]:
+                raise _check.ArgumentTypeError(f"{call}() got an unexpected keyword argument {name!r}")
+        return {k: v for k, v in given.items() if k in self.spec.options}
 
     def _collect(self, model, options, since: int = -1) -> AttentionMaps:
         """The labelled maps of the calls after call index ``since``."""
@@ -344,7 +356,7 @@ class Adapter:
             e.tower = self.spec.tower(e.owner, e.path, modules)
             if e.tower in self.spec.vision_towers:
                 e.layout = self.spec.vision_layout(e.path, modules, e.keys)
-        maps = label(entries, self.spec.vision_towers, self.spec.prompt_layout, options)
+        maps = label(entries, self.spec, options)
         c = self.choice
         if c["towers"] is not None or c["layers"] is not None or isinstance(c["queries"], str):
             counts: Dict[str, int] = {}  # layers per tower, from the labels of every call (left-out ones too)
@@ -403,62 +415,6 @@ class Adapter:
                 self._roots.add(root)
                 add(root)
         return names
-
-
-def check_model(model) -> None:
-    """``model`` is None or a torch module (probed through type(): the argument may be anything)."""
-    if model is None:
-        return
-    torch = sys.modules.get("torch")
-    if torch is None or not issubclass(type(model), torch.nn.Module):
-        raise _check.ArgumentTypeError(
-            f"model must be a torch.nn.Module (the model, or torch.compile(model)) or None; got {_check.show(model)}")
-
-
-def _check_activation(model, convert, max_calls, max_bytes) -> None:
-    check_model(model)
-    if not callable(convert):
-        _check.choice("convert", convert, MODES)
-    _check.integer("max_calls", max_calls, low=1, high=None, optional=True)
-    _check.integer("max_bytes", max_bytes, low=1, high=None, optional=True)
-
-
-#: ``activate()``'s mode and selection keywords, and their defaults (everything, whole, as computed).
-_DEFAULT_CHOICE = {"mode": "eager", "queries": None, "heads": None, "towers": None, "layers": None, "dtype": None}
-_DTYPES = ("float32", "float16", "bfloat16")
-
-
-def _show_choice(choice: Dict[str, Any]) -> str:
-    """The keywords that differ from the defaults, as the user would write them (``mode`` always)."""
-    shown = {k: v for k, v in choice.items() if k == "mode" or v != _DEFAULT_CHOICE[k]}
-    return ", ".join(f"{k}={sorted(v) if isinstance(v, frozenset) else v!r}" for k, v in shown.items())
-
-
-def _sequence(name: str, value, what: str) -> tuple:
-    if isinstance(value, (list, tuple)) and value:
-        return tuple(value)
-    raise _check.ArgumentTypeError(f"{name} must be one of the {what} or a non-empty list of them; got {_check.show(value)}")
-
-
-def _as_tuple(value) -> tuple:
-    """One value, or a list / tuple / range of them, as a tuple."""
-    return tuple(value) if isinstance(value, (list, tuple, range)) else (value,)
-
-
-def _check_queries(queries):
-    """``queries=``: None, ``'generated'``/``'action'``, a row index, a list of them, or a slice of rows."""
-    if queries is None or isinstance(queries, str):
-        return _check.choice("queries", queries, ("generated", "action"), optional=True)
-    if isinstance(queries, slice):
-        for part in ("start", "stop", "step"):
-            _check.integer(f"queries slice {part}", getattr(queries, part), low=None, high=None, optional=True)
-        if queries.step is not None and queries.step <= 0:
-            raise _check.ArgumentError(f"queries={queries!r}: the slice's step must be positive")
-        return queries
-    rows = _as_tuple(queries)
-    if not rows:
-        raise _check.ArgumentError("queries=[] keeps no row; give row indices, a slice, 'generated', 'action' or None")
-    return tuple(_check.integer("queries", r, low=None, high=None) for r in rows)
 
 
 def register(spec: Spec) -> Adapter:
