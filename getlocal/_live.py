@@ -45,7 +45,8 @@ def frozen(cache, calls) -> Tuple[Dict[str, List[Any]], Optional[Dict[str, list]
     """
     live = _HANDED.get("get_local")
     if live is None or cache is not live.cache:
-        return {key: (list(values) if isinstance(values, list) else values) for key, values in list(cache.items())}, calls
+        copy = {key: (list(values) if isinstance(values, list) else values) for key, values in list(cache.items())}
+        return copy, calls
     if calls is not None:
         return live.snapshot(), calls
     error = None

@@ -516,8 +516,8 @@ def _run_marker(root: Path):
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return None
     if type(data.get("format_version")) is not int or data["format_version"] > FORMAT_VERSION:
-        raise GetLocalError(f"{root} is a run in format {data.get('format_version')!r}; this getlocal {_live.version()} "
-                            f"reads format {FORMAT_VERSION}: upgrade getlocal to load it")
+        raise GetLocalError(f"{root} is a run in format {data.get('format_version')!r}; this getlocal "
+                            f"{_live.version()} reads format {FORMAT_VERSION}: upgrade getlocal to load it")
     return data
 
 
@@ -581,7 +581,8 @@ def _parse_step(part: _Part, number: int, text: bytes) -> Dict[str, Any]:
             if rec.get("file") != _step_file(number) or type(rec.get("file_bytes")) is not int:
                 raise ValueError(f"file {rec.get('file')!r}, expected {_step_file(number)}")
             file = part.folder / rec["file"]
-        refs = [StoredArray(file, rec["file_bytes"], r, f"step {number} {r.get('key', i) if isinstance(r, dict) else i}")
+        refs = [StoredArray(file, rec["file_bytes"], r,
+                            f"step {number} {r.get('key', i) if isinstance(r, dict) else i}")
                 for i, r in enumerate(records)]
 
         def ref(number_):

@@ -314,7 +314,8 @@ def _read(root: Path, raw: bytes) -> Saved:
         return arrays[number]
 
     try:
-        images = {str(name): array(ref, f"images[{name!r}]") for name, ref in dict_field(index, "images", f"{INDEX}: ").items()}
+        images = {str(name): array(ref, f"images[{name!r}]")
+                  for name, ref in dict_field(index, "images", f"{INDEX}: ").items()}
         info = dict_field(index, "info", f"{INDEX}: ")
         out = Saved(root, None, images, info, version=str(index.get("getlocal_version", "")))
         if index["kind"] == "maps":
@@ -396,7 +397,7 @@ def _parse_index(root: Path, raw: bytes) -> Dict[str, Any]:
             f"this getlocal {_live.version()} reads formats {', '.join(map(str, _READS))}: upgrade getlocal to load it")
     if type(version) is not int or version not in _READS:
         raise corrupt(root, f"{INDEX} says format_version {version!r}, which no getlocal wrote "
-                             f"(known: {', '.join(map(str, _READS))})")
+                            f"(known: {', '.join(map(str, _READS))})")
     if index.get("kind") not in ("maps", "cache"):
         raise corrupt(root, f"{INDEX} says kind {index.get('kind')!r}, expected 'maps' or 'cache'")
     return index
@@ -414,7 +415,7 @@ def _read_array(root: Path, number: int, rec, version: int) -> np.ndarray:
     # only names getlocal writes: never a path that leaves the capture directory
     if not _FILE.fullmatch(name) or (version == 1) != name.startswith("arrays/"):
         raise corrupt(root, f"{INDEX} names the file {name!r} for {key}, which is not "
-                             f"{'arrays' if version == 1 else 'arrays-<16 hex>'}/NNNNN.safetensors")
+                            f"{'arrays' if version == 1 else 'arrays-<16 hex>'}/NNNNN.safetensors")
     return read_array_file(root, root / name, size, digest, key, shape, dtype)
 
 

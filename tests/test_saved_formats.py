@@ -1,4 +1,5 @@
 """Files written by earlier getlocal versions load, value for value (fixtures in tests/data/, see make_fixtures.py)."""
+import json
 import math
 from pathlib import Path
 
@@ -112,3 +113,54 @@ def test_a_fixture_saved_again_reads_back_the_same(tmp_path, name):
         same(again.data, found.data)
     same(again.images, found.images)
     assert again.info == found.info and again.calls == found.calls
+
+
+def fixtures():
+    """tests/data/make_fixtures.py, for the very values its files were written from."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_fixtures", DATA / "make_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def capture_bytes(path):
+    """A capture's files as bytes, its random generation name and the getlocal version left out."""
+    out = {}
+    for file in sorted(path.rglob("*")):
+        if file.is_file():
+            name = "arrays-G/" + file.name if file.parent.name.startswith("arrays-") else file.name
+            data = file.read_bytes()
+            if file.name == saved.INDEX:
+                index = json.loads(data)
+                for record in index["arrays"]:
+                    record["file"] = "arrays-G/" + record["file"].split("/")[1]
+                index.update(generation="arrays-G", getlocal_version="")
+                data = index
+            out[name] = data
+    return out
+
+
+@pytest.mark.parametrize("name", ["capture-v2-maps", "capture-v2-cache"])
+def test_a_capture_is_written_byte_for_byte_as_before(tmp_path, name):
+    make = fixtures()
+    if name == "capture-v2-maps":
+        path = saved.save(tmp_path / name, make.maps(), images={"wrist": make.image()},
+                          info={"model": "fixture", "n": [1, 2.5]})
+    else:
+        path = saved.save(tmp_path / name, make.cache(), calls=make.calls(), info={})
+    assert capture_bytes(path) == capture_bytes(DATA / name)
+
+
+def test_a_recorded_step_is_written_byte_for_byte_as_before(tmp_path):
+    make = fixtures()
+    with getlocal.record(tmp_path / "run", durable=False, info={"task": "fixture"}) as rec:
+        rec.step(make.maps(), images={"wrist": make.image()}, info={"action": np.array([0.5, -1.0]), "reward": 1.0})
+        rec.step({"plain": [np.ones(2, np.int32), {"k": (1, None)}]}, info={"text": "two"})
+    new, old = tmp_path / "run" / "rank-00000", DATA / "run-v1" / "rank-00000"
+    assert (tmp_path / "run" / "run.json").read_bytes() == (DATA / "run-v1" / "run.json").read_bytes()
+    assert (new / "steps.log").read_bytes() == b"".join((old / "steps.log").read_bytes().splitlines(True)[:2])
+    for step in range(2):
+        file = f"step-{step:08d}.safetensors"
+        assert (new / file).read_bytes() == (old / file).read_bytes()
