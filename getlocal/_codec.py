@@ -74,6 +74,14 @@ ITEMSIZE = {"bfloat16": 2, **{name: np.dtype(name).itemsize for name in DTYPES}}
 LABELS = (("tower", str), ("layer", int), ("path", str), ("step", int), ("phase", str), ("call", int))
 
 
+class DamagedRecord(GetLocalError, ValueError):
+    """A record of an index or log that no getlocal wrote; the readers name the file it is in."""
+
+
+class DamagedRecordType(GetLocalError, TypeError):
+    """A record of an index or log with a value of the wrong type; the readers name the file it is in."""
+
+
 class Missing(GetLocalError):
     """A file the index names is not there (perhaps a save replaced the capture meanwhile)."""
 
@@ -251,7 +259,7 @@ class StoredArray:
 
     def __init__(self, file: Optional[Path], file_bytes: int, rec, key: str):
         if file is None or not isinstance(rec, dict):
-            raise ValueError(f"{key}: an array record without a file")
+            raise DamagedRecord(f"{key}: an array record without a file")
         self.file, self.file_bytes, self.key = file, file_bytes, key
         self.offset, self.bytes, self.shape, self.dtype, self.sha256 = (
             rec["offset"], rec["bytes"], rec["shape"], rec["dtype"], rec["sha256"])
@@ -259,7 +267,7 @@ class StoredArray:
                 and all(type(n) is int and n >= 0 for n in self.shape) and self.dtype in ITEMSIZE
                 and isinstance(self.sha256, str) and 8 <= self.offset and self.offset + self.bytes <= file_bytes
                 and self.bytes == math.prod(self.shape) * ITEMSIZE[self.dtype]):
-            raise ValueError(f"{key}: the array record {str(rec)[:200]} does not fit its file of {file_bytes} bytes")
+            raise DamagedRecord(f"{key}: the array record {str(rec)[:200]} does not fit its file of {file_bytes} bytes")
         self.shape = tuple(self.shape)
 
     def read(self) -> np.ndarray:
@@ -368,17 +376,17 @@ def encode(value, key: str, plan: Plan, depth: int):
 def decode(ref, array: Callable[[Any, str], Any], where: str, version: int, depth: int):
     """The value a record of :func:`encode` stands for; ``array(record, where)`` gives its arrays.
 
-    ``version``: the capture format (1 wrote dicts as ``{str: record}``). Raises ValueError or
-    TypeError on a record no getlocal wrote; the format modules turn those into :func:`corrupt`.
+    ``version``: the capture format (1 wrote dicts as ``{str: record}``). Raises DamagedRecord(Type)
+    on a record no getlocal wrote; the format modules turn those into :func:`corrupt`.
     """
     if not isinstance(ref, dict) or len(ref) != 1:
-        raise ValueError(f"{where}: {ref!r} is not a value record")
+        raise DamagedRecord(f"{where}: {ref!r} is not a value record")
     if depth > MAX_DEPTH:
-        raise ValueError(f"{where}: nested more than {MAX_DEPTH} deep")
+        raise DamagedRecord(f"{where}: nested more than {MAX_DEPTH} deep")
     (kind, body), = ref.items()
     if kind == "json":
         if body is not None and type(body) not in (bool, int, str, float):
-            raise TypeError(f"{where}: {body!r} is not a plain value")
+            raise DamagedRecordType(f"{where}: {body!r} is not a plain value")
         return body
     if kind == "array":
         return array(ref, where)
@@ -386,7 +394,7 @@ def decode(ref, array: Callable[[Any, str], Any], where: str, version: int, dept
         return float(body)
     if kind == "scalar" and type(body) is list and len(body) == 2 and body[0] in DTYPES:
         if type(body[1]) not in (bool, int, float, str):
-            raise TypeError(f"{where}: {body[1]!r} is not a number")
+            raise DamagedRecordType(f"{where}: {body[1]!r} is not a number")
         return np.dtype(body[0]).type(body[1])
     if kind in ("list", "tuple") and type(body) is list:
         items = [decode(v, array, f"{where}[{i}]", version, depth + 1) for i, v in enumerate(body)]
@@ -397,11 +405,11 @@ def decode(ref, array: Callable[[Any, str], Any], where: str, version: int, dept
         out = {}
         for pair in body:
             if type(pair) is not list or len(pair) != 2:
-                raise ValueError(f"{where}: {pair!r} is not a [key, value] pair")
+                raise DamagedRecord(f"{where}: {pair!r} is not a [key, value] pair")
             k = decode(pair[0], array, f"{where} key", version, depth + 1)
             out[k] = decode(pair[1], array, f"{where}[{k!r}]", version, depth + 1)
         return out
-    raise ValueError(f"{where}: unknown record {kind!r}: {body!r}"[:300])
+    raise DamagedRecord(f"{where}: unknown record {kind!r}: {body!r}"[:300])
 
 
 def plain_json(value, where: str, depth: int = 0):
@@ -426,17 +434,17 @@ def plain_json(value, where: str, depth: int = 0):
 
 
 def optional(value, kind):
-    """``value`` if it is None or exactly a ``kind``, else TypeError."""
+    """``value`` if it is None or exactly a ``kind``, else DamagedRecordType."""
     if value is not None and type(value) is not kind:
-        raise TypeError(f"{value!r} is not a {kind.__name__}")
+        raise DamagedRecordType(f"{value!r} is not a {kind.__name__}")
     return value
 
 
 def dict_field(record: Dict[str, Any], name: str, where: str = "") -> Dict[str, Any]:
-    """The dict ``record[name]`` ({} when absent), else TypeError (its message begins with ``where``)."""
+    """The dict ``record[name]`` ({} when absent), else DamagedRecordType (its message begins with ``where``)."""
     value = record.get(name, {})
     if not isinstance(value, dict):
-        raise TypeError(f"{where}{name!r} is a {type(value).__name__}, not a dict")
+        raise DamagedRecordType(f"{where}{name!r} is a {type(value).__name__}, not a dict")
     return value
 
 
@@ -453,13 +461,13 @@ def rows_and_padding(meta, shape) -> Dict[str, Any]:
     if padding is not None:
         if type(padding) is not list or len(padding) != batch or not all(
                 type(row) is list and all(type(p) is int and 0 <= p < keys for p in row) for row in padding):
-            raise ValueError(f"padding is not {batch} lists of key positions below {keys}")
+            raise DamagedRecord(f"padding is not {batch} lists of key positions below {keys}")
         out["padding"] = np.zeros((batch, keys), dtype=bool)
         for item, row in enumerate(padding):
             out["padding"][item, row] = True
     if rows is not None:
         if type(rows) is not list or len(rows) != queries or not all(type(r) is int and 0 <= r < keys for r in rows):
-            raise ValueError(f"rows is not {queries} key positions below {keys}")
+            raise DamagedRecord(f"rows is not {queries} key positions below {keys}")
         out["rows"] = np.asarray(rows, dtype=np.int64)
     return out
 
@@ -468,14 +476,14 @@ def layout(data) -> TokenLayout:
     """A token layout from its JSON, every field checked (a layout from a colleague's file indexes arrays)."""
     segments = data["segments"] if isinstance(data, dict) else None
     if type(segments) is not list:
-        raise TypeError(f"{data!r} is not a token layout")
+        raise DamagedRecordType(f"{data!r} is not a token layout")
     for s in segments:
         if not isinstance(s, dict) or type(s["kind"]) is not str or type(s["start"]) is not int \
                 or type(s["stop"]) is not int or not 0 <= s["start"] <= s["stop"]:
-            raise ValueError(f"{s!r} is not a token segment")
+            raise DamagedRecord(f"{s!r} is not a token segment")
         optional(s.get("camera"), str)
         grid = s.get("grid")
         if grid is not None and (type(grid) is not list or len(grid) != 2 or not all(type(n) is int and n > 0 for n in grid)
                                  or grid[0] * grid[1] != s["stop"] - s["start"]):
-            raise ValueError(f"{s!r} has a grid that does not cover its tokens")
+            raise DamagedRecord(f"{s!r} has a grid that does not cover its tokens")
     return TokenLayout.from_dict(data)

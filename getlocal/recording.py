@@ -52,9 +52,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from . import _check, _live
-from ._codec import (CAPTURE_INDEX as INDEX, RUN_MARKER as RUN, Plan, StoredArray, corrupt, decode, dict_field,
-                     directory, encode, encode_cache, layout, little_endian, map_labels, open_plain, optional,
-                     plain_json, rows_and_padding, safetensors_head, to_numpy)
+from ._codec import (CAPTURE_INDEX as INDEX, RUN_MARKER as RUN, DamagedRecord, DamagedRecordType, Plan, StoredArray,
+                     corrupt, decode, dict_field, directory, encode, encode_cache, layout, little_endian, map_labels,
+                     open_plain, optional, plain_json, rows_and_padding, safetensors_head, to_numpy)
 from ._errors import GetLocalError
 from ._files import fsync_dir, write_atomic
 from .maps import AttentionMap, AttentionMaps
@@ -529,10 +529,10 @@ def _read_part(root: Path, folder: Path, name: str) -> Optional[_Part]:
     try:
         meta = json.loads(raw.decode("utf-8"))
         if not isinstance(meta, dict) or meta.get("format") != FORMAT + "-part":
-            raise ValueError("not a part description")
+            raise DamagedRecord("not a part description")
         rank = meta["rank"]
         if type(rank) is not int or not 0 <= rank <= 99999 or not isinstance(meta.get("info", {}), dict):
-            raise ValueError(f"rank {rank!r}")
+            raise DamagedRecord(f"rank {rank!r}")
     except (ValueError, UnicodeDecodeError, KeyError, RecursionError) as exc:
         raise corrupt(folder, f"{PART} does not parse ({type(exc).__name__}: {str(exc)[:200]})") from None
     meta = {k: meta.get(k) for k in ("rank", "world_size", "pid", "host", "started", "getlocal_version", "info")}
@@ -572,14 +572,15 @@ def _parse_step(part: _Part, number: int, text: bytes) -> Dict[str, Any]:
     try:
         rec = json.loads(text.decode("utf-8"))
         if not isinstance(rec, dict) or rec.get("step") != number:
-            raise ValueError(f"step {rec.get('step') if isinstance(rec, dict) else rec!r} in a line of step {number}")
+            found = rec.get('step') if isinstance(rec, dict) else rec
+            raise DamagedRecord(f"step {found!r} in a line of step {number}")
         records = rec.get("arrays", [])
         if type(records) is not list:
-            raise TypeError("arrays is not a list")
+            raise DamagedRecordType("arrays is not a list")
         file = None
         if records:
             if rec.get("file") != _step_file(number) or type(rec.get("file_bytes")) is not int:
-                raise ValueError(f"file {rec.get('file')!r}, expected {_step_file(number)}")
+                raise DamagedRecord(f"file {rec.get('file')!r}, expected {_step_file(number)}")
             file = part.folder / rec["file"]
         refs = [StoredArray(file, rec["file_bytes"], r,
                             f"step {number} {r.get('key', i) if isinstance(r, dict) else i}")
@@ -587,7 +588,7 @@ def _parse_step(part: _Part, number: int, text: bytes) -> Dict[str, Any]:
 
         def ref(number_):
             if type(number_) is not int or not 0 <= number_ < len(refs):
-                raise ValueError(f"array {number_!r} of {len(refs)}")
+                raise DamagedRecord(f"array {number_!r} of {len(refs)}")
             return refs[number_]
 
         def array(value, where_):
@@ -606,7 +607,8 @@ def _parse_step(part: _Part, number: int, text: bytes) -> Dict[str, Any]:
                 queries, keys = table[meta["queries"]], table[meta["keys"]]
                 r = ref(meta["array"])
                 if len(r.shape) < 2 or tuple(r.shape[-2:]) != (len(queries), len(keys)):
-                    raise ValueError(f"maps[{i}] has shape {r.shape} for {len(queries)} queries and {len(keys)} keys")
+                    raise DamagedRecord(f"maps[{i}] has shape {r.shape} for {len(queries)} queries and "
+                                        f"{len(keys)} keys")
                 maps.append(_StoredMap(r, queries=queries, keys=keys, camera=optional(meta.get("camera"), str),
                                        **labels, **rows_and_padding(meta, r.shape)))
             layouts = {str(k): layout(v) for k, v in dict_field(rec, "layouts").items()}
@@ -615,13 +617,13 @@ def _parse_step(part: _Part, number: int, text: bytes) -> Dict[str, Any]:
             cache = dict_field(rec, "cache")
             for key, entries in cache.items():
                 if type(entries) is not list or not all(isinstance(e, dict) for e in entries):
-                    raise ValueError(f"cache[{key!r}] is not a list of entries")
+                    raise DamagedRecord(f"cache[{key!r}] is not a list of entries")
             out["calls"] = {k: [optional(e.get("call"), int) for e in v] for k, v in cache.items()}
             out["owners"] = {k: [optional(e.get("owner"), str) for e in v] for k, v in cache.items()}
             out["maps"] = lambda: {k: [decode(e["value"], array, f"cache[{k!r}][{i}]", 2, 0) for i, e in enumerate(v)]
                                    for k, v in cache.items()}
         else:
-            raise ValueError(f"kind {kind!r}")
+            raise DamagedRecord(f"kind {kind!r}")
         return out
     except (KeyError, TypeError, ValueError, IndexError, OverflowError, RecursionError, UnicodeDecodeError) as exc:
         raise corrupt(where.parent, f"{LOG}: step {number} does not parse ({type(exc).__name__}: {str(exc)[:200]})") \

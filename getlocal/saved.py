@@ -41,9 +41,9 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from ._codec import (CAPTURE_INDEX as INDEX, ITEMSIZE, Missing, Plan, corrupt, decode, dict_field, directory,
-                     encode_cache, layout, map_labels, open_plain, optional, plain_json, read_array_file,
-                     rows_and_padding, to_numpy, write_array)
+from ._codec import (CAPTURE_INDEX as INDEX, ITEMSIZE, DamagedRecord, DamagedRecordType, Missing, Plan, corrupt,
+                     decode, dict_field, directory, encode_cache, layout, map_labels, open_plain, optional,
+                     plain_json, read_array_file, rows_and_padding, to_numpy, write_array)
 from ._errors import GetLocalError
 from ._files import fsync_dir, write_atomic
 from . import _live
@@ -324,13 +324,14 @@ def _read(root: Path, raw: bytes) -> Saved:
             out.data, out.calls, out.owners = {}, {}, {}
             for key, entries in dict_field(index, "cache", f"{INDEX}: ").items():
                 if type(entries) is not list or not all(isinstance(e, dict) for e in entries):
-                    raise ValueError(f"cache[{key!r}] is not a list of entries")
+                    raise DamagedRecord(f"cache[{key!r}] is not a list of entries")
                 out.data[key] = [decode(e["value"], array, f"cache[{key!r}][{i}]", version, 0)
                                  for i, e in enumerate(entries)]
                 out.calls[key] = [optional(e.get("call"), int) for e in entries]
                 out.owners[key] = [optional(e.get("owner"), str) for e in entries]
     except (KeyError, TypeError, ValueError, IndexError, OverflowError, GetLocalError) as exc:
-        if isinstance(exc, GetLocalError) and str(exc).startswith(str(root)):
+        if isinstance(exc, GetLocalError) and not isinstance(exc, (TypeError, ValueError)) \
+                and str(exc).startswith(str(root)):  # a damaged record's message names a value, not the file
             raise
         raise corrupt(root, f"the labels do not parse ({type(exc).__name__}: {exc})") from None
     return out
@@ -340,7 +341,7 @@ def _decode_maps(root: Path, index, array) -> AttentionMaps:
     maps = []
     for i, meta in enumerate(_list(index, "maps", root)):
         if not isinstance(meta, dict):
-            raise TypeError(f"maps[{i}] is not a dict")
+            raise DamagedRecordType(f"maps[{i}] is not a dict")
         arr = array(meta, f"maps[{i}]")
         labels = map_labels(meta)
         camera = optional(meta.get("camera"), str)

@@ -164,3 +164,21 @@ def test_a_recorded_step_is_written_byte_for_byte_as_before(tmp_path):
     for step in range(2):
         file = f"step-{step:08d}.safetensors"
         assert (new / file).read_bytes() == (old / file).read_bytes()
+
+
+def test_a_damaged_value_met_when_a_step_is_touched_is_a_getlocal_error_and_a_type_error(tmp_path):
+    import hashlib
+    import shutil
+
+    from getlocal import GetLocalError
+
+    shutil.copytree(DATA / "run-v1", tmp_path / "run")
+    log = tmp_path / "run" / "rank-00000" / "steps.log"
+    lines = log.read_bytes().splitlines(True)
+    text = lines[1].split(b" ", 2)[2].rstrip(b"\n").replace(b'{"json":"two"}', b'{"json":["two"]}')
+    lines[1] = b"1 %s %s\n" % (hashlib.sha256(b"1 " + text).hexdigest().encode(), text)
+    log.write_bytes(b"".join(lines))
+    step = getlocal.load(tmp_path / "run")[1]
+    with pytest.raises(GetLocalError, match=r"^info\['text'\]: \['two'\] is not a plain value$") as caught:
+        step.info
+    assert isinstance(caught.value, TypeError)
