@@ -35,6 +35,10 @@ Each process claims its part with ``mkdir`` (``rank-RRRRR``, or
 unrelated runs pointed at the same directory, never write into one folder.
 Reading (``getlocal.load(RUN)``) opens the logs only; arrays are read, and
 checked against their sha256, when they are touched.
+
+The values, labels and array bytes are those of a saved capture, written and read
+by :mod:`getlocal._codec`. The cache written (without ``collect``) and emptied
+every step is the ``get_local`` the front door hands to :mod:`getlocal._live`.
 """
 import contextlib
 import hashlib

@@ -26,7 +26,11 @@ a new generation folder, flushed to disk, and the index is then replaced in one
 rename (the index is the switch); older generations are removed afterwards. A
 lock file ``.getlocal-save.lock`` naming the saving process serialises saves to
 one path; a lock left by a killed process is taken over. Captures written in
-format 1 (``arrays/``) still load.
+format 1 (``arrays/``) still load (the versions policy: :mod:`getlocal._codec`).
+
+The array files, values and labels are written and read by :mod:`getlocal._codec`,
+which :mod:`getlocal.recording` shares; :func:`load` and :func:`read` also open a
+recorded run, through ``recording``'s public :func:`~getlocal.recording.read_run`.
 """
 import contextlib
 import json
