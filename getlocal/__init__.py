@@ -11,6 +11,7 @@
 >>> get_local.cache['softmax_scores']
 [[0.25, 0.75]]
 """
+from . import _live
 from ._core import GetLocal
 from ._errors import GetLocalError
 from ._store import Call
@@ -18,6 +19,7 @@ from ._store import Call
 __version__ = "0.1.0"
 
 get_local = GetLocal()
+_live.hand(get_local, __version__)  # storage saves and empties this cache; it never imports the front door
 
 __all__ = ["get_local", "GetLocal", "GetLocalError", "Call", "save", "load", "record", "view", "__version__"]
 

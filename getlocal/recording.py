@@ -35,11 +35,14 @@ Each process claims its part with ``mkdir`` (``rank-RRRRR``, or
 unrelated runs pointed at the same directory, never write into one folder.
 Reading (``getlocal.load(RUN)``) opens the logs only; arrays are read, and
 checked against their sha256, when they are touched.
+
+The values, labels and array bytes are those of a saved capture, written and read
+by :mod:`getlocal._codec`. The cache written (without ``collect``) and emptied
+every step is the ``get_local`` the front door hands to :mod:`getlocal._live`.
 """
 import contextlib
 import hashlib
 import json
-import math
 import os
 import re
 import socket
@@ -52,15 +55,14 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from . import _check
+from . import _check, _live
+from ._codec import (CAPTURE_INDEX as INDEX, RUN_MARKER as RUN, DamagedRecord, DamagedRecordType, Plan, StoredArray,
+                     corrupt, decode, dict_field, directory, encode, encode_cache, layout, little_endian, map_labels,
+                     open_plain, optional, plain_json, rows_and_padding, safetensors_head, to_numpy)
 from ._errors import GetLocalError
 from ._files import fsync_dir, write_atomic
 from .maps import AttentionMap, AttentionMaps
-from .saved import (_DTYPES, _ITEMSIZE, INDEX, _corrupt, _decode, _encode, _encode_cache, _frozen,
-                    _layout, _open_plain, _optional, _path, _plain_json, _Plan, _rows_and_padding, _to_numpy,
-                    _version)
 
-RUN = "run.json"
 PART = "part.json"
 LOG = "steps.log"
 FORMAT = "getlocal.run"
@@ -112,7 +114,7 @@ class Recorder:
     """
 
     def __init__(self, path, *, collect=None, every=1, select=None, info=None, rank=None, durable=True):
-        root = _path(path, "record")
+        root = directory(path, "record")
         if collect is not None and not callable(collect):
             raise _check.ArgumentTypeError(
                 f"collect must be a function returning AttentionMaps or a cache dict (e.g. lambda: "
@@ -120,7 +122,7 @@ class Recorder:
         self.every = _check.integer("every", every, low=1)
         self.select = _select_option(select)
         self.durable = _check.flag("durable", durable)
-        self.info = _plain_json(info or {}, "record(info=...)") if info is None or isinstance(info, dict) else None
+        self.info = plain_json(info or {}, "record(info=...)") if info is None or isinstance(info, dict) else None
         if self.info is None:
             raise _check.ArgumentTypeError(f"info must be a dict of JSON values or None; got {_check.show(info)}")
         self.rank, self.world_size = _rank(rank)
@@ -130,7 +132,7 @@ class Recorder:
         self.written = 0
         self._log = None
         self.part = _claim_part(root, self.rank)
-        meta = {"format": FORMAT + "-part", "format_version": FORMAT_VERSION, "getlocal_version": _version(),
+        meta = {"format": FORMAT + "-part", "format_version": FORMAT_VERSION, "getlocal_version": _live.version(),
                 "rank": self.rank, "world_size": self.world_size, "pid": os.getpid(),
                 "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "info": self.info}
         text = json.dumps(meta, indent=1, allow_nan=False).encode("utf-8")
@@ -154,15 +156,14 @@ class Recorder:
         """
         if self._log is None:
             raise GetLocalError(f"this recorder of {self.path} is closed; start another with getlocal.record()")
-        from . import get_local
-
+        live = _live.handed()  # the front door's get_local: its cache is written (without collect) and emptied
         number = self.steps
         self.steps += 1
         try:
             if number % self.every:
                 return None
             if capture is None:
-                capture = self.collect() if self.collect is not None else get_local.cache
+                capture = self.collect() if self.collect is not None else live.cache
             line, arrays = _encode_step(number, capture, images, info, self.select)
             if arrays:
                 _write_step_file(self.part / _step_file(number), arrays, self.durable)
@@ -175,7 +176,7 @@ class Recorder:
             return number
         finally:
             capture = None
-            get_local.clear()
+            live.clear()
 
     def close(self) -> None:
         """Stop recording (the steps written stay; the run can be loaded at any time, before or after)."""
@@ -254,7 +255,7 @@ def _step_file(number: int) -> str:
 
 def _encode_step(number, capture, images, info, select):
     """The log line of one step and the arrays its file holds."""
-    plan = _Plan()
+    plan = Plan()
     record: Dict[str, Any] = {"step": number}
     if isinstance(capture, AttentionMaps):
         if select:
@@ -278,7 +279,7 @@ def _encode_step(number, capture, images, info, select):
         record["token_layouts"] = table
         record["layouts"] = {k: v.to_dict() for k, v in capture.layouts.items()}
     elif isinstance(capture, dict):
-        cache, calls = _frozen(capture, None)
+        cache, calls = _live.frozen(capture, None)
         if select:
             if set(select) != {"key"}:
                 raise _check.ArgumentError("select= for a raw cache takes {'key': [cache keys]} only")
@@ -286,7 +287,7 @@ def _encode_step(number, capture, images, info, select):
             keys = [keys] if isinstance(keys, str) else list(keys)
             cache = {k: v for k, v in cache.items() if k in keys}
         record["kind"] = "cache"
-        record["cache"] = _encode_cache(cache, calls, plan)
+        record["cache"] = encode_cache(cache, calls, plan)
     else:
         raise _check.ArgumentTypeError(
             f"step() writes AttentionMaps (an adapter's collect()) or a cache dict such as get_local.cache; "
@@ -298,27 +299,24 @@ def _encode_step(number, capture, images, info, select):
             if not isinstance(key, str):
                 raise _check.ArgumentTypeError(f"step({name}=...): the key {key!r} is not a str; name it with a str")
     record["images"] = {name: plan.array(im, f"images[{name!r}]") for name, im in (images or {}).items()}
-    record["info"] = {k: _encode(v, f"step(info=...)[{k!r}]", plan, 0) for k, v in (info or {}).items()}
+    record["info"] = {k: encode(v, f"step(info=...)[{k!r}]", plan, 0) for k, v in (info or {}).items()}
     arrays = []
     offset = 0
     for value, key in plan.values:
-        arr, source = _to_numpy(value)
-        arr = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False)
+        arr, source = to_numpy(value)
+        arr = little_endian(arr)
         arrays.append((arr, dict(key=key, shape=list(arr.shape), dtype=arr.dtype.name, source=source,
                                  offset=offset, bytes=arr.nbytes)))
         offset += arr.nbytes
     if arrays:
-        header = json.dumps({str(i): {"dtype": _DTYPES[a.dtype.name], "shape": list(a.shape),
-                                      "data_offsets": [r["offset"], r["offset"] + r["bytes"]]}
-                             for i, (a, r) in enumerate(arrays)}).encode()
-        header += b" " * (-len(header) % 8)
-        start = 8 + len(header)
+        head = safetensors_head({str(i): (a, r["offset"]) for i, (a, r) in enumerate(arrays)})
+        start = len(head)
         for arr, rec in arrays:
             rec["offset"] += start
             rec["sha256"] = hashlib.sha256(memoryview(arr.reshape(-1)).cast("B")).hexdigest()
         record["file"] = _step_file(number)
         record["file_bytes"] = start + offset
-        arrays.insert(0, (np.frombuffer(len(header).to_bytes(8, "little") + header, np.uint8), None))
+        arrays.insert(0, (np.frombuffer(head, np.uint8), None))
     record["arrays"] = [rec for _, rec in arrays if rec is not None]
     text = json.dumps(record, allow_nan=False, separators=(",", ":")).encode("utf-8")
     digest = hashlib.sha256(b"%d " % number + text).hexdigest().encode()
@@ -483,7 +481,7 @@ def is_run(path) -> bool:
 
 def read_run(path) -> Recording:
     """The run (or the single part) in ``path``; what ``getlocal.load`` returns for a run directory."""
-    root = _path(path, "load")
+    root = directory(path, "load")
     if os.path.lexists(root / PART) and not os.path.lexists(root / RUN):
         folders = [(root, root.name)]
         base = root.parent
@@ -515,32 +513,32 @@ def read_run(path) -> Recording:
 
 def _run_marker(root: Path):
     try:
-        with _open_plain(root / RUN) as f:
+        with open_plain(root / RUN) as f:
             data = json.loads(f.read(4096).decode("utf-8"))
     except (GetLocalError, ValueError, UnicodeDecodeError):
         return None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return None
     if type(data.get("format_version")) is not int or data["format_version"] > FORMAT_VERSION:
-        raise GetLocalError(f"{root} is a run in format {data.get('format_version')!r}; this getlocal {_version()} "
-                            f"reads format {FORMAT_VERSION}: upgrade getlocal to load it")
+        raise GetLocalError(f"{root} is a run in format {data.get('format_version')!r}; this getlocal "
+                            f"{_live.version()} reads format {FORMAT_VERSION}: upgrade getlocal to load it")
     return data
 
 
 def _read_part(root: Path, folder: Path, name: str) -> Optional[_Part]:
     if not os.path.lexists(folder / PART):
         return None
-    with _open_plain(folder / PART) as f:
+    with open_plain(folder / PART) as f:
         raw = f.read(1 << 20)
     try:
         meta = json.loads(raw.decode("utf-8"))
         if not isinstance(meta, dict) or meta.get("format") != FORMAT + "-part":
-            raise ValueError("not a part description")
+            raise DamagedRecord("not a part description")
         rank = meta["rank"]
         if type(rank) is not int or not 0 <= rank <= 99999 or not isinstance(meta.get("info", {}), dict):
-            raise ValueError(f"rank {rank!r}")
+            raise DamagedRecord(f"rank {rank!r}")
     except (ValueError, UnicodeDecodeError, KeyError, RecursionError) as exc:
-        raise _corrupt(folder, f"{PART} does not parse ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise corrupt(folder, f"{PART} does not parse ({type(exc).__name__}: {str(exc)[:200]})") from None
     meta = {k: meta.get(k) for k in ("rank", "world_size", "pid", "host", "started", "getlocal_version", "info")}
     return _Part(root, folder, name, rank, meta)
 
@@ -549,7 +547,7 @@ def _read_log(part: _Part):
     """The committed steps of one part; a torn tail (the step being written when the process died) is left out."""
     if not os.path.lexists(part.folder / LOG):
         return [], 0
-    with _open_plain(part.folder / LOG) as f:
+    with open_plain(part.folder / LOG) as f:
         raw = f.read()
     lines = raw.split(b"\n")
     torn = 1 if lines[-1] else 0  # no newline yet: the write of this line was cut
@@ -564,10 +562,10 @@ def _read_log(part: _Part):
             bad.append(number)
             continue
         if bad:
-            raise _corrupt(part.folder, f"{LOG} line {bad[0] + 1} is damaged but later lines are whole")
+            raise corrupt(part.folder, f"{LOG} line {bad[0] + 1} is damaged but later lines are whole")
         step = int(match.group(1))
         if step <= last:
-            raise _corrupt(part.folder, f"{LOG} line {number + 1} records step {step} after step {last}")
+            raise corrupt(part.folder, f"{LOG} line {number + 1} records step {step} after step {last}")
         last = step
         steps.append(Step(part, step, match.group(3)))
     return steps, torn + len(bad)
@@ -578,109 +576,62 @@ def _parse_step(part: _Part, number: int, text: bytes) -> Dict[str, Any]:
     try:
         rec = json.loads(text.decode("utf-8"))
         if not isinstance(rec, dict) or rec.get("step") != number:
-            raise ValueError(f"step {rec.get('step') if isinstance(rec, dict) else rec!r} in a line of step {number}")
+            found = rec.get('step') if isinstance(rec, dict) else rec
+            raise DamagedRecord(f"step {found!r} in a line of step {number}")
         records = rec.get("arrays", [])
         if type(records) is not list:
-            raise TypeError("arrays is not a list")
+            raise DamagedRecordType("arrays is not a list")
         file = None
         if records:
             if rec.get("file") != _step_file(number) or type(rec.get("file_bytes")) is not int:
-                raise ValueError(f"file {rec.get('file')!r}, expected {_step_file(number)}")
+                raise DamagedRecord(f"file {rec.get('file')!r}, expected {_step_file(number)}")
             file = part.folder / rec["file"]
-        refs = [_ArrayRef(file, rec["file_bytes"], r, f"step {number} {r.get('key', i) if isinstance(r, dict) else i}")
+        refs = [StoredArray(file, rec["file_bytes"], r,
+                            f"step {number} {r.get('key', i) if isinstance(r, dict) else i}")
                 for i, r in enumerate(records)]
 
         def ref(number_):
             if type(number_) is not int or not 0 <= number_ < len(refs):
-                raise ValueError(f"array {number_!r} of {len(refs)}")
+                raise DamagedRecord(f"array {number_!r} of {len(refs)}")
             return refs[number_]
 
         def array(value, where_):
             return ref(value.get("array") if isinstance(value, dict) else None).read()
 
-        images = _LazyImages({str(k): ref(v) for k, v in _dict(rec, "images").items()})
+        images = _LazyImages({str(k): ref(v) for k, v in dict_field(rec, "images").items()})
         kind = rec.get("kind")
         out: Dict[str, Any] = {"kind": kind, "images": images, "calls": None, "owners": None}
-        info = _dict(rec, "info")
-        out["info"] = lambda: {k: _decode(v, array, f"info[{k!r}]", 2, 0) for k, v in info.items()}
+        info = dict_field(rec, "info")
+        out["info"] = lambda: {k: decode(v, array, f"info[{k!r}]", 2, 0) for k, v in info.items()}
         if kind == "maps":
-            table = [_layout(t) for t in rec["token_layouts"]]
+            table = [layout(t) for t in rec["token_layouts"]]
             maps = []
             for i, meta in enumerate(rec["maps"]):
-                labels = {name: _optional(meta[name], t) for name, t in
-                          (("tower", str), ("layer", int), ("path", str), ("step", int), ("phase", str), ("call", int))}
+                labels = map_labels(meta)
                 queries, keys = table[meta["queries"]], table[meta["keys"]]
                 r = ref(meta["array"])
                 if len(r.shape) < 2 or tuple(r.shape[-2:]) != (len(queries), len(keys)):
-                    raise ValueError(f"maps[{i}] has shape {r.shape} for {len(queries)} queries and {len(keys)} keys")
-                maps.append(_StoredMap(r, queries=queries, keys=keys, camera=_optional(meta.get("camera"), str),
-                                       **labels, **_rows_and_padding(meta, r.shape)))
-            layouts = {str(k): _layout(v) for k, v in _dict(rec, "layouts").items()}
+                    raise DamagedRecord(f"maps[{i}] has shape {r.shape} for {len(queries)} queries and "
+                                        f"{len(keys)} keys")
+                maps.append(_StoredMap(r, queries=queries, keys=keys, camera=optional(meta.get("camera"), str),
+                                       **labels, **rows_and_padding(meta, r.shape)))
+            layouts = {str(k): layout(v) for k, v in dict_field(rec, "layouts").items()}
             out["maps"] = lambda: AttentionMaps(list(maps), dict(layouts))
         elif kind == "cache":
-            cache = _dict(rec, "cache")
+            cache = dict_field(rec, "cache")
             for key, entries in cache.items():
                 if type(entries) is not list or not all(isinstance(e, dict) for e in entries):
-                    raise ValueError(f"cache[{key!r}] is not a list of entries")
-            out["calls"] = {k: [_optional(e.get("call"), int) for e in v] for k, v in cache.items()}
-            out["owners"] = {k: [_optional(e.get("owner"), str) for e in v] for k, v in cache.items()}
-            out["maps"] = lambda: {k: [_decode(e["value"], array, f"cache[{k!r}][{i}]", 2, 0) for i, e in enumerate(v)]
+                    raise DamagedRecord(f"cache[{key!r}] is not a list of entries")
+            out["calls"] = {k: [optional(e.get("call"), int) for e in v] for k, v in cache.items()}
+            out["owners"] = {k: [optional(e.get("owner"), str) for e in v] for k, v in cache.items()}
+            out["maps"] = lambda: {k: [decode(e["value"], array, f"cache[{k!r}][{i}]", 2, 0) for i, e in enumerate(v)]
                                    for k, v in cache.items()}
         else:
-            raise ValueError(f"kind {kind!r}")
+            raise DamagedRecord(f"kind {kind!r}")
         return out
     except (KeyError, TypeError, ValueError, IndexError, OverflowError, RecursionError, UnicodeDecodeError) as exc:
-        raise _corrupt(where.parent, f"{LOG}: step {number} does not parse ({type(exc).__name__}: {str(exc)[:200]})") \
+        raise corrupt(where.parent, f"{LOG}: step {number} does not parse ({type(exc).__name__}: {str(exc)[:200]})") \
             from None
-
-
-def _dict(rec, name):
-    value = rec.get(name, {})
-    if not isinstance(value, dict):
-        raise TypeError(f"{name!r} is a {type(value).__name__}, not a dict")
-    return value
-
-
-class _ArrayRef:
-    """Where one array lies in a step file; :meth:`read` checks the file and the bytes, then returns it."""
-
-    __slots__ = ("file", "file_bytes", "offset", "bytes", "shape", "dtype", "sha256", "key")
-
-    def __init__(self, file: Optional[Path], file_bytes: int, rec, key: str):
-        if file is None or not isinstance(rec, dict):
-            raise ValueError(f"{key}: an array record without a file")
-        self.file, self.file_bytes, self.key = file, file_bytes, key
-        self.offset, self.bytes, self.shape, self.dtype, self.sha256 = (
-            rec["offset"], rec["bytes"], rec["shape"], rec["dtype"], rec["sha256"])
-        if not (type(self.offset) is int and type(self.bytes) is int and type(self.shape) is list
-                and all(type(n) is int and n >= 0 for n in self.shape) and self.dtype in _ITEMSIZE
-                and isinstance(self.sha256, str) and 8 <= self.offset and self.offset + self.bytes <= file_bytes
-                and self.bytes == math.prod(self.shape) * _ITEMSIZE[self.dtype]):
-            raise ValueError(f"{key}: the array record {str(rec)[:200]} does not fit its file of {file_bytes} bytes")
-        self.shape = tuple(self.shape)
-
-    def read(self) -> np.ndarray:
-        with _open_plain(self.file) as f:
-            have = os.fstat(f.fileno()).st_size
-            if have != self.file_bytes:
-                raise GetLocalError(f"{self.file} is {have} bytes but the log says {self.file_bytes} ({self.key}); "
-                                    "it was truncated or replaced: copy the whole run directory again")
-            f.seek(self.offset)
-            data = np.empty(self.bytes, dtype=np.uint8)
-            if f.readinto(memoryview(data)) != self.bytes:
-                raise GetLocalError(f"{self.file} became shorter while it was read ({self.key})")
-        if hashlib.sha256(memoryview(data)).hexdigest() != self.sha256:
-            raise GetLocalError(f"{self.file} does not match the sha256 of {self.key} in the log; it was altered "
-                                "or damaged: copy the whole run directory again")
-        if self.dtype == "bfloat16":
-            arr = (data.view("<u2").astype(np.uint32) << 16).view(np.float32)
-        elif self.dtype == "bool":
-            arr = data != 0
-        else:
-            arr = data.view(np.dtype(self.dtype).newbyteorder("<"))
-            if sys.byteorder == "big":
-                arr = arr.astype(np.dtype(self.dtype))
-        return arr.reshape(self.shape)
 
 
 class _StoredMap(AttentionMap):
@@ -690,7 +641,7 @@ class _StoredMap(AttentionMap):
     a long recording does not pull it all into memory.
     """
 
-    def __init__(self, ref: _ArrayRef, **labels):
+    def __init__(self, ref: StoredArray, **labels):
         self._ref, self._given, self._held = ref, None, None
         super().__init__(None, **labels)
 
@@ -717,7 +668,7 @@ class _StoredMap(AttentionMap):
 class _LazyImages(Mapping):
     """``{camera: picture}``, each read from disk when looked up."""
 
-    def __init__(self, refs: Dict[str, _ArrayRef]):
+    def __init__(self, refs: Dict[str, StoredArray]):
         self._refs = refs
 
     def __getitem__(self, name):
