@@ -5,8 +5,10 @@ import importlib
 import pytest
 
 MODULES = ["getlocal", "getlocal._core", "getlocal.maps", "getlocal.patterns", "getlocal.plot", "getlocal.saved",
+           "getlocal.recording", "getlocal._codec", "getlocal._live", "getlocal.cli.inputs",
            "getlocal.viewer", "getlocal.adapters.openvla", "getlocal.adapters.paligemma", "getlocal.adapters.vit"]
 NEEDS = {"getlocal.plot": "matplotlib", "getlocal.saved": "safetensors", "getlocal.viewer": "safetensors",
+         "getlocal.recording": "safetensors", "getlocal._codec": "safetensors",
          "getlocal.adapters.openvla": "transformers",
          "getlocal.adapters.paligemma": "transformers", "getlocal.adapters.vit": "timm"}
 

@@ -19,11 +19,12 @@ dtype, bfloat16 included); a ``[B, ...]`` map is scored per batch item and the
 per-head scores are averaged over the batch. ``Q < K`` is a decode map: query
 ``i`` sits at key position ``K - Q + i``. Only numpy is imported here.
 
-The package holds input coercion (``_inputs``), one module per family of
+The package holds input coercion (``inputs``), one module per family of
 scores (``_diagonal``, ``_stripes``, ``_vertical``, ``_blocks``, ``_spread``),
-the labels (``_heads``), the table (``_table``), query heat maps and episode
-summaries (``_images``, ``_episodes``); token-kind shares come from
-:mod:`getlocal.tokens`.
+the labels (``_heads``), the table (``_table``), the values a map is drawn with
+and query heat maps (``display``) and episode summaries (``episodes``); token-kind
+shares come from :mod:`getlocal.tokens`. ``inputs``, ``display`` and ``episodes``
+are public modules because :mod:`getlocal.plot` draws from them.
 
 >>> import numpy as np
 >>> from getlocal import patterns

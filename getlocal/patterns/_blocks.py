@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import _check
 from ..tokens import TokenLayout
-from ._inputs import as_attention, head_mean
+from .inputs import as_attention, head_mean
 
 
 def segment_starts(segments, k: int, name: str = "segments") -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .. import _check
-from ._inputs import as_attention, head_mean
+from .inputs import as_attention, head_mean
 
 
 def self_mass(attn) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 from .. import _check
 from ._blocks import block_score_of, segment_starts
 from ._diagonal import offset_scores
-from ._inputs import (as_array, as_attention, check_patch_size, check_radius, head_mean, image_block,
+from .inputs import (as_array, as_attention, check_patch_size, check_radius, head_mean, image_block,
                       image_positions, visible_queries)
 from ._spread import distance_of, entropy_of, nmi_of, row_entropy
 from ._stripes import dominant_of, neighbour_mass_of, neighbour_sums

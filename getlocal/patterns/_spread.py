@@ -6,7 +6,7 @@ from typing import Optional
 import numpy as np
 
 from .. import _check
-from ._inputs import as_attention, check_patch_size, distances, head_mean, image_block, visible_keys
+from .inputs import as_attention, check_patch_size, distances, head_mean, image_block, visible_keys
 
 
 def row_entropy(a):

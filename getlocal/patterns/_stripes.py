@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import _check
 from .._errors import ArgumentError
-from ._inputs import as_array, as_attention, check_radius, count, head_mean, image_block, image_positions
+from .inputs import as_array, as_attention, check_radius, count, head_mean, image_block, image_positions
 
 
 def neighbour_sums(block, cells, hw, radius):

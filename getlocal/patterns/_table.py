@@ -9,7 +9,7 @@ from .. import _check
 from .._arrays import plain_float
 from .._errors import ArgumentError
 from ._heads import FLOAT_COLUMNS, LABELS, scores_excluding, wants_grid
-from ._inputs import as_attention, check_patch_size, check_radius, count, grid_shape, image_positions
+from .inputs import as_attention, check_patch_size, check_radius, count, grid_shape, image_positions
 
 
 def _plain_key(key):

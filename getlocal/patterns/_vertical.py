@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import _check
 from .._errors import ArgumentError
-from ._inputs import as_attention, head_mean, visible_queries
+from .inputs import as_attention, head_mean, visible_queries
 
 #: A key is a sink when the mean attention it receives exceeds this
 #: (the epsilon = 0.3 of Gu et al., ICLR 2025, "When Attention Sink Emerges in

@@ -20,7 +20,7 @@ and files (``_save``).
 >>> ax.get_xlabel()
 'key'
 """
-from ..patterns._display import SCALES, query_heatmap
+from ..patterns.display import SCALES, query_heatmap
 from ._depth import LABEL_COLORS, attention_distance, image_share, label_map, pattern_scores
 from ._episodes import episode_gif, episode_grid, episode_image_share
 from ._heads import attention_map, layer_heads

@@ -11,14 +11,14 @@ from matplotlib.ticker import MaxNLocator
 
 from .. import _check
 from .._files import write_atomic
-from ..patterns._episodes import episode_summary, episode_top
+from ..patterns.episodes import episode_summary, episode_top
 from ..recording import Recording
 from ._pictures import as_picture, heat_pixels, overlay
 from ._scales import NEUTRAL_CMAP, SCALE_LABELS, colorbar
 
 
 def _episode(run, layers=None):
-    """:func:`getlocal.patterns._episodes.episode_summary` of a checked :class:`~getlocal.recording.Recording`."""
+    """:func:`getlocal.patterns.episodes.episode_summary` of a checked :class:`~getlocal.recording.Recording`."""
     if not issubclass(type(run), Recording):
         raise _check.ArgumentTypeError(f"run must be a Recording (getlocal.load of a recorded run); got {_check.show(run)}")
     return episode_summary(run, layers)

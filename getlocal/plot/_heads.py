@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _check
 from .._errors import ArgumentError
-from ..patterns._display import nanmean, prepare_maps
+from ..patterns.display import nanmean, prepare_maps
 from ..tokens import TokenLayout
 from ._scales import colorbar, norm_for
 

@@ -9,8 +9,8 @@ from matplotlib.patches import Rectangle
 
 from .. import _check
 from .._errors import ArgumentError
-from ..patterns._display import SCALES, as_maps, grid_cell, grid_cells, is_int_pair, query_heatmap, query_patch
-from ..patterns._inputs import grid_shape
+from ..patterns.display import SCALES, as_maps, grid_cell, grid_cells, is_int_pair, query_heatmap, query_patch
+from ..patterns.inputs import grid_shape
 from ._pictures import as_picture, overlay, show_image
 from ._scales import SCALE_LABELS, colorbar, norm_for
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._errors import ArgumentError
-from ..patterns._inputs import as_array
+from ..patterns.inputs import as_array
 from ._scales import colorbar, norm_for
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import _check
 from .._errors import ArgumentError
-from ._inputs import as_array, count, grid_shape, image_positions
+from .inputs import as_array, count, grid_shape, image_positions
 
 
 #: The colour scales every map and overlay helper takes as ``scale=``.

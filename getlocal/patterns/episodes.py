@@ -10,7 +10,7 @@ import numpy as np
 from .. import _check
 from .._errors import GetLocalError
 from ..maps import AttentionMaps
-from ._display import query_heatmap, visible_mask
+from .display import query_heatmap, visible_mask
 
 
 def episode_summary(run, layers=None):
