@@ -430,7 +430,9 @@ class Recording(Sequence):
 
     def select(self, *, step=None, rank=None, part=None, **labels) -> "Recording":
         """The steps whose number / rank / part match (a value or a list), their maps filtered by
-        ``tower``, ``layer``, ``phase``, ``path`` (as ``AttentionMaps.select``). Reads no array.
+        ``tower``, ``layer``, ``phase``, ``path`` (as ``AttentionMaps.select``). A step without a
+        chosen tower or phase gives no maps; one that no step holds raises, naming those the run holds.
+        Reads no array.
 
         >>> # run.select(step=range(10, 20), rank=0, tower="llm", layer=[0, 31])
         """
@@ -442,6 +444,7 @@ class Recording(Sequence):
             if value is not None:
                 wanted[name] = set(value) if isinstance(value, (list, tuple, set, range)) else {value}
         steps = [s for s in self.steps if all(getattr(s, k) in v for k, v in wanted.items())]
+        _check_held(steps, labels)
         return Recording(self.path, steps, self.parts, self.torn, {**self._labels, **labels})
 
     def __repr__(self):
@@ -460,10 +463,40 @@ class _Selected:
     @property
     def maps(self):
         maps = self._step.maps
-        return maps.select(**self._labels) if isinstance(maps, AttentionMaps) else maps
+        if not isinstance(maps, AttentionMaps):
+            return maps
+        # a step need not hold every tower or phase of the run (they were checked against the whole run)
+        held = _held(maps)
+        labels = {k: [x for x in _listed(v) if x in held[k]] if k in held else v for k, v in self._labels.items()}
+        if any(k in held and not v for k, v in labels.items()):
+            return AttentionMaps([], maps.layouts)
+        return maps.select(**labels)
 
     def __repr__(self):
         return repr(self._step)
+
+
+def _listed(value) -> list:
+    return list(value) if isinstance(value, (list, tuple, set, frozenset, range)) else [value]
+
+
+def _held(maps: AttentionMaps) -> Dict[str, set]:
+    return {"tower": set(maps.towers), "phase": {phase for _, phase in maps.steps}}
+
+
+def _check_held(steps, labels) -> None:
+    """A tower or phase that no step of the run holds raises, naming those the run holds (labels only, no array)."""
+    asked = [name for name in ("tower", "phase") if labels.get(name) is not None]
+    if not asked:
+        return
+    held: Dict[str, set] = {"tower": set(), "phase": set()}
+    for step in steps:
+        if step.kind == "maps":
+            for name, values in _held(step.maps).items():
+                held[name] |= values
+    for name in asked:
+        for value in _listed(labels[name]):
+            _check.choice(name, value, sorted(held[name]))
 
 
 class _Part:

@@ -79,3 +79,24 @@ def test_a_touched_map_is_read_and_checked_while_its_neighbours_stay_on_disk(tmp
         assert "step-00000000.safetensors does not match the sha256" in str(exc) and "copy the whole run" in str(exc)
     else:
         raise AssertionError("a damaged map was read without complaint")
+
+
+def test_select_over_a_run_filters_each_step_by_what_it_holds_and_refuses_what_no_step_holds(tmp_path):
+    import pytest
+
+    def one(tower, layer):
+        layout = TokenLayout([Segment("image", 0, 4, grid=(2, 2))])
+        return AttentionMap(np.full((1, 1, 4, 4), 0.25, np.float32), tower, layer, f"{tower}.{layer}", 0, "encode",
+                            0, layout, layout)
+
+    with getlocal.record(tmp_path / "run") as rec:
+        rec.step(AttentionMaps([one("vision", 0)]))                      # a step without the language tower
+        rec.step(AttentionMaps([one("vision", 0), one("language", 0)]))
+    run = getlocal.load(tmp_path / "run")
+    chosen = run.select(tower="language")
+    assert [len(s.maps) for s in chosen] == [0, 1] and chosen[1].maps[0].tower == "language"
+    assert [len(s.maps) for s in run.select(tower=["vision", "language"])] == [1, 2]
+    with pytest.raises(getlocal.GetLocalError, match="tower='expert' is not one of 'language', 'vision'"):
+        run.select(tower="expert")
+    with pytest.raises(ValueError, match="phase='decode' is not one of 'encode'"):
+        run.select(phase="decode")
