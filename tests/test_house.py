@@ -17,7 +17,7 @@ FLOORS = [
     ["getlocal._verify", "getlocal._rewrite", "getlocal._convert", "getlocal._store", "getlocal._compile",
      "getlocal._core"],
     ["getlocal._arrays", "getlocal.tokens", "getlocal.maps"],
-    ["getlocal.patterns"],
+    ["getlocal.patterns", "getlocal.explain"],
     ["getlocal._codec", "getlocal._live", "getlocal.recording", "getlocal.saved"],
     ["getlocal.plot", "getlocal._viewer_page", "getlocal.viewer"],
     ["getlocal"],

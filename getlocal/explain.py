@@ -1,0 +1,386 @@
+"""Explanations on captured maps: attention rollout, gradient rollout and Chefer relevance, per patch.
+
+>>> import numpy as np
+>>> from getlocal import explain
+>>> from getlocal.maps import Segment, TokenLayout
+>>> layout = TokenLayout([Segment('cls', 0, 1), Segment('image', 1, 5, grid=(2, 2))])
+>>> uniform = [np.full((1, 2, 5, 5), 1 / 5)] * 3         # three layers, two heads, every row even
+>>> r = explain.rollout(uniform, rows='cls', keys=layout)
+>>> r.values.sum(-1).round(6).tolist()                    # [batch, rows]: every row is a share of 1
+[[1.0]]
+>>> r.grid().round(3).tolist()                            # the [CLS] row on the 2x2 patch grid
+[[0.175, 0.175], [0.175, 0.175]]
+>>> round(float(r.values[0, 0, 0]), 3), r.even.tolist()  # 0.5**3 stays on itself by the residual; even: 1/5
+(0.3, [[0.2]])
+
+One layer's map says where a head looked; these methods follow the mass
+through the layers to ask which input tokens a row (a [CLS] token, the
+position that predicts an action token) depends on.
+
+**Attention rollout** (Abnar & Zuidema, ACL 2020, "Quantifying Attention Flow
+in Transformers"). Each layer's heads are fused (``mean``, ``max`` or ``min``
+over heads) into ``A``; the residual connection is modelled as
+``A' = 0.5 A + 0.5 I`` and each row of ``A'`` rescaled to sum to 1; the layers
+are chained from the first up, ``R = A'_L ... A'_2 A'_1``. Row ``i`` of ``R``
+is a distribution over the input tokens. ``discard`` (as in the rollout
+scripts that followed the paper) zeroes the lowest fraction of each fused row
+before the residual term, never the diagonal.
+
+**Gradient rollout**: the same chain, with each layer's fused map replaced by
+``mean_h(clamp(dy/dA * A, min=0))``: the heads weighted by how the chosen
+output ``y`` changes with their weights, negative contributions dropped.
+
+**Relevance** (Chefer, Gur & Wolf, ICCV 2021, "Generic Attention-model
+Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers",
+the self-attention rule that simplifies their CVPR 2021 "Transformer
+Interpretability Beyond Attention Visualization"): ``R = I``, then for each
+layer from the first up ``R = R + mean_h(clamp(dy/dA * A, min=0)) @ R``.
+
+Every result is an :class:`Explanation`: the requested rows of ``R``, each
+rescaled to shares of 1 over the keys kept (so rollout, gradient rollout and
+relevance read in one unit: the share of the row's mass), keys listed in
+``exclude=`` (attention sinks, padding) set to 0 before that rescaling and
+named in ``Explanation.excluded``. ``grid(camera=)`` lays the image tokens
+onto the patch grid; ``even`` is the share each key would get if the row
+spread its mass evenly over the keys it can reach (the baseline to read a
+share against).
+
+Input: one tower's maps of one forward pass, every layer, every row
+(``maps.select(tower='vit', step=0)``; a prefill or an encode pass: a decode
+step's rows do not chain). A list of ``[B, H, N, N]`` arrays also works
+(``keys=`` gives their layout). Gradients need the maps captured with
+``convert='raw'`` in ``mode='eager'`` while autograd records (not under
+``torch.no_grad()``): :func:`relevance` takes the scalar ``target`` the user
+picked and calls ``torch.autograd.grad(target, maps)`` itself, so there is
+nothing to ``retain_grad()``; the graph is freed by that call and nothing of
+the model (tensor, graph) is kept in the result. Only numpy is imported here;
+torch is used when a target is given, which means it is loaded.
+
+A language model's rows reach the image tokens of its own sequence (the
+projector's outputs): for OpenVLA these correspond one to one to the vision
+towers' patches, so ``grid()`` is already per patch; composing further through
+the vision towers' rollout is not done here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _check
+from ._arrays import as_attention
+from ._errors import ArgumentError, ArgumentTypeError
+from .maps import AttentionMap, AttentionMaps
+from .tokens import KINDS, TokenLayout
+
+HEAD_FUSIONS = ("mean", "max", "min")
+METHODS = ("chefer", "rollout")
+
+
+@dataclass
+class Explanation:
+    """Rows of a rollout or relevance matrix over the keys, as shares of 1, with their layout.
+
+    ``values``: ``[batch, rows, keys]``, each row summing to 1 over the keys
+    kept (excluded keys are 0). ``rows``: the key position of each row.
+    ``keys``: the ``TokenLayout`` of the key axis (None for bare arrays).
+    ``excluded``: the key positions taken out before the rows were rescaled.
+    ``reach``: ``[batch, rows]``, how many kept keys each row can reach through
+    the layers (all of them in a vision tower; up to itself in a causal model).
+    ``last_layer``: the last layer's map, heads averaged, on the same rows,
+    with the same exclusion and rescaling: what a single map would have said.
+    ``method``, ``layers``, ``tower``, ``step``, ``phase``: where it came from.
+    """
+
+    values: np.ndarray
+    rows: np.ndarray
+    keys: Optional[TokenLayout]
+    excluded: Tuple[int, ...]
+    reach: np.ndarray
+    last_layer: np.ndarray
+    method: str
+    layers: List[int] = field(default_factory=list)
+    tower: Optional[str] = None
+    step: Optional[int] = None
+    phase: Optional[str] = None
+
+    @property
+    def even(self) -> np.ndarray:
+        """``[batch, rows]``: ``1 / reach``, the share of each key if a row spread its mass evenly."""
+        return 1.0 / np.maximum(self.reach, 1)
+
+    def grid(self, camera: Optional[str] = None, *, item: int = 0, last_layer: bool = False) -> np.ndarray:
+        """The rows' mean share on each image patch of ``camera``: ``(rows, cols)``, NaN where excluded.
+
+        ``last_layer=True`` gives the same for :attr:`last_layer`.
+        """
+        if self.keys is None:
+            raise ArgumentError("grid(): this explanation has no key layout; pass keys=TokenLayout(...) "
+                                "to rollout()/relevance(), or give them AttentionMaps, which carry it")
+        item = _check.integer("item", item, low=0, high=self.values.shape[0] - 1)
+        _check.flag("last_layer", last_layer)
+        source = self.last_layer if last_layer else self.values
+        row = source[item].mean(axis=0)
+        row = row.astype(np.float64, copy=True)
+        row[list(self.excluded)] = np.nan
+        return self.keys.to_grid(row, camera)
+
+    def share(self, kind: str, camera: Optional[str] = None, *, item: int = 0) -> float:
+        """The rows' mean share on every key of ``kind`` (``'image'``, ``'text'``, ...) together."""
+        if self.keys is None:
+            raise ArgumentError("share(): this explanation has no key layout; pass keys= to rollout()/relevance()")
+        item = _check.integer("item", item, low=0, high=self.values.shape[0] - 1)
+        return float(self.values[item][:, self.keys.indices(kind, camera)].sum(-1).mean())
+
+    def __repr__(self):
+        where = f"{self.tower} step {self.step} {self.phase}, " if self.tower is not None else ""
+        return (f"Explanation({self.method}, {where}{len(self.layers)} layers, {len(self.rows)} rows x "
+                f"{self.values.shape[-1]} keys, excluded {list(self.excluded)})")
+
+
+def rollout(maps, *, head_fusion: str = "mean", residual: bool = True, discard: float = 0.0, rows=None,
+            exclude=None, keys: Optional[TokenLayout] = None) -> Explanation:
+    """Attention rollout (Abnar & Zuidema, 2020) of one tower's layers: ``R = A'_L ... A'_1``.
+
+    ``maps``: one tower's ``AttentionMaps`` of one pass (the maps are put in
+    layer order), or a list of ``[B, H, N, N]`` / ``[H, N, N]`` arrays in
+    layer order. ``head_fusion``: ``'mean'``, ``'max'`` or ``'min'`` over
+    heads. ``residual``: ``A' = 0.5 A + 0.5 I`` (False: ``A`` alone); either
+    way each row is rescaled to sum to 1. ``discard``: the fraction (0 to <1)
+    of each fused row's smallest weights set to 0 before that, never the
+    diagonal. ``rows``: the query rows to keep: None (all), a kind
+    (``'cls'``, ``'generated'``, ``'text'``...), a position or a list of
+    positions (negative from the end). ``exclude``: key kinds and/or positions
+    (``'bos'``, ``['register', 0]``) set to 0 in the result before each row
+    is rescaled to 1. ``keys``: the layout of bare arrays.
+
+    >>> import numpy as np
+    >>> rollout([np.eye(3)[None, None]] * 2).values[0].tolist()
+    [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    """
+    _check.choice("head_fusion", head_fusion, HEAD_FUSIONS)
+    _check.flag("residual", residual)
+    discard = _check.number("discard", discard, low=0.0, high=1.0)
+    if discard >= 1.0:
+        raise ArgumentError(f"discard must be below 1 (a fraction of each row to drop); got {discard}")
+    arrays, labels = _layers(maps, keys)
+    attn = [as_attention(a, f"maps[{i}]").astype(np.float64) for i, a in enumerate(arrays)]
+    _square(attn)
+    fused = [_fuse(a, head_fusion) for a in attn]
+    return _result(_chain(fused, residual, discard), attn, labels, rows, exclude, f"rollout ({head_fusion})")
+
+
+def relevance(target, maps, *, method: str = "chefer", rows=None, exclude=None, residual: bool = True,
+              discard: float = 0.0, keys: Optional[TokenLayout] = None) -> Explanation:
+    """Gradient-weighted relevance of ``target`` on one tower's maps captured with ``convert='raw'``.
+
+    ``target``: a scalar torch tensor computed from the forward pass that
+    produced ``maps`` (a logit, an action token's log-probability, one action
+    dimension). ``method='chefer'``: ``R = I``, then layer by layer
+    ``R += mean_h(clamp(dy/dA * A, min=0)) @ R`` (Chefer et al., 2021).
+    ``method='rollout'``: gradient rollout, the chain of :func:`rollout` with
+    each layer's fused map ``mean_h(clamp(dy/dA * A, min=0))`` (``residual``
+    and ``discard`` as there). ``rows``, ``exclude``, ``keys``: as in
+    :func:`rollout`.
+
+    The gradients come from ``torch.autograd.grad(target, [map arrays])``,
+    which frees the graph; run the forward again for another target. Maps of
+    layers the target does not depend on count as zero gradient. The result
+    holds numpy arrays only.
+    """
+    _check.choice("method", method, METHODS)
+    _check.flag("residual", residual)
+    discard = _check.number("discard", discard, low=0.0, high=1.0)
+    if discard >= 1.0:
+        raise ArgumentError(f"discard must be below 1 (a fraction of each row to drop); got {discard}")
+    arrays, labels = _layers(maps, keys)
+    grads = _gradients(target, arrays)
+    attn = [as_attention(a.detach(), f"maps[{i}]").astype(np.float64) for i, a in enumerate(arrays)]
+    del arrays  # the captured tensors stay the caller's; nothing here holds them past this point
+    _square(attn)
+    weighted = [np.clip(g * a, 0.0, None).mean(axis=1) for g, a in zip(grads, attn)]
+    if method == "rollout":
+        chain = _chain(weighted, residual, discard)
+        name = "gradient rollout"
+    else:
+        n = attn[0].shape[-1]
+        chain = np.broadcast_to(np.eye(n), weighted[0].shape).copy()
+        for w in weighted:
+            chain = chain + w @ chain
+        name = "relevance (Chefer)"
+    return _result(chain, attn, labels, rows, exclude, name)
+
+
+# -- the pieces -------------------------------------------------------------------
+
+
+def _layers(maps, keys) -> Tuple[list, Dict[str, Any]]:
+    """The maps' arrays in layer order and their labels, checked: one tower, one pass, whole square maps."""
+    if keys is not None:
+        _check.instance("keys", keys, TokenLayout, "a TokenLayout (a map's .keys)")
+    if isinstance(maps, AttentionMap):
+        maps = [maps]
+    if not isinstance(maps, (AttentionMaps, list, tuple)):
+        raise ArgumentTypeError(
+            f"maps must be AttentionMaps (one tower, one pass) or a list of [B, H, N, N] arrays; got {_check.show(maps)}")
+    if not len(maps):
+        raise ArgumentError("maps is empty: capture a forward pass first (and select one tower and step from it)")
+    labelled = [isinstance(m, AttentionMap) for m in maps]
+    if any(labelled) and not all(labelled):
+        raise ArgumentTypeError("maps mixes AttentionMap objects and bare arrays; give one or the other")
+    if not all(labelled):
+        return list(maps), {"keys": keys, "layers": list(range(len(maps))), "tower": None, "step": None,
+                            "phase": None}
+    towers = sorted({m.tower for m in maps})
+    steps = sorted({m.step for m in maps})
+    if len(towers) > 1 or len(steps) > 1:
+        raise ArgumentError(
+            f"maps hold towers {towers} and steps {steps}; an explanation chains one tower's layers of one "
+            f"forward pass: select them first, e.g. maps.select(tower={towers[0]!r}, step={steps[0]})")
+    ordered = sorted(maps, key=lambda m: m.layer)
+    layers = [m.layer for m in ordered]
+    if len(set(layers)) != len(layers):
+        raise ArgumentError(
+            f"maps hold layer(s) {sorted({l for l in layers if layers.count(l) > 1})} more than once (several calls "
+            f"in one step); give one map per layer")
+    for m in ordered:
+        if m.rows is not None or m.shape[-2] != m.shape[-1]:
+            raise ArgumentError(
+                f"{m!r} is not a whole square map (rows kept by index, or a {m.phase} step's new rows): "
+                f"rollout needs every row of every layer; use a prefill/prefix/encode pass, captured without "
+                f"queries= (for a generated token, run one forward over the prompt plus the tokens before it)")
+    return [m.array for m in ordered], {"keys": keys if keys is not None else ordered[0].keys, "layers": layers,
+                                        "tower": towers[0], "step": steps[0], "phase": ordered[0].phase}
+
+
+def _square(attn: List[np.ndarray]) -> None:
+    first = attn[0].shape
+    for i, a in enumerate(attn):
+        if a.shape[-1] != a.shape[-2]:
+            raise ArgumentError(f"maps[{i}] has shape {a.shape}: rollout needs square [B, H, N, N] maps (every row)")
+        if a.shape[0] != first[0] or a.shape[-1] != first[-1]:
+            raise ArgumentError(f"maps[{i}] has shape {a.shape}, maps[0] {first}: one batch and one sequence, please")
+
+
+def _fuse(a: np.ndarray, how: str) -> np.ndarray:
+    return {"mean": np.mean, "max": np.max, "min": np.min}[how](a, axis=1)
+
+
+def _chain(fused: List[np.ndarray], residual: bool, discard: float) -> np.ndarray:
+    """``A'_L ... A'_1`` over ``[B, N, N]`` fused maps, with the discard, the residual term and row rescaling."""
+    n = fused[0].shape[-1]
+    eye = np.eye(n)
+    out = np.broadcast_to(eye, fused[0].shape).copy()
+    for a in fused:
+        a = _discard(a, discard) if discard else a
+        if residual:
+            a = 0.5 * a + 0.5 * eye
+        out = _rows_to_one(a) @ out
+    return out
+
+
+def _discard(a: np.ndarray, fraction: float) -> np.ndarray:
+    """Each row's ``floor(fraction * (N - 1))`` smallest off-diagonal weights set to 0 (the diagonal always kept)."""
+    n = a.shape[-1]
+    drop = int(fraction * (n - 1))
+    if drop == 0:
+        return a
+    off = a.copy()
+    diagonal = np.arange(n)
+    off[..., diagonal, diagonal] = np.inf  # never among the smallest
+    lowest = np.argsort(off, axis=-1, kind="stable")[..., :drop]
+    a = a.copy()
+    np.put_along_axis(a, lowest, 0.0, axis=-1)
+    return a
+
+
+def _rows_to_one(a: np.ndarray) -> np.ndarray:
+    total = a.sum(axis=-1, keepdims=True)
+    return np.divide(a, total, out=np.zeros_like(a), where=total > 0)
+
+
+def _reach(attn: List[np.ndarray]) -> np.ndarray:
+    """``[B, N, N]`` bool: which keys each row can reach through the layers (any head, any path, itself)."""
+    n = attn[0].shape[-1]
+    eye = np.eye(n, dtype=bool)
+    out = np.broadcast_to(eye, (attn[0].shape[0], n, n)).astype(np.float64)
+    for a in attn:
+        out = (((a > 0).any(axis=1) | eye).astype(np.float64) @ out) > 0
+        out = out.astype(np.float64)
+    return out > 0
+
+
+def _positions(name: str, value, layout: Optional[TokenLayout], n: int) -> np.ndarray:
+    """Positions from a kind, a position, or a list of both (negative positions from the end)."""
+    items = list(value) if isinstance(value, (list, tuple, range, np.ndarray)) else [value]
+    out = []
+    for v in items:
+        if isinstance(v, str):
+            _check.choice(name, v, KINDS)
+            if layout is None:
+                raise ArgumentError(f"{name}={v!r} names a token kind, but these maps have no layout; pass keys= "
+                                    f"or positions")
+            found = layout.indices(v)
+            if not found.size:
+                have = sorted({s.kind for s in layout.segments})
+                raise ArgumentError(f"{name}={v!r}: this sequence has no {v!r} tokens; it holds {have}")
+            out.extend(found.tolist())
+        else:
+            p = _check.integer(name, v, low=-n, high=n - 1)
+            out.append(p % n)
+    return np.asarray(out, dtype=np.int64)
+
+
+def _result(chain, attn, labels, rows, exclude, method) -> Explanation:
+    n = chain.shape[-1]
+    layout = labels["keys"]
+    if layout is not None and len(layout) != n:
+        raise ArgumentError(f"keys lays out {len(layout)} tokens but the maps have {n}; pass the maps' own layout")
+    picked = np.arange(n) if rows is None else _positions("rows", rows, layout, n)
+    if not picked.size:
+        raise ArgumentError("rows is empty; give a kind ('cls'), a position (-1) or a list of positions")
+    dropped = np.zeros(0, dtype=np.int64) if exclude is None else _positions("exclude", exclude, layout, n)
+    kept = np.ones(n, dtype=bool)
+    kept[dropped] = False
+    if not kept.any():
+        raise ArgumentError("exclude removes every key; nothing would be left to share the rows' mass")
+
+    def shares(matrix):
+        out = matrix[:, picked, :] * kept
+        return _rows_to_one(out)
+
+    reach = (_reach(attn)[:, picked, :] & kept).sum(-1)
+    return Explanation(values=shares(chain), rows=picked, keys=layout, excluded=tuple(int(p) for p in np.unique(dropped)),
+                       reach=reach, last_layer=shares(attn[-1].mean(axis=1)), method=method,
+                       layers=labels["layers"], tower=labels["tower"], step=labels["step"], phase=labels["phase"])
+
+
+def _gradients(target, arrays) -> List[np.ndarray]:
+    """``d target / d map`` for every map, as numpy; the graph is freed by the one ``autograd.grad`` call."""
+    import torch  # a target is a torch tensor, so torch is loaded already
+
+    if not isinstance(target, torch.Tensor):
+        raise ArgumentTypeError(f"target must be a scalar torch tensor from the forward pass; got {_check.show(target)}")
+    if target.numel() != 1:
+        raise ArgumentError(
+            f"target has shape {tuple(target.shape)}; pick one number, e.g. logits[0, -1, token] or "
+            f"log_probs[0, position, token]")
+    if not target.requires_grad:
+        raise ArgumentError("target does not require grad: run the forward with autograd on (not under "
+                            "torch.no_grad() or inference_mode), capturing with convert='raw'")
+    for i, a in enumerate(arrays):
+        if not isinstance(a, torch.Tensor) or not a.requires_grad:
+            what = type(a).__name__ if not isinstance(a, torch.Tensor) else "a tensor without grad"
+            raise ArgumentError(
+                f"maps[{i}] is {what}: gradients need the maps in the graph; capture with convert='raw' and "
+                f"mode='eager' (fast mode rebuilds maps outside it) while autograd records")
+    grads = torch.autograd.grad(target.reshape(()), list(arrays), allow_unused=True)
+    if all(g is None for g in grads):
+        raise ArgumentError("target does not depend on any of these maps; pick a target computed after them "
+                            "(the same forward pass)")
+    out = [np.zeros(tuple(a.shape)) if g is None else g.detach().to("cpu", torch.float64).numpy()
+           for a, g in zip(arrays, grads)]
+    out = [g[None] if g.ndim == 3 else g for g in out]
+    del grads
+    return out
