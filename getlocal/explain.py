@@ -110,28 +110,38 @@ class Explanation:
         """``[batch, rows]``: ``1 / reach``, the share of each key if a row spread its mass evenly."""
         return 1.0 / np.maximum(self.reach, 1)
 
-    def grid(self, camera: Optional[str] = None, *, item: int = 0, last_layer: bool = False) -> np.ndarray:
+    def grid(self, camera: Optional[str] = None, *, item: int = 0, last_layer: bool = False,
+             relative: bool = False) -> np.ndarray:
         """The rows' mean share on each image patch of ``camera``: ``(rows, cols)``, NaN where excluded.
 
-        ``last_layer=True`` gives the same for :attr:`last_layer`.
+        ``last_layer=True`` gives the same for :attr:`last_layer`; ``relative=True``
+        each share divided by its row's even share (:attr:`even`) first, so 1 is
+        an even spread, 2 twice that.
         """
         if self.keys is None:
             raise ArgumentError("grid(): this explanation has no key layout; pass keys=TokenLayout(...) "
                                 "to rollout()/relevance(), or give them AttentionMaps, which carry it")
         item = _check.integer("item", item, low=0, high=self.values.shape[0] - 1)
-        _check.flag("last_layer", last_layer)
-        source = self.last_layer if last_layer else self.values
-        row = source[item].mean(axis=0)
+        _check.flag("last_layer", last_layer), _check.flag("relative", relative)
+        source = (self.last_layer if last_layer else self.values)[item]
+        if relative:
+            source = source / self.even[item][:, None]
+        row = source.mean(axis=0)
         row = row.astype(np.float64, copy=True)
         row[list(self.excluded)] = np.nan
         return self.keys.to_grid(row, camera)
 
-    def share(self, kind: str, camera: Optional[str] = None, *, item: int = 0) -> float:
-        """The rows' mean share on every key of ``kind`` (``'image'``, ``'text'``, ...) together."""
+    def share(self, kind: str, camera: Optional[str] = None, *, item: int = 0, last_layer: bool = False) -> float:
+        """The rows' mean share on every key of ``kind`` (``'image'``, ``'text'``, ...) together.
+
+        ``last_layer=True``: the same for :attr:`last_layer`.
+        """
         if self.keys is None:
             raise ArgumentError("share(): this explanation has no key layout; pass keys= to rollout()/relevance()")
         item = _check.integer("item", item, low=0, high=self.values.shape[0] - 1)
-        return float(self.values[item][:, self.keys.indices(kind, camera)].sum(-1).mean())
+        _check.flag("last_layer", last_layer)
+        source = self.last_layer if last_layer else self.values
+        return float(source[item][:, self.keys.indices(kind, camera)].sum(-1).mean())
 
     def __repr__(self):
         where = f"{self.tower} step {self.step} {self.phase}, " if self.tower is not None else ""

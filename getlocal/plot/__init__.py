@@ -22,6 +22,7 @@ and files (``_save``).
 """
 from ..patterns.display import SCALES, query_heatmap
 from ._depth import LABEL_COLORS, attention_distance, image_share, label_map, pattern_scores
+from ._explain import relevance_figure, relevance_overlay
 from ._episodes import episode_gif, episode_grid, episode_image_share
 from ._heads import attention_map, layer_heads
 from ._overlays import camera_attention, grid_to_grid, image_attention, patch_grid
@@ -46,4 +47,6 @@ __all__ = [
     "episode_grid",
     "episode_image_share",
     "episode_gif",
+    "relevance_overlay",
+    "relevance_figure",
 ]
