@@ -50,7 +50,8 @@ Input: one tower's maps of one forward pass, every layer, every row
 step's rows do not chain). A list of ``[B, H, N, N]`` arrays also works
 (``keys=`` gives their layout). Gradients need the maps captured with
 ``convert='raw'`` in ``mode='eager'`` while autograd records (not under
-``torch.no_grad()``): :func:`relevance` takes the scalar ``target`` the user
+``torch.no_grad()``), without the adapters' selection keywords (their copies
+leave the graph; ``maps.select()`` afterwards): :func:`relevance` takes the scalar ``target`` the user
 picked and calls ``torch.autograd.grad(target, maps)`` itself, so there is
 nothing to ``retain_grad()``; the graph is freed by that call and nothing of
 the model (tensor, graph) is kept in the result. Only numpy is imported here;
@@ -384,7 +385,8 @@ def _gradients(target, arrays) -> List[np.ndarray]:
             what = type(a).__name__ if not isinstance(a, torch.Tensor) else "a tensor without grad"
             raise ArgumentError(
                 f"maps[{i}] is {what}: gradients need the maps in the graph; capture with convert='raw' and "
-                f"mode='eager' (fast mode rebuilds maps outside it) while autograd records")
+                f"mode='eager' while autograd records, without towers=/layers=/queries=/heads=/dtype= (fast mode "
+                f"and the selection keep copies outside the graph; select afterwards with maps.select())")
     grads = torch.autograd.grad(target.reshape(()), list(arrays), allow_unused=True)
     if all(g is None for g in grads):
         raise ArgumentError("target does not depend on any of these maps; pick a target computed after them "

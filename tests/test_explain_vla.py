@@ -72,3 +72,11 @@ def test_fast_mode_maps_are_refused_for_gradients_with_the_way_out(vla):
         logits = vla(pixels, ids).logits
     with pytest.raises(GetLocalError, match="mode='eager'"):
         explain.relevance(logits[0, -1, 5], maps)
+
+
+def test_maps_kept_by_a_selection_keyword_are_refused_for_gradients_naming_maps_select(vla):
+    pixels, ids = tiny.openvla_inputs(vla)
+    with openvla.capture(vla, convert="raw", towers="llm") as maps:
+        logits = vla(pixels, ids).logits
+    with pytest.raises(GetLocalError, match=r"maps.select\(\)"):
+        explain.relevance(logits[0, -1, 5], maps)
