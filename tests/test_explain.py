@@ -319,3 +319,13 @@ def test_relevance_and_rollout_peak_on_the_one_patch_the_output_depends_on():
         grid = r.grid()
         assert np.unravel_index(np.argmax(grid), grid.shape) == (1, 0), (name, grid)  # patch 3 of 1..4
         assert grid[1, 0] > 0.99, (name, grid)
+
+
+@pytest.mark.parametrize("name", ["getlocal.explain", "getlocal.plot._explain"])
+def test_the_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    pytest.importorskip("matplotlib")
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
