@@ -45,10 +45,16 @@ onto the patch grid; ``even`` is the share each key would get if the row
 spread its mass evenly over the keys it can reach (the baseline to read a
 share against).
 
-Input: one tower's maps of one forward pass, every layer, every row
-(``maps.select(tower='vit', step=0)``; a prefill or an encode pass: a decode
-step's rows do not chain). A list of ``[B, H, N, N]`` arrays also works
-(``keys=`` gives their layout). Gradients need the maps captured with
+Input: the maps of one pass over one sequence, every layer, every row: one
+tower's encode or prefill pass (``maps.select(tower='vit', step=0)``), or maps
+whose rows continue one sequence layer by layer, stacked into one square map
+per layer: a prefill and its decode steps (``[L, L]``, ``[1, L + 1]``, ...:
+the same as one pass over the prompt and the generated tokens), Pi0's prefix
+and one denoise step (``maps.select(tower=['language', 'expert'], step=[0, k])``:
+the action queries attend to the prefix keys of the same layer, so the two
+towers chain as one transformer with a prefix mask). A list of square
+``[B, H, N, N]`` arrays also works (``keys=`` gives their layout). Heads are
+fused map by map, so the towers may have different head counts. Gradients need the maps captured with
 ``convert='raw'`` in ``mode='eager'`` while autograd records (not under
 ``torch.no_grad()``), without the adapters' selection keywords (their copies
 leave the graph; ``maps.select()`` afterwards): :func:`relevance` takes the scalar ``target`` the user
@@ -152,11 +158,12 @@ class Explanation:
 
 def rollout(maps, *, head_fusion: str = "mean", residual: bool = True, discard: float = 0.0, rows=None,
             exclude=None, keys: Optional[TokenLayout] = None) -> Explanation:
-    """Attention rollout (Abnar & Zuidema, 2020) of one tower's layers: ``R = A'_L ... A'_1``.
+    """Attention rollout (Abnar & Zuidema, 2020) through the layers of one pass: ``R = A'_L ... A'_1``.
 
-    ``maps``: one tower's ``AttentionMaps`` of one pass (the maps are put in
-    layer order), or a list of ``[B, H, N, N]`` / ``[H, N, N]`` arrays in
-    layer order. ``head_fusion``: ``'mean'``, ``'max'`` or ``'min'`` over
+    ``maps``: ``AttentionMaps`` of one pass, put in layer order (one tower's
+    encode or prefill; a prefill with its decode steps; Pi0's prefix with one
+    denoise step: see the module doc), or a list of ``[B, H, N, N]`` /
+    ``[H, N, N]`` arrays in layer order. ``head_fusion``: ``'mean'``, ``'max'`` or ``'min'`` over
     heads. ``residual``: ``A' = 0.5 A + 0.5 I`` (False: ``A`` alone); either
     way each row is rescaled to sum to 1. ``discard``: the fraction (0 to <1)
     of each fused row's smallest weights set to 0 before that, never the
@@ -175,16 +182,15 @@ def rollout(maps, *, head_fusion: str = "mean", residual: bool = True, discard: 
     discard = _check.number("discard", discard, low=0.0, high=1.0)
     if discard >= 1.0:
         raise ArgumentError(f"discard must be below 1 (a fraction of each row to drop); got {discard}")
-    arrays, labels = _layers(maps, keys)
+    arrays, plan, labels = _layers(maps, keys)
     attn = [as_attention(a, f"maps[{i}]").astype(np.float64) for i, a in enumerate(arrays)]
-    _square(attn)
-    fused = [_fuse(a, head_fusion) for a in attn]
-    return _result(_chain(fused, residual, discard), attn, labels, rows, exclude, f"rollout ({head_fusion})")
+    fused = _assemble([_fuse(a, head_fusion) for a in attn], plan)
+    return _result(_chain(fused, residual, discard), attn, plan, labels, rows, exclude, f"rollout ({head_fusion})")
 
 
 def relevance(target, maps, *, method: str = "chefer", rows=None, exclude=None, residual: bool = True,
               discard: float = 0.0, keys: Optional[TokenLayout] = None) -> Explanation:
-    """Gradient-weighted relevance of ``target`` on one tower's maps captured with ``convert='raw'``.
+    """Gradient-weighted relevance of ``target`` on maps of one pass captured with ``convert='raw'``.
 
     ``target``: a scalar torch tensor computed from the forward pass that
     produced ``maps`` (a logit, an action token's log-probability, one action
@@ -197,37 +203,46 @@ def relevance(target, maps, *, method: str = "chefer", rows=None, exclude=None, 
 
     The gradients come from ``torch.autograd.grad(target, [map arrays])``,
     which frees the graph; run the forward again for another target. Maps of
-    layers the target does not depend on count as zero gradient. The result
-    holds numpy arrays only.
+    layers the target does not depend on count as zero gradient. A map used
+    by several later passes (Pi0's prefix, read by every denoise step) gets
+    its total derivative, through all of them. The result holds numpy arrays
+    only.
     """
     _check.choice("method", method, METHODS)
     _check.flag("residual", residual)
     discard = _check.number("discard", discard, low=0.0, high=1.0)
     if discard >= 1.0:
         raise ArgumentError(f"discard must be below 1 (a fraction of each row to drop); got {discard}")
-    arrays, labels = _layers(maps, keys)
+    arrays, plan, labels = _layers(maps, keys)
     grads = _gradients(target, arrays)
     attn = [as_attention(a.detach(), f"maps[{i}]").astype(np.float64) for i, a in enumerate(arrays)]
     del arrays  # the captured tensors stay the caller's; nothing here holds them past this point
-    _square(attn)
-    weighted = [np.clip(g * a, 0.0, None).mean(axis=1) for g, a in zip(grads, attn)]
+    weighted = _assemble([np.clip(g * a, 0.0, None).mean(axis=1) for g, a in zip(grads, attn)], plan)
     if method == "rollout":
         chain = _chain(weighted, residual, discard)
         name = "gradient rollout"
     else:
-        n = attn[0].shape[-1]
+        n = weighted[0].shape[-1]
         chain = np.broadcast_to(np.eye(n), weighted[0].shape).copy()
         for w in weighted:
             chain = chain + w @ chain
         name = "relevance (Chefer)"
-    return _result(chain, attn, labels, rows, exclude, name)
+    return _result(chain, attn, plan, labels, rows, exclude, name)
 
 
 # -- the pieces -------------------------------------------------------------------
 
 
-def _layers(maps, keys) -> Tuple[list, Dict[str, Any]]:
-    """The maps' arrays in layer order and their labels, checked: one tower, one pass, whole square maps."""
+def _layers(maps, keys) -> Tuple[list, List[List[int]], Dict[str, Any]]:
+    """The maps' arrays, the plan (per layer, in layer order: which maps give its rows, top to bottom), labels.
+
+    Each layer's maps must lay out one square ``[N, N]`` map together: a map's
+    queries are the last ``Q`` of its ``K`` keys, so a prefill ``[L, L]``
+    followed by its decode steps ``[1, L + 1]``, ``[1, L + 2]``, ... or Pi0's
+    prefix ``[P, P]`` followed by one denoise step ``[S, P + S]`` stack into the
+    attention of one pass over the whole sequence (the keys a row cannot see
+    are 0, as a causal or prefix mask leaves them).
+    """
     if keys is not None:
         _check.instance("keys", keys, TokenLayout, "a TokenLayout (a map's .keys)")
     if isinstance(maps, AttentionMap):
@@ -241,37 +256,76 @@ def _layers(maps, keys) -> Tuple[list, Dict[str, Any]]:
     if any(labelled) and not all(labelled):
         raise ArgumentTypeError("maps mixes AttentionMap objects and bare arrays; give one or the other")
     if not all(labelled):
-        return list(maps), {"keys": keys, "layers": list(range(len(maps))), "tower": None, "step": None,
-                            "phase": None}
-    towers = sorted({m.tower for m in maps})
-    steps = sorted({m.step for m in maps})
-    if len(towers) > 1 or len(steps) > 1:
-        raise ArgumentError(
-            f"maps hold towers {towers} and steps {steps}; an explanation chains one tower's layers of one "
-            f"forward pass: select them first, e.g. maps.select(tower={towers[0]!r}, step={steps[0]})")
-    ordered = sorted(maps, key=lambda m: m.layer)
-    layers = [m.layer for m in ordered]
-    if len(set(layers)) != len(layers):
-        raise ArgumentError(
-            f"maps hold layer(s) {sorted({l for l in layers if layers.count(l) > 1})} more than once (several calls "
-            f"in one step); give one map per layer")
-    for m in ordered:
-        if m.rows is not None or m.shape[-2] != m.shape[-1]:
+        shapes = [tuple(getattr(a, "shape", np.shape(a))) for a in maps]
+        for i, shape in enumerate(shapes):
+            if len(shape) < 2 or shape[-1] != shape[-2] or shape[-2:] != shapes[0][-2:]:
+                raise ArgumentError(f"maps[{i}] has shape {shape}, maps[0] {shapes[0]}: bare arrays must be square "
+                                    f"[B, H, N, N] maps (every row) of one sequence")
+        return list(maps), [[i] for i in range(len(maps))], {
+            "keys": keys, "layers": list(range(len(maps))), "tower": None, "step": None, "phase": None}
+    towers = list(dict.fromkeys(m.tower for m in maps))
+    steps = list(dict.fromkeys(m.step for m in maps))
+    cameras = sorted({m.camera for m in maps if m.camera is not None})
+    by_layer: Dict[int, List[int]] = {}
+    for i, m in enumerate(maps):
+        if m.rows is not None:
             raise ArgumentError(
-                f"{m!r} is not a whole square map (rows kept by index, or a {m.phase} step's new rows): "
-                f"rollout needs every row of every layer; use a prefill/prefix/encode pass, captured without "
-                f"queries= (for a generated token, run one forward over the prompt plus the tokens before it)")
-    return [m.array for m in ordered], {"keys": keys if keys is not None else ordered[0].keys, "layers": layers,
-                                        "tower": towers[0], "step": steps[0], "phase": ordered[0].phase}
+                f"{m!r} keeps some rows by index (queries=): rollout needs every row of every layer; capture "
+                f"without queries=")
+        by_layer.setdefault(m.layer, []).append(i)
+    plan, size = [], None
+    for layer in sorted(by_layer):
+        group = sorted(by_layer[layer], key=lambda i: (maps[i].shape[-1], maps[i].call))
+        covered = 0
+        for i in group:
+            q, k = maps[i].shape[-2:]
+            if k - q != covered and covered == 0:
+                raise ArgumentError(
+                    f"at layer {layer}, {maps[i]!r} gives rows {k - q}:{k} only: rollout needs every row of every "
+                    f"layer; add the passes before it (the prefill or prefix, and every step between), e.g. "
+                    f"maps.select(tower={maps[i].tower!r}, step=list(range({maps[i].step + 1})))")
+            if k - q != covered:
+                hint = (f"; a vision tower run once per camera gives a map per camera: pass one camera's, "
+                        f"[m for m in maps if m.camera == {cameras[0]!r}]") if len(cameras) > 1 else ""
+                raise ArgumentError(
+                    f"at layer {layer}, {maps[i]!r} gives rows {k - q}:{k} but the maps before it cover 0:{covered}: "
+                    f"an explanation chains the layers of one pass over one sequence (a prefill and its decode "
+                    f"steps, Pi0's prefix and one denoise step); these maps hold towers {towers} and steps "
+                    f"{steps}: select them first, e.g. maps.select(tower={towers[0]!r}, step={steps[0]}){hint}")
+            covered = k
+        if size is not None and covered != size:
+            raise ArgumentError(
+                f"layer {layer}'s maps cover {covered} tokens, the layers before {size}: give every layer the same "
+                f"steps (a step captured for some layers only, or a sliding-window cache, does not chain)")
+        size = covered
+        plan.append(group)
+    last = maps[plan[-1][-1]]
+    return list(m.array for m in maps), plan, {
+        "keys": keys if keys is not None else last.keys, "layers": sorted(by_layer), "tower": "+".join(towers),
+        "step": last.step, "phase": "+".join(dict.fromkeys(maps[i].phase for i in plan[-1]))}
 
 
-def _square(attn: List[np.ndarray]) -> None:
-    first = attn[0].shape
-    for i, a in enumerate(attn):
-        if a.shape[-1] != a.shape[-2]:
-            raise ArgumentError(f"maps[{i}] has shape {a.shape}: rollout needs square [B, H, N, N] maps (every row)")
-        if a.shape[0] != first[0] or a.shape[-1] != first[-1]:
-            raise ArgumentError(f"maps[{i}] has shape {a.shape}, maps[0] {first}: one batch and one sequence, please")
+def _assemble(parts: List[np.ndarray], plan: List[List[int]]) -> List[np.ndarray]:
+    """Per layer, its maps' ``[B, Q, K]`` rows stacked into one ``[B, N, N]`` map, the keys a row lacks at 0."""
+    out = []
+    for group in plan:
+        blocks = [parts[i] for i in group]
+        batch = {b.shape[0] for b in blocks}
+        if len(batch) > 1:
+            raise ArgumentError(f"the maps of one layer have batch sizes {sorted(batch)}; one batch, please")
+        n = blocks[-1].shape[-1]
+        if len(blocks) == 1:
+            out.append(blocks[0])
+            continue
+        layer = np.zeros((blocks[0].shape[0], n, n))
+        for b in blocks:
+            q, k = b.shape[-2:]
+            layer[:, k - q:k, :k] = b
+        out.append(layer)
+    if len({a.shape for a in out}) > 1:
+        raise ArgumentError(f"the layers' maps have shapes {sorted({a.shape for a in out})}: one batch and one "
+                            f"sequence, please")
+    return out
 
 
 def _fuse(a: np.ndarray, how: str) -> np.ndarray:
@@ -311,14 +365,13 @@ def _rows_to_one(a: np.ndarray) -> np.ndarray:
     return np.divide(a, total, out=np.zeros_like(a), where=total > 0)
 
 
-def _reach(attn: List[np.ndarray]) -> np.ndarray:
-    """``[B, N, N]`` bool: which keys each row can reach through the layers (any head, any path, itself)."""
-    n = attn[0].shape[-1]
+def _reach(support: List[np.ndarray]) -> np.ndarray:
+    """``[B, N, N]`` bool: which keys each row can reach through the layers (``support``: ``[B, N, N]`` each)."""
+    n = support[0].shape[-1]
     eye = np.eye(n, dtype=bool)
-    out = np.broadcast_to(eye, (attn[0].shape[0], n, n)).astype(np.float64)
-    for a in attn:
-        out = (((a > 0).any(axis=1) | eye).astype(np.float64) @ out) > 0
-        out = out.astype(np.float64)
+    out = np.broadcast_to(eye, support[0].shape).astype(np.float64)
+    for a in support:
+        out = (((a > 0) | eye).astype(np.float64) @ out > 0).astype(np.float64)
     return out > 0
 
 
@@ -343,7 +396,7 @@ def _positions(name: str, value, layout: Optional[TokenLayout], n: int) -> np.nd
     return np.asarray(out, dtype=np.int64)
 
 
-def _result(chain, attn, labels, rows, exclude, method) -> Explanation:
+def _result(chain, attn, plan, labels, rows, exclude, method) -> Explanation:
     n = chain.shape[-1]
     layout = labels["keys"]
     if layout is not None and len(layout) != n:
@@ -361,9 +414,11 @@ def _result(chain, attn, labels, rows, exclude, method) -> Explanation:
         out = matrix[:, picked, :] * kept
         return _rows_to_one(out)
 
-    reach = (_reach(attn)[:, picked, :] & kept).sum(-1)
+    support = _assemble([(a > 0).any(axis=1).astype(np.float64) for a in attn], plan)
+    reach = (_reach(support)[:, picked, :] & kept).sum(-1)
+    last = _assemble([a.mean(axis=1) for a in attn], plan[-1:])[0]
     return Explanation(values=shares(chain), rows=picked, keys=layout, excluded=tuple(int(p) for p in np.unique(dropped)),
-                       reach=reach, last_layer=shares(attn[-1].mean(axis=1)), method=method,
+                       reach=reach, last_layer=shares(last), method=method,
                        layers=labels["layers"], tower=labels["tower"], step=labels["step"], phase=labels["phase"])
 
 

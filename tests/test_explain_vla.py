@@ -80,3 +80,59 @@ def test_maps_kept_by_a_selection_keyword_are_refused_for_gradients_naming_maps_
         logits = vla(pixels, ids).logits
     with pytest.raises(GetLocalError, match=r"maps.select\(\)"):
         explain.relevance(logits[0, -1, 5], maps)
+
+
+def test_a_prefill_and_its_decode_steps_roll_out_as_one_teacher_forced_pass(vla):
+    pixels, ids = tiny.openvla_inputs(vla)
+    with openvla.capture(vla) as generated:  # the KV-cached generate: [L, L], then [1, L + 1], [1, L + 2]
+        actions = tiny.generate(vla, pixels, ids, max_new_tokens=3)
+    cached = explain.rollout(generated.select(tower="llm"), rows="generated")
+    with openvla.capture(vla) as forced, torch.no_grad():  # one pass over the prompt and action tokens 0, 1
+        vla(pixels, torch.cat([ids, actions[:, :2]], 1))
+    one_pass = explain.rollout(forced.select(tower="llm"), rows=[-2, -1])
+    assert cached.values.shape == one_pass.values.shape == (1, 2, len(forced.layouts["llm"]))
+    assert np.abs(cached.values - one_pass.values).max() < 1e-6
+    assert (cached.tower, cached.step, cached.phase) == ("llm", 2, "prefill+decode")
+
+
+@pytest.fixture
+def pi0(adapters_off):
+    return tiny.pi0()
+
+
+def _pi0_run(pi0, steps):
+    from getlocal.adapters import paligemma
+
+    images, ids, state = tiny.pi0_inputs(pi0, cameras=2)
+    with paligemma.capture(pi0, convert="raw", cameras=["base", "wrist"], state_tokens=1) as maps:
+        # sample_actions is decorated with torch.no_grad (as openpi's is): call the function under it
+        actions = type(pi0).sample_actions.__wrapped__(pi0, images, ids, state, horizon=4, steps=steps)
+    return actions, maps
+
+
+def test_pi0_relevance_of_an_action_over_its_prefix_and_denoise_step_gives_each_camera_its_grid(pi0):
+    actions, maps = _pi0_run(pi0, steps=1)
+    alive = [weakref.ref(m.array) for m in maps]
+    target = actions[0, 0, 0]  # the first action's first dimension
+    r = explain.relevance(target, maps.select(tower=["language", "expert"]), rows="action")
+    assert (r.tower, r.phase, r.layers) == ("language+expert", "prefix+denoise", [0, 1])
+    assert r.values.shape == (1, 4, len(maps.layouts["expert"]))
+    for camera in ("base", "wrist"):
+        grid = r.grid(camera)
+        assert grid.shape == (2, 2) and np.isfinite(grid).all() and (grid > 0).all()
+    assert np.allclose(r.values.sum(-1), 1.0)
+    with pytest.raises(RuntimeError, match="second time"):
+        target.backward()
+    del maps, actions, target
+    gc.collect()
+    assert all(ref() is None for ref in alive)
+
+
+def test_pi0_denoise_steps_that_do_not_continue_one_sequence_are_refused(pi0):
+    _, maps = _pi0_run(pi0, steps=2)
+    with pytest.raises(GetLocalError, match="one denoise step"):
+        explain.rollout(maps.select(tower=["language", "expert"]))
+    with pytest.raises(GetLocalError, match=r"m.camera == 'base'"):
+        explain.rollout(maps.select(tower="vision"))
+    base = [m for m in maps.select(tower="vision") if m.camera == "base"]
+    assert explain.rollout(base, rows="image").grid().shape == (2, 2)
