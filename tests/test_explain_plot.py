@@ -62,4 +62,4 @@ def test_the_figure_sets_the_last_layer_beside_the_rollout_on_one_scale():
     assert np.allclose(right.images[-1].get_array(), r.grid("base", relative=True))
     assert left.images[-1].norm.vmax == right.images[-1].norm.vmax
     assert left.get_title().startswith("last layer") and right.get_title().startswith("rollout (mean), 2 layers")
-    assert f"image {r.share('image', 'base'):.0%} of the row (even: 40%)" in right.get_title()
+    assert f"base image {r.share('image', 'base'):.0%} of the row (even: 40%)" in right.get_title()

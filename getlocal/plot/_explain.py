@@ -69,8 +69,8 @@ def relevance_figure(result: Explanation, image, *, camera: Optional[str] = None
     Both panels show the same rows of ``result`` over the picture of
     ``camera`` as in :func:`relevance_overlay`: left the last layer's map,
     heads averaged (what one map says), right the rollout or relevance
-    through every layer. Each title gives the image's share of the row and
-    what an even spread would give it. ``**kwargs`` go to both overlays'
+    through every layer. Each title gives the share of the row on that
+    camera's image and what an even spread would give it. ``**kwargs`` go to both overlays'
     ``ax.imshow``.
 
     >>> import numpy as np
@@ -101,6 +101,7 @@ def relevance_figure(result: Explanation, image, *, camera: Optional[str] = None
         im = overlay(ax, img, heats[int(not last)], scale="uniform", pad_to_square=pad_to_square, alpha=alpha,
                      cbar=False, **dict(kwargs))
         share = result.share("image", camera, item=item, last_layer=last)
-        ax.set_title(f"{name}:\nimage {share:.0%} of the row (even: {even:.0%})", fontsize=9)
+        what = f"{camera} image" if camera else "image"
+        ax.set_title(f"{name}:\n{what} {share:.0%} of the row (even: {even:.0%})", fontsize=9)
     colorbar(fig, im, np.concatenate([h.ravel() for h in heats]), _label(result, item), None, ax=list(axes))
     return fig
