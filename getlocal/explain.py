@@ -65,8 +65,9 @@ torch is used when a target is given, which means it is loaded.
 
 A language model's rows reach the image tokens of its own sequence (the
 projector's outputs): for OpenVLA these correspond one to one to the vision
-towers' patches, so ``grid()`` is already per patch; composing further through
-the vision towers' rollout is not done here.
+towers' patches, so ``grid()`` is already per patch; :func:`compose` carries
+them on through a vision tower's own rollout (an approximation where a
+projector mixes towers or tokens: see there).
 """
 from __future__ import annotations
 
@@ -228,6 +229,55 @@ def relevance(target, maps, *, method: str = "chefer", rows=None, exclude=None, 
             chain = chain + w @ chain
         name = "relevance (Chefer)"
     return _result(chain, attn, plan, labels, rows, exclude, name)
+
+
+def compose(top: Explanation, bottom: Explanation, *, camera: Optional[str] = None) -> Explanation:
+    """``top``'s rows carried through the tower below onto its input tokens: ``top`` on the image x ``bottom``.
+
+    ``top``: an explanation over a sequence whose image tokens (of ``camera``)
+    are made token by token from the lower tower's outputs, in order (OpenVLA:
+    the projector turns vision patch ``i`` into the language model's image
+    token ``i``). ``bottom``: that lower tower's explanation with a row for
+    each of those outputs (``rows='image'``). The result's row ``r`` over the
+    lower tower's keys is ``sum_i top[r, image_i] * bottom[i, :]``, rescaled
+    to 1: the share of the row's *image* mass (its text or other tokens have
+    no counterpart below and are left out). An approximation where the
+    lower tower's outputs are mixed or pooled before they become tokens, and
+    for a model with two vision towers side by side (OpenVLA's DINOv2 and
+    SigLIP): compose with each, the weight the projector gives either is not
+    known here. Select the lower tower's layers the projector reads
+    (Prismatic reads the second-to-last block).
+
+    >>> import numpy as np
+    >>> from getlocal.maps import Segment, TokenLayout
+    >>> llm = TokenLayout([Segment('bos', 0, 1), Segment('image', 1, 3, grid=(1, 2)), Segment('text', 3, 4)])
+    >>> vis = TokenLayout([Segment('image', 0, 2, grid=(1, 2))])
+    >>> swap = [np.array([[[[0.0, 1.0], [1.0, 0.0]]]])]                 # each patch reads the other
+    >>> looks = [np.tile([0.1, 0.6, 0.1, 0.2], (1, 1, 4, 1))]          # every row: 6x more on image 0
+    >>> top = rollout(looks, rows=-1, keys=llm, residual=False)
+    >>> compose(top, rollout(swap, rows='image', keys=vis, residual=False)).grid().round(3).tolist()
+    [[0.143, 0.857]]
+    """
+    for name, value in (("top", top), ("bottom", bottom)):
+        _check.instance(name, value, Explanation, "what rollout() or relevance() returns")
+        if value.keys is None:
+            raise ArgumentError(f"{name} has no key layout; pass keys= to rollout()/relevance()")
+    image = top.keys.indices("image", camera) if camera is not None else np.arange(top.keys.image().start,
+                                                                                    top.keys.image().stop)
+    below = bottom.keys.indices("image")
+    if len(image) != len(below) or bottom.rows.tolist() != below.tolist():
+        raise ArgumentError(
+            f"bottom must have one row per image token of its tower, in order (rows='image': {len(below)} rows), "
+            f"matching top's {len(image)} image tokens of camera={camera!r}; got rows {bottom.rows.tolist()[:8]}...")
+    if top.values.shape[0] != bottom.values.shape[0]:
+        raise ArgumentError(f"top has batch {top.values.shape[0]}, bottom {bottom.values.shape[0]}: one batch, please")
+    carried = _rows_to_one(top.values[:, :, image] @ bottom.values)
+    reach = np.broadcast_to(bottom.reach.max(axis=1, keepdims=True), carried.shape[:2]).copy()
+    last = _rows_to_one(top.last_layer[:, :, image] @ bottom.last_layer)
+    return Explanation(values=carried, rows=top.rows, keys=bottom.keys, excluded=bottom.excluded, reach=reach,
+                       last_layer=last, method=f"{top.method} through {bottom.method}",
+                       layers=bottom.layers + top.layers, tower=f"{top.tower}>{bottom.tower}", step=top.step,
+                       phase=top.phase)
 
 
 # -- the pieces -------------------------------------------------------------------

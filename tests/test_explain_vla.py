@@ -136,3 +136,26 @@ def test_pi0_denoise_steps_that_do_not_continue_one_sequence_are_refused(pi0):
         explain.rollout(maps.select(tower="vision"))
     base = [m for m in maps.select(tower="vision") if m.camera == "base"]
     assert explain.rollout(base, rows="image").grid().shape == (2, 2)
+
+
+def test_an_action_token_composed_through_the_projector_lands_on_the_vision_towers_patches(vla):
+    target, maps = _teacher_forced(vla, token=1)
+    top = explain.relevance(target, maps.select(tower="llm"), rows=-1)
+    for tower in ("dinov2", "siglip"):
+        bottom = explain.rollout(maps.select(tower=tower, layer=[0, 1]), rows="image")  # the blocks Prismatic reads
+        r = explain.compose(top, bottom)
+        assert r.keys == maps.layouts[tower] and r.tower == f"llm>{tower}"
+        assert r.grid().shape == (2, 2) and np.isclose(r.values[0, 0].sum(), 1.0)
+        image = top.values[0, 0, 1:5]  # the LLM's image tokens 1:5 are the projector's outputs of patches 0..3
+        expected = image @ bottom.values[0]
+        assert np.allclose(r.values[0, 0], expected / expected.sum())
+
+
+def test_compose_needs_one_row_per_image_token_below():
+    from getlocal.maps import Segment, TokenLayout
+
+    llm = TokenLayout([Segment("bos", 0, 1), Segment("image", 1, 3, grid=(1, 2))])
+    vis = TokenLayout([Segment("cls", 0, 1), Segment("image", 1, 3, grid=(1, 2))])
+    top = explain.rollout([np.full((1, 1, 3, 3), 1 / 3)], rows=-1, keys=llm)
+    with pytest.raises(GetLocalError, match="rows='image'"):
+        explain.compose(top, explain.rollout([np.full((1, 1, 3, 3), 1 / 3)], rows="cls", keys=vis))
