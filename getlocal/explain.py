@@ -202,6 +202,11 @@ def relevance(target, maps, *, method: str = "chefer", rows=None, exclude=None, 
     and ``discard`` as there). ``rows``, ``exclude``, ``keys``: as in
     :func:`rollout`.
 
+    ``maps`` may also be a dict ``{name: maps of one pass}`` (two towers, or a
+    vision tower's maps of each camera): one gradient call serves them all and
+    the result is ``{name: Explanation}``; ``rows`` and ``exclude`` may then
+    be dicts by the same names too.
+
     The gradients come from ``torch.autograd.grad(target, [map arrays])``,
     which frees the graph; run the forward again for another target. Maps of
     layers the target does not depend on count as zero gradient. A map used
@@ -214,21 +219,37 @@ def relevance(target, maps, *, method: str = "chefer", rows=None, exclude=None, 
     discard = _check.number("discard", discard, low=0.0, high=1.0)
     if discard >= 1.0:
         raise ArgumentError(f"discard must be below 1 (a fraction of each row to drop); got {discard}")
-    arrays, plan, labels = _layers(maps, keys)
-    grads = _gradients(target, arrays)
-    attn = [as_attention(a.detach(), f"maps[{i}]").astype(np.float64) for i, a in enumerate(arrays)]
-    del arrays  # the captured tensors stay the caller's; nothing here holds them past this point
-    weighted = _assemble([np.clip(g * a, 0.0, None).mean(axis=1) for g, a in zip(grads, attn)], plan)
-    if method == "rollout":
-        chain = _chain(weighted, residual, discard)
-        name = "gradient rollout"
-    else:
-        n = weighted[0].shape[-1]
-        chain = np.broadcast_to(np.eye(n), weighted[0].shape).copy()
-        for w in weighted:
-            chain = chain + w @ chain
-        name = "relevance (Chefer)"
-    return _result(chain, attn, plan, labels, rows, exclude, name)
+    parts = maps if isinstance(maps, dict) else {None: maps}
+    for name, value in (("rows", rows), ("exclude", exclude)):
+        if isinstance(value, dict) and (not isinstance(maps, dict) or set(value) - set(maps)):
+            raise ArgumentError(f"{name} is a dict with names {sorted(map(str, value))}; that needs maps as a dict "
+                                f"holding those names (it holds {sorted(map(str, parts))})")
+    if not parts:
+        raise ArgumentError("maps is an empty dict; give {name: maps of one pass, ...}")
+    flat, plans = [], {}
+    for name, part in parts.items():
+        arrays, plan, labels = _layers(part, keys)
+        plans[name] = (len(flat), len(arrays), plan, labels)
+        flat.extend(arrays)
+    del arrays
+    grads = _gradients(target, flat)  # one call for every part: the graph is freed once, afterwards
+    attn = [as_attention(a.detach(), f"maps[{i}]").astype(np.float64) for i, a in enumerate(flat)]
+    del flat  # the captured tensors stay the caller's; nothing here holds them past this point
+    out = {}
+    for name, (first, count, plan, labels) in plans.items():
+        a, g = attn[first:first + count], grads[first:first + count]
+        weighted = _assemble([np.clip(gi * ai, 0.0, None).mean(axis=1) for gi, ai in zip(g, a)], plan)
+        if method == "rollout":
+            chain, title = _chain(weighted, residual, discard), "gradient rollout"
+        else:
+            n = weighted[0].shape[-1]
+            chain = np.broadcast_to(np.eye(n), weighted[0].shape).copy()
+            for w in weighted:
+                chain = chain + w @ chain
+            title = "relevance (Chefer)"
+        out[name] = _result(chain, a, plan, labels, rows.get(name) if isinstance(rows, dict) else rows,
+                            exclude.get(name) if isinstance(exclude, dict) else exclude, title)
+    return out if isinstance(maps, dict) else out[None]
 
 
 def compose(top: Explanation, bottom: Explanation, *, camera: Optional[str] = None) -> Explanation:

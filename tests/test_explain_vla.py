@@ -159,3 +159,25 @@ def test_compose_needs_one_row_per_image_token_below():
     top = explain.rollout([np.full((1, 1, 3, 3), 1 / 3)], rows=-1, keys=llm)
     with pytest.raises(GetLocalError, match="rows='image'"):
         explain.compose(top, explain.rollout([np.full((1, 1, 3, 3), 1 / 3)], rows="cls", keys=vis))
+
+
+def test_one_pi0_action_explains_each_camera_of_the_vision_tower_and_the_joint_chain_in_one_call(pi0):
+    actions, maps = _pi0_run(pi0, steps=1)
+    vision = maps.select(tower="vision")
+    parts = {camera: [m for m in vision if m.camera == camera] for camera in ("base", "wrist")}
+    parts["policy"] = maps.select(tower=["language", "expert"])
+    target = actions[0, 0, 0]
+    out = explain.relevance(target, parts, rows={"base": "image", "wrist": "image", "policy": "action"})
+    assert sorted(out) == ["base", "policy", "wrist"]
+    for camera in ("base", "wrist"):
+        assert out[camera].grid().shape == (2, 2) and np.isclose(out[camera].values.sum(-1), 1).all()
+        below = explain.compose(out["policy"], out[camera], camera=camera)  # SigLIP's patches of that camera
+        assert below.grid().shape == (2, 2) and np.isfinite(below.grid()).all()
+    with pytest.raises(RuntimeError, match="second time"):
+        target.backward()  # one gradient call for all three: the graph is gone
+
+
+def test_a_dict_of_rows_needs_a_dict_of_maps(pi0):
+    actions, maps = _pi0_run(pi0, steps=1)
+    with pytest.raises(GetLocalError, match="needs maps as a dict"):
+        explain.relevance(actions[0, 0, 0], maps.select(tower=["language", "expert"]), rows={"x": "action"})
