@@ -329,3 +329,62 @@ def test_the_docstring_examples_run(name):
     pytest.importorskip("matplotlib")
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+# -- every wrong argument ends in an error that names it ---------------------------------
+
+
+class _Hostile:
+    def __getattr__(self, name):
+        raise RuntimeError(f"probed .{name}")
+
+    def __len__(self):
+        raise RuntimeError("probed len()")
+
+
+WRONG = [None, "nonsense", "", float("nan"), float("inf"), -1, 0, 10**12, 2.5, True, np.zeros(0), np.zeros((0, 3)),
+         np.random.default_rng(0).random((2, 3, 4, 5, 6)), [], [None], ["nonsense"], (1, 2, 3), {"nonsense": 1},
+         slice(5, 1), object(), _Hostile()]
+
+
+def _calls():
+    import matplotlib.pyplot as plt
+
+    from getlocal import plot
+
+    maps = _softmax_maps(batch=1)
+    r = explain.rollout(maps, rows="cls", keys=LAYOUT)
+    below = explain.rollout(maps, rows="image", keys=LAYOUT)
+    picture = np.zeros((28, 28, 3))
+    fig, ax = plt.subplots()
+    return {
+        "rollout": (explain.rollout, {"maps": maps, "head_fusion": "max", "residual": True, "discard": 0.2,
+                                      "rows": "cls", "exclude": [0], "keys": LAYOUT}),
+        "compose": (explain.compose, {"top": r, "bottom": below, "camera": None}),
+        "Explanation.grid": (r.grid, {"camera": None, "item": 0, "last_layer": False, "relative": True}),
+        "Explanation.share": (r.share, {"kind": "image", "camera": None, "item": 0, "last_layer": False}),
+        "plot.relevance_overlay": (plot.relevance_overlay, {"result": r, "image": picture, "camera": None, "item": 0,
+                                                            "last_layer": False, "ax": ax, "pad_to_square": False,
+                                                            "alpha": 0.5, "cbar": True}),
+        "plot.relevance_figure": (plot.relevance_figure, {"result": r, "image": picture, "camera": None, "item": 0,
+                                                          "pad_to_square": False, "alpha": 0.5, "panel_size": 2.0}),
+    }
+
+
+def test_wrong_arguments_to_every_public_function_end_in_an_error_that_names_them():
+    import matplotlib.pyplot as plt
+
+    escaped = []
+    for name, (func, valid) in _calls().items():
+        func(**valid)
+        for parameter in valid:
+            for wrong in WRONG:
+                try:
+                    func(**{**valid, parameter: wrong})
+                except (GetLocalError, TypeError, ValueError) as exc:
+                    if parameter not in str(exc) and not (isinstance(wrong, str) and repr(wrong) in str(exc)):
+                        escaped.append(f"{name}({parameter}={wrong!r:.30}): {type(exc).__name__}: {exc}"[:250])
+                except Exception as exc:  # noqa: BLE001 - what escapes is the finding
+                    escaped.append(f"{name}({parameter}={wrong!r:.30}): {type(exc).__name__}: {exc}"[:250])
+        plt.close("all")
+    assert not escaped, f"{len(escaped)} escaped:\n" + "\n".join(escaped)

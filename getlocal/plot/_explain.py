@@ -27,6 +27,13 @@ def _check_common(result, item, camera, pad_to_square, alpha):
     _check.number("alpha", alpha, low=0, high=1)
 
 
+def _picture(image):
+    img = as_picture(image)
+    if 0 in img.shape[:2]:
+        raise _check.ArgumentError(f"image is empty: shape {img.shape}; give the camera's picture")
+    return img
+
+
 def relevance_overlay(result: Explanation, image, *, camera: Optional[str] = None, item: int = 0,
                       last_layer: bool = False, ax=None, pad_to_square: bool = False, alpha: float = 0.5,
                       cbar: bool = True, cbar_kws: Optional[dict] = None, **kwargs):
@@ -55,7 +62,7 @@ def relevance_overlay(result: Explanation, image, *, camera: Optional[str] = Non
     _check_common(result, item, camera, pad_to_square, alpha)
     _check.axes("ax", ax), _check.flag("cbar", cbar), _check.options("cbar_kws", cbar_kws)
     heat = result.grid(camera, item=item, last_layer=last_layer, relative=True)
-    img = as_picture(image)
+    img = _picture(image)
     ax = plt.gca() if ax is None else ax
     overlay(ax, img, heat, scale="uniform", pad_to_square=pad_to_square, alpha=alpha, cbar=cbar,
             cbar_kws={"label": _label(result, item), **(cbar_kws or {})}, **kwargs)
@@ -92,7 +99,7 @@ def relevance_figure(result: Explanation, image, *, camera: Optional[str] = None
               finite.min() > 0 else 2.0)
     kwargs.setdefault("vmax", top)
     kwargs.setdefault("vmin", 1.0 / top)
-    img = as_picture(image)
+    img = _picture(image)
     fig, axes = plt.subplots(1, 2, figsize=(2.5 * panel_size, 1.15 * panel_size), layout="constrained")
     patches = len(result.keys.indices("image", camera))
     even = patches * float(result.even[item].mean())
