@@ -54,13 +54,15 @@ and one denoise step (``maps.select(tower=['language', 'expert'], step=[0, k])``
 the action queries attend to the prefix keys of the same layer, so the two
 towers chain as one transformer with a prefix mask). A list of square
 ``[B, H, N, N]`` arrays also works (``keys=`` gives their layout). Heads are
-fused map by map, so the towers may have different head counts. Gradients need the maps captured with
-``convert='raw'`` in ``mode='eager'`` while autograd records (not under
-``torch.no_grad()``), without the adapters' selection keywords (their copies
-leave the graph; ``maps.select()`` afterwards): :func:`relevance` takes the scalar ``target`` the user
-picked and calls ``torch.autograd.grad(target, maps)`` itself, so there is
-nothing to ``retain_grad()``; the graph is freed by that call and nothing of
-the model (tensor, graph) is kept in the result. Only numpy is imported here;
+fused map by map, so the towers may have different head counts.
+
+Gradients need the maps captured with ``convert='raw'`` in ``mode='eager'``
+while autograd records (not under ``torch.no_grad()``), without the adapters'
+selection keywords (their copies leave the graph; ``maps.select()``
+afterwards). :func:`relevance` takes the scalar ``target`` the user picked
+and calls ``torch.autograd.grad(target, maps)`` itself, so there is nothing
+to ``retain_grad()``; the graph is freed by that call and nothing of the
+model (tensor, graph) is kept in the result. Only numpy is imported here;
 torch is used when a target is given, which means it is loaded.
 
 A language model's rows reach the image tokens of its own sequence (the
@@ -72,7 +74,7 @@ projector mixes towers or tokens: see there).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -488,7 +490,8 @@ def _result(chain, attn, plan, labels, rows, exclude, method) -> Explanation:
     support = _assemble([(a > 0).any(axis=1).astype(np.float64) for a in attn], plan)
     reach = (_reach(support)[:, picked, :] & kept).sum(-1)
     last = _assemble([a.mean(axis=1) for a in attn], plan[-1:])[0]
-    return Explanation(values=shares(chain), rows=picked, keys=layout, excluded=tuple(int(p) for p in np.unique(dropped)),
+    excluded = tuple(int(p) for p in np.unique(dropped))
+    return Explanation(values=shares(chain), rows=picked, keys=layout, excluded=excluded,
                        reach=reach, last_layer=shares(last), method=method,
                        layers=labels["layers"], tower=labels["tower"], step=labels["step"], phase=labels["phase"])
 
