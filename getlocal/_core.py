@@ -386,7 +386,7 @@ def _unbound_hint(target: _Target) -> str:
         return ("; this function binds it only when the module's fused_attn is False: set module.fused_attn = "
                 "False on each attention block (or build the model after timm.layers.set_fused_attn(False))"
                 + (", or use getlocal.adapters.vit, which switches timm models for you" if timm else ""))
-    return "; it is bound only on some paths of the function (an early return, a branch not taken)"
+    return "; it is bound only on some paths of the function (an early return, a branch not taken, a del)"
 
 
 def _kept(store: Store, target: _Target):
