@@ -95,13 +95,15 @@ class AttentionMap:
         """The block of the map from query tokens of kind ``query`` to key tokens of kind ``key``.
 
         ``camera`` picks the image when ``key`` (or ``query``) is ``'image'`` and there are several.
-        Returns ``array[..., query positions, :][..., key positions]``.
+        Returns ``array[..., query positions, :][..., key positions]``. A kind (or
+        camera) that the map's layouts do not hold raises, naming those they hold:
+        the block would be empty.
         """
         _check.choice("query", query, KINDS)
         _check.choice("key", key, KINDS)
         _check.text("camera", camera, optional=True)
-        q = self.queries.indices(query, camera if query == "image" else None)
-        k = self.keys.indices(key, camera if key == "image" else None)
+        q = _held(self.queries, "queries", query, camera if query == "image" else None)
+        k = _held(self.keys, "keys", key, camera if key == "image" else None)
         return self.array[..., q, :][..., k]
 
     def meta(self) -> Dict[str, Any]:
@@ -118,6 +120,22 @@ class AttentionMap:
     def __repr__(self):
         return (f"AttentionMap({self.tower} layer {self.layer}, step {self.step} {self.phase}, "
                 f"shape {self.shape}, path {self.path!r})")
+
+
+def _held(layout: TokenLayout, axis: str, kind: str, camera: Optional[str]):
+    """The positions of ``kind`` (of ``camera``) in ``layout``; if none, an error naming what it holds."""
+    found = layout.indices(kind, camera)
+    if len(found):
+        return found
+    kinds = ", ".join(repr(k) for k in dict.fromkeys(s.kind for s in layout.segments)) or "nothing"
+    if camera is not None and layout.find(kind):
+        cameras = ", ".join(repr(c) for c in dict.fromkeys(s.camera for s in layout.find(kind)) if c is not None)
+        if not cameras:
+            raise _check.ArgumentError(f"between(): this map's {axis} name no camera; leave camera={camera!r} out")
+        raise _check.ArgumentError(f"between(): this map's {axis} hold no {kind!r} tokens of camera={camera!r}; "
+                                   f"its cameras are {cameras}")
+    raise _check.ArgumentError(f"between(): this map's {axis} hold no {kind!r} tokens; they hold {kinds} "
+                               f"({axis}: {layout!r})")
 
 
 AttentionMap.array = _ArrayField()  # set after @dataclass: its __init__ assigns through it
