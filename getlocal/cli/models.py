@@ -8,6 +8,7 @@ torch, timm and the adapters are imported when a model is built, never when
 this module is: ``plot`` and ``view`` import it through the command line and
 must run where torch is not installed.
 """
+import importlib.util
 import os
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
@@ -18,15 +19,19 @@ from .inputs import CommandError
 DEMO_MODEL = "vit_small_patch16_224"
 TINY_MODELS = ("openvla-tiny", "paligemma-tiny")
 TINY_IMAGE = 112  # the tiny models see 8 x 8 patches of 14 px
+_GENERATED = 7  # openvla-tiny's action tokens, as OpenVLA predicts 7 (one per degree of freedom)
 HUB_TIMEOUT = 3.0  # seconds to reach the hub before --pretrained gives up
 
 
 def check_model(name: str) -> None:
+    """``--model``: a tiny model (transformers installed, found without importing it) or a timm model name.
+
+    Only the timm name needs timm (and so torch) imported: the command line checks
+    every other argument and path first, so that their errors come at once.
+    """
     if name in TINY_MODELS:
-        try:
-            import transformers  # noqa: F401
-        except ImportError:
-            raise CommandError(f"--model {name} needs transformers: python -m pip install -e \".[adapters]\"") from None
+        if importlib.util.find_spec("transformers") is None:
+            raise CommandError(f"--model {name} needs transformers: python -m pip install -e \".[adapters]\"")
         return
     import timm
 
@@ -218,9 +223,12 @@ def _openvla_demo(name: str, pretrained: bool, picture, weights: Optional[str], 
                        "projector and a 2-layer Llama; no trained weights exist for it)",
             "random_weights": not weights,
             "patch_size": {"dinov2": 14, "siglip": 14},
-            "preprocessing": f"centre square resized to {TINY_IMAGE}x{TINY_IMAGE}; 7 generated (action) tokens",
+            "preprocessing": f"centre square resized to {TINY_IMAGE}x{TINY_IMAGE}; {_GENERATED} generated (action) "
+                             f"tokens: the prefill gives the first, each of {_GENERATED - 1} decode steps feeds the "
+                             f"one before back and gives the next, so the llm's layout holds {_GENERATED - 1} "
+                             "generated positions (the last token is never fed back)",
             "generated": "action"}
-    return _Demo(model, lambda: tiny.generate(model, _tiny_pixels(shown), ids, max_new_tokens=7), openvla,
+    return _Demo(model, lambda: tiny.generate(model, _tiny_pixels(shown), ids, max_new_tokens=_GENERATED), openvla,
                  {"image": shown}, info)
 
 
