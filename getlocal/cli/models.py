@@ -8,7 +8,6 @@ torch, timm and the adapters are imported when a model is built, never when
 this module is: ``plot`` and ``view`` import it through the command line and
 must run where torch is not installed.
 """
-import importlib.util
 import os
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
@@ -24,14 +23,16 @@ HUB_TIMEOUT = 3.0  # seconds to reach the hub before --pretrained gives up
 
 
 def check_model(name: str) -> None:
-    """``--model``: a tiny model (transformers installed, found without importing it) or a timm model name.
+    """``--model``: a tiny model (transformers importable) or a timm model name.
 
-    Only the timm name needs timm (and so torch) imported: the command line checks
+    This needs transformers or timm (and so torch) imported: the command line checks
     every other argument and path first, so that their errors come at once.
     """
     if name in TINY_MODELS:
-        if importlib.util.find_spec("transformers") is None:
-            raise CommandError(f"--model {name} needs transformers: python -m pip install -e \".[adapters]\"")
+        try:
+            import transformers  # noqa: F401  (a broken install too: find_spec would not see it)
+        except ImportError:
+            raise CommandError(f"--model {name} needs transformers: python -m pip install -e \".[adapters]\"") from None
         return
     import timm
 
