@@ -26,7 +26,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _check
-from ._convert import Lazy
+from ._convert import Lazy, converter
+
+_to_numpy = converter("numpy")
 from .tokens import KINDS, Segment, TokenLayout, kind_shares, stack_kind_shares  # noqa: F401 (KINDS, Segment: re-exported)
 
 
@@ -86,6 +88,12 @@ class AttentionMap:
         padding: ``values [heads, query kinds, key kinds]``.
         """
         return kind_shares(self.array, self.queries, self.keys, padding=self.padding)
+
+    def __array__(self, dtype=None, copy=None):
+        """``np.asarray(m)``: the map's array as numpy (a tensor detached and on the CPU, half types as float32),
+        so that every function taking an array takes the map itself (``patterns.kind_shares(m, ...)``)."""
+        arr = np.asarray(_to_numpy(self.array))
+        return arr if dtype is None else arr.astype(dtype, copy=False)
 
     @property
     def shape(self) -> Tuple[int, ...]:

@@ -91,3 +91,11 @@ def test_the_hint_of_a_refused_input_works_when_followed(given, follow):
     hint = str(refused.value).rsplit("pass ", 1)[1]
     assert hint.split()[0] in ("list(attn)", "[attn]", "list(layers)"), hint
     assert len(patterns.summarize(follow(given))) >= 1
+
+
+def test_kind_shares_takes_an_attention_map_which_numpy_reads_as_its_array():
+    m = _maps()[0]
+    assert np.array_equal(np.asarray(m), m.array)
+    shares = patterns.kind_shares(m, m.queries, m.keys)
+    np.testing.assert_array_equal(shares.values, patterns.kind_shares(m.array, m.queries, m.keys).values)
+    np.testing.assert_array_equal(shares.values, m.kind_shares().values)
