@@ -99,10 +99,11 @@ class Adapter:
                 _STARTED_CAPTURE = not get_local.is_active()
             self.active = self.used = True
         if model is not None:
-            self._roots.add(model)
             try:
+                self._check_model(model)
+                self._roots.add(model)
                 self.prepare(model)
-            except GetLocalError:  # mode='fast' refused a kernel: nothing stays changed
+            except GetLocalError:  # not our model, or mode='fast' refused a kernel: nothing stays changed
                 if not was_active:
                     self.deactivate()
                 raise
@@ -173,6 +174,25 @@ class Adapter:
         if _STARTED_CAPTURE and not any(a.active for a in _ADAPTERS):
             get_local.deactivate()  # the last adapter turns off what the first turned on
         self._prepared = weakref.WeakSet()
+
+    def _check_model(self, model) -> None:
+        """Refuse a model that holds none of the attention the adapter captures, or that the spec refuses.
+
+        Without this, such a model runs uncaptured and ``collect()`` is silently
+        empty (or labelled as another model). The sources know their targets
+        once ``_instrument`` has run, so this comes after it.
+        """
+        owned = {path: m for path, m in model.named_modules() if self.spec.owns(m)}
+        name, what = self.spec.name, type(model).__name__
+        if not owned:
+            looked = ", or ".join(filter(None, (_looked_for(source) for source in self.spec.sources))) or "nothing"
+            raise GetLocalError(
+                f"{name}.activate(model): {what} holds none of the attention {name} captures; it looked for "
+                f"{looked}. Give the model itself (or its attention's parent), or the adapter of this model "
+                "(getlocal.adapters.vit for timm ViTs, openvla for OpenVLA, paligemma for PaliGemma / Pi0)")
+        why = self.spec.refuses(owned)
+        if why:
+            raise GetLocalError(f"{name}.activate(model): {what}: {why}")
 
     def prepare(self, model, built: bool = False) -> None:
         fast = self.mode == "fast"
@@ -319,6 +339,7 @@ class Adapter:
             convert, max_calls, max_bytes = activation
             self.activate(model, convert=convert, max_calls=max_calls, max_bytes=max_bytes, **choice)
         elif model is not None:
+            self._check_model(model)
             self._roots.add(model)
             self.prepare(model)
         since = max((c.index for calls in get_local.calls.values() for c in calls), default=-1)
@@ -415,6 +436,18 @@ class Adapter:
                 self._roots.add(root)
                 add(root)
         return names
+
+
+def _looked_for(source) -> str:
+    """What one attention source recognises in a model, for the refusal of a model without it."""
+    classes = getattr(source, "classes", ())
+    if classes:
+        return "modules of class " + " or ".join(f"{c.__module__}.{c.__qualname__}" for c in classes)
+    types = getattr(source, "model_types", ())
+    if types:
+        return ("transformers attention modules whose config.model_type is "
+                + " or ".join(repr(t) for t in types))
+    return ""
 
 
 def register(spec: Spec) -> Adapter:

@@ -45,7 +45,10 @@ class Spec:
     ``tower(owner, path, modules)``: the tower of a captured call;
     ``vision_layout(path, modules, length)``: the tokens of a vision call;
     ``prompt_layout(length, vision entries, batch, options)``: the language model's prompt;
-    ``options``: the labelling options ``collect`` takes (``'cameras'``, ``'state_tokens'``).
+    ``options``: the labelling options ``collect`` takes (``'cameras'``, ``'state_tokens'``);
+    ``refuses(owned)``: given ``{path: module}`` of the model's modules that the
+    sources own, why the model is not one this adapter labels (a sentence naming
+    the way out), or None; the default accepts any model that holds one.
     """
 
     def __init__(self, name: str, *, vision_towers: Sequence[str], sources: Sequence[Any],
@@ -53,8 +56,10 @@ class Spec:
                  vision_layout: Callable[[str, Dict[str, Any], int], TokenLayout] = image_layout,
                  prompt_layout: Optional[PromptLayout] = None, language_towers: Sequence[str] = (),
                  expert_towers: Sequence[str] = (), options: Sequence[str] = (),
-                 steps: Steps = GENERATE, expert_steps: Steps = DENOISE):
+                 steps: Steps = GENERATE, expert_steps: Steps = DENOISE,
+                 refuses: Optional[Callable[[Dict[str, Any]], Optional[str]]] = None):
         self.name, self.sources, self.tower = name, tuple(sources), tower
+        self.refuses = refuses or (lambda owned: None)
         self.vision_towers, self.language_towers = tuple(vision_towers), tuple(language_towers)
         self.expert_towers = tuple(expert_towers)
         self.vision_layout, self.prompt_layout, self.options = vision_layout, prompt_layout, tuple(options)

@@ -37,6 +37,8 @@ keys of the whole cache after ``repeat_kv`` and the model's 4-D mask, or no
 mask, where sdpa ran ``is_causal``. ``LlamaFlashAttention2`` (and any class
 with a forward of its own) is refused at activation.
 """
+from typing import Optional
+
 from getlocal.maps import Segment, TokenLayout
 
 from ._labels import parent
@@ -46,6 +48,7 @@ from .sources.llama_old import Llama
 from .sources.timm import TimmAttention, timm_layout
 
 _TIMM = TimmAttention(optional=True)  # a Llama-only use needs no timm
+_LLAMA = Llama()
 #: Prismatic's module holding the SigLIP ViT (DINOv2's is ``featurizer``): the tower when no ViT is at hand.
 _SIGLIP_MODULE = "fused_featurizer"
 
@@ -70,15 +73,32 @@ def _prompt_layout(length, vision, batch, options) -> TokenLayout:
                         Segment("text", 1 + patches, length)])
 
 
+def _refuses(owned) -> Optional[str]:
+    """A model this adapter labels holds a Llama, or timm ViTs inside Prismatic's vision backbone.
+
+    Prismatic keeps its ViTs in ``vision_backbone.featurizer`` / ``fused_featurizer``
+    (TRI's prismatic-vlms: ``dino_featurizer`` / ``siglip_featurizer``); a timm ViT
+    anywhere else would be labelled ``dinov2`` or ``siglip`` for no reason.
+    """
+    if any(_LLAMA.owns(m) for m in owned.values()):
+        return None
+    if any(part == "vision_backbone" or part.endswith("featurizer") for path in owned for part in path.split(".")):
+        return None
+    return ("it holds timm ViT attention but no Llama and no Prismatic vision backbone (vision_backbone, "
+            "featurizer, fused_featurizer), so it is not an OpenVLA / Prismatic model; for a plain timm ViT use "
+            "getlocal.adapters.vit")
+
+
 _ADAPTER = register(Spec(
     "openvla",
     vision_towers=("dinov2", "siglip"),
     kinds=("cls", "register", "image", "bos", "text"),
-    sources=[_TIMM, Llama()],  # timm Attention.forward on ``attn``; Llama on ``attn_weights``
+    sources=[_TIMM, _LLAMA],  # timm Attention.forward on ``attn``; Llama on ``attn_weights``
     tower=_tower,
     vision_layout=timm_layout,
     prompt_layout=_prompt_layout,
     language_towers=("llm",),
+    refuses=_refuses,
 ))
 activate, capture, collect = _ADAPTER.activate, _ADAPTER.capture, _ADAPTER.collect
 deactivate, is_active = _ADAPTER.deactivate, _ADAPTER.is_active

@@ -112,10 +112,17 @@ def open_plain(file: Path):
             raise GetLocalError(f"{file} is a symbolic link; a capture holds plain files only, so getlocal does not "
                                 "follow it: copy the file it points to in its place") from None
         raise GetLocalError(f"cannot read {file} ({exc.strerror or exc})") from None
-    f = open(fd, "rb")
+    try:  # checked on the descriptor before any read (a directory opens read-only too), closed if refused
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a directory" if stat.S_ISDIR(mode) else "not a plain file"
+            raise GetLocalError(f"{file} is {what}; a capture holds plain files only: copy the whole directory "
+                                "again")
+        f = open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise GetLocalError(f"{file} is not a plain file; a capture holds plain files only")
         yield f
     finally:
         f.close()

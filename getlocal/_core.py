@@ -356,7 +356,7 @@ class GetLocal:
 
 def _recorders(store: Store, target: _Target):
     """The two calls the instrumented code makes before it returns (see _rewrite)."""
-    record = store.recorder(target.key, target.names)
+    record = store.recorder(target.key, target.names, _unbound_hint(target))
     names, owner_name = target.names, _rewrite.first_argument(target.original)
     if target.keep is not None:
         record = _kept(store, target)
@@ -371,6 +371,22 @@ def _recorders(store: Store, target: _Target):
             record(frame_locals.get(owner_name), *[frame_locals.get(n, UNBOUND) for n in names])
 
     return _RECORDERS.named(record), _RECORDERS.named(from_locals)
+
+
+def _unbound_hint(target: _Target) -> str:
+    """What the first "returned without binding" warning adds: the way out, where the code shows one.
+
+    A function that reads ``fused_attn`` (timm's ``Attention.forward``) binds its
+    map only on the non-fused path; anything else is said in general terms.
+    """
+    code = target.original
+    if "fused_attn" in code.co_names:
+        func = target.func()
+        timm = func is not None and (func.__module__ or "").startswith("timm.")
+        return ("; this function binds it only when the module's fused_attn is False: set module.fused_attn = "
+                "False on each attention block (or build the model after timm.layers.set_fused_attn(False))"
+                + (", or use getlocal.adapters.vit, which switches timm models for you" if timm else ""))
+    return "; it is bound only on some paths of the function (an early return, a branch not taken, a del)"
 
 
 def _kept(store: Store, target: _Target):

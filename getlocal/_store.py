@@ -38,6 +38,17 @@ class UnboundType:
 UNBOUND = UnboundType()
 
 
+def _warn_unbound(key: str, name: str, why: str) -> None:
+    """The first call of ``key`` that returned without binding ``name``: say so, never break the call."""
+    try:
+        warnings.warn(
+            f"getlocal: {key} returned without binding its local {name!r}, so nothing was captured for that "
+            f"call (get_local.skipped counts every such call; this is said once){why}",
+            RuntimeWarning, stacklevel=5)  # the user's function: record, from_locals (an unbound name goes there) up
+    except Exception:  # noqa: BLE001 - warnings turned into errors must not break the user's forward
+        pass
+
+
 class _Config:
     """One configuration of the store, replaced whole so a recorder never sees half of one."""
 
@@ -129,16 +140,25 @@ class Store:
 
     # -- writing ---------------------------------------------------------
 
-    def recorder(self, key: str, names: Tuple[str, ...]):
+    def recorder(self, key: str, names: Tuple[str, ...], unbound: str = ""):
         """``record(owner, *values)``: convert, then append one entry to ``cache[key]``.
 
         Written as closures over local names, one positional value per captured
         name, because it runs on every call of every instrumented function
-        (see benchmarks/bench_overhead.py).
+        (see benchmarks/bench_overhead.py). ``unbound``: what the warning says
+        the first time a call returns with a captured local unbound (the
+        function and the way out); once per recorder and local.
         """
         cache_get, meta_get, counter = self.cache.get, self._meta.get, self._counter
         acquire, release = self._lock.acquire, self._lock.release
-        convert_one, skip, lists = self._convert_one, self._skip, self._lists
+        convert_one, lists = self._convert_one, self._lists
+        warned: set = set()  # the locals this recorder has warned about: once per function and local
+
+        def skip(key, name):  # only on the unbound path: a bound local costs nothing more
+            self._skip(key, name)
+            if name not in warned:
+                warned.add(name)
+                _warn_unbound(key, name, unbound)
         ref_type = weakref.ref
         name0 = names[0]
 

@@ -26,7 +26,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _check
-from ._convert import Lazy
+from ._convert import Lazy, converter
+
+_to_numpy = converter("numpy")
 from .tokens import KINDS, Segment, TokenLayout, kind_shares, stack_kind_shares  # noqa: F401 (KINDS, Segment: re-exported)
 
 
@@ -87,6 +89,12 @@ class AttentionMap:
         """
         return kind_shares(self.array, self.queries, self.keys, padding=self.padding)
 
+    def __array__(self, dtype=None, copy=None):
+        """``np.asarray(m)``: the map's array as numpy (a tensor detached and on the CPU, half types as float32),
+        so that every function taking an array takes the map itself (``patterns.kind_shares(m, ...)``)."""
+        arr = np.asarray(_to_numpy(self.array))
+        return arr if dtype is None else arr.astype(dtype, copy=False)
+
     @property
     def shape(self) -> Tuple[int, ...]:
         return tuple(self.__dict__["_array"].shape)  # a Lazy one knows its shape without computing
@@ -95,13 +103,15 @@ class AttentionMap:
         """The block of the map from query tokens of kind ``query`` to key tokens of kind ``key``.
 
         ``camera`` picks the image when ``key`` (or ``query``) is ``'image'`` and there are several.
-        Returns ``array[..., query positions, :][..., key positions]``.
+        Returns ``array[..., query positions, :][..., key positions]``. A kind (or
+        camera) that the map's layouts do not hold raises, naming those they hold:
+        the block would be empty.
         """
         _check.choice("query", query, KINDS)
         _check.choice("key", key, KINDS)
         _check.text("camera", camera, optional=True)
-        q = self.queries.indices(query, camera if query == "image" else None)
-        k = self.keys.indices(key, camera if key == "image" else None)
+        q = _held(self.queries, "queries", query, camera if query == "image" else None)
+        k = _held(self.keys, "keys", key, camera if key == "image" else None)
         return self.array[..., q, :][..., k]
 
     def meta(self) -> Dict[str, Any]:
@@ -118,6 +128,22 @@ class AttentionMap:
     def __repr__(self):
         return (f"AttentionMap({self.tower} layer {self.layer}, step {self.step} {self.phase}, "
                 f"shape {self.shape}, path {self.path!r})")
+
+
+def _held(layout: TokenLayout, axis: str, kind: str, camera: Optional[str]):
+    """The positions of ``kind`` (of ``camera``) in ``layout``; if none, an error naming what it holds."""
+    found = layout.indices(kind, camera)
+    if len(found):
+        return found
+    kinds = ", ".join(repr(k) for k in dict.fromkeys(s.kind for s in layout.segments)) or "nothing"
+    if camera is not None and layout.find(kind):
+        cameras = ", ".join(repr(c) for c in dict.fromkeys(s.camera for s in layout.find(kind)) if c is not None)
+        if not cameras:
+            raise _check.ArgumentError(f"between(): this map's {axis} name no camera; leave camera={camera!r} out")
+        raise _check.ArgumentError(f"between(): this map's {axis} hold no {kind!r} tokens of camera={camera!r}; "
+                                   f"its cameras are {cameras}")
+    raise _check.ArgumentError(f"between(): this map's {axis} hold no {kind!r} tokens; they hold {kinds} "
+                               f"({axis}: {layout!r})")
 
 
 AttentionMap.array = _ArrayField()  # set after @dataclass: its __init__ assigns through it

@@ -377,12 +377,13 @@ def _unique(records, root):
 
 def _index_bytes(root: Path) -> bytes:
     if not root.is_dir():
-        raise GetLocalError(f"{root} is not a directory; give the directory that getlocal.save() "
-                            "or `python -m getlocal demo` wrote (e.g. getlocal-demo/capture)")
+        raise GetLocalError(f"{root} is not a directory; give the directory that getlocal.save() or "
+                            "`python -m getlocal demo` wrote (e.g. getlocal-demo/vit_small_patch16_224/capture)")
     file = root / INDEX
     if not os.path.lexists(file):
         raise GetLocalError(f"{root} is not a getlocal capture: it has no {INDEX}; give the directory that "
-                            "getlocal.save() or `python -m getlocal demo` wrote (e.g. getlocal-demo/capture)")
+                            "getlocal.save() or `python -m getlocal demo` wrote "
+                            "(e.g. getlocal-demo/vit_small_patch16_224/capture)")
     with open_plain(file) as f:
         return f.read()
 

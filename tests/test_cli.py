@@ -39,7 +39,7 @@ def vit_demo(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("fresh")
     result = run("demo", cwd=cwd)
     assert result.returncode == 0, result.stderr
-    return result, cwd / "getlocal-demo"
+    return result, cwd / "getlocal-demo" / "vit_small_patch16_224"  # one folder per model
 
 
 # --------------------------------------------------------------------------- the main job
@@ -75,17 +75,17 @@ def test_demo_writes_figures_summary_and_capture_into_the_default_out_dir(vit_de
     markdown = (out / "summary.md").read_text()
     assert "| layer | heads | diag |" in markdown and "![vit/encode_L0_attn_vis_heads.png]" in markdown
     assert (out / "capture" / "capture.json").is_file()
-    assert f"wrote {len(names)} figures into getlocal-demo/" in result.stdout
+    assert f"wrote {len(names)} figures into getlocal-demo/vit_small_patch16_224/" in result.stdout
 
 
 def test_demo_writes_the_viewer_page_and_names_it_in_its_last_line(vit_demo):
     result, out = vit_demo
-    page = out / "view.html"
+    page = out / "capture.html"  # the name `python -m getlocal view CAPTURE_DIR` gives it
     assert page.is_file() and page.stat().st_size > 10_000
     text = page.read_text(encoding="utf-8")
     assert "<script" in text and "http://" not in text and "https://" not in text
     last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("explore the capture in a browser: open ") and last.endswith("view.html (one self-contained page)")
+    assert last.startswith("explore the capture in a browser: open ") and last.endswith("capture.html (one self-contained page)")
 
 
 def test_plot_from_the_saved_capture_reproduces_the_demo_figures_pixel_for_pixel(vit_demo, tmp_path):

@@ -101,4 +101,5 @@ def test_between_with_an_unknown_kind_names_the_kinds():
         m.between("imag", "text")
     with pytest.raises(GetLocalError, match="key='txt'"):
         m.between("image", "txt")
-    assert m.between("state", "text").shape == (1, 1, 0, 3)  # a kind these maps do not hold: empty
+    with pytest.raises(GetLocalError, match="queries hold no 'state' tokens; they hold 'image', 'bos', 'text'"):
+        m.between("state", "text")  # a kind this map does not hold: raises, never an empty block (issue 19)

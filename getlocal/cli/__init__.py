@@ -1,7 +1,7 @@
 """``python -m getlocal``: the demo (capture, analyse, draw, save) and ``plot`` (draw from a saved capture).
 
->>> main(["demo", "--out", "getlocal-demo"])          # doctest: +SKIP
->>> main(["plot", "getlocal-demo/capture", "--out", "again"])   # doctest: +SKIP
+>>> main(["demo"])                                  # doctest: +SKIP
+>>> main(["plot", "getlocal-demo/vit_small_patch16_224/capture", "--out", "again"])   # doctest: +SKIP
 
 ``demo`` runs a model on a picture with every attention map captured, saves the
 capture (see :mod:`getlocal.saved`) and then draws from it exactly what ``plot``
@@ -26,17 +26,27 @@ from typing import List, Optional
 from getlocal import GetLocalError
 
 from . import commands
+from .commands import DEFAULT_OUT, PAGE
 from .inputs import CommandError
 from .models import DEMO_MODEL
 
-DEFAULT_OUT = "getlocal-demo"
-
 __all__ = ["main", "CommandError"]
 
-_EPILOG = """examples:
-  python -m getlocal demo                                  # ViT-S/16 on a sample photo -> getlocal-demo/
-  python -m getlocal demo --model openvla-tiny             # an OpenVLA-shaped model, 7 action tokens
-  python -m getlocal plot getlocal-demo/capture --out figs # the same figures, without the model
+_EPILOG = f"""examples:
+  python -m getlocal demo                      # ViT-S/16 on a sample photo -> {DEFAULT_OUT}/{DEMO_MODEL}/
+  python -m getlocal demo --model openvla-tiny # an OpenVLA-shaped model, 7 action tokens -> {DEFAULT_OUT}/openvla-tiny/
+  python -m getlocal plot {DEFAULT_OUT}/{DEMO_MODEL}/capture --out figs   # the same figures, without the model
+  python -m getlocal view {DEFAULT_OUT}/{DEMO_MODEL}/capture              # the page, in the browser
+"""
+
+_WRITES = f"""writes into --out (default {DEFAULT_OUT}/MODEL/, one folder per model):
+  capture/        the saved maps (getlocal.load reads them; plot and view take this folder)
+  TOWER/*.png     one folder of figures per tower (heads, overlays, patterns by depth, ...)
+  summary.md      the tables and every figure, with a legend of the columns
+  summary.json    the same numbers, for scripts
+  {PAGE}    the capture in one self-contained page for the browser (what view writes)
+and prints the per-layer pattern table. Arguments and paths are checked before the model is built;
+a run that fails leaves no --out folder that did not exist before it.
 """
 
 _EPILOG_DEMO = f"""examples:
@@ -45,17 +55,26 @@ _EPILOG_DEMO = f"""examples:
   python -m getlocal demo --weights vit_s16.safetensors  # a timm state dict on disk: trained figures offline
   python -m getlocal demo --image cat.jpg --out cat/   # your picture, your output directory
   python -m getlocal demo --model deit_small_patch16_224
-  python -m getlocal demo --model openvla-tiny         # DINOv2 + SigLIP + Llama, prefill and 6 decode steps
+  python -m getlocal demo --model openvla-tiny         # DINOv2 + SigLIP + Llama: 7 generated tokens, the prefill
+                                                       # gives the first, 6 decode steps the rest
   python -m getlocal demo --model paligemma-tiny       # Pi0 shape: SigLIP + Gemma + action expert, 2 cameras
   python -m getlocal demo --model openvla-tiny --mode fast  # the models keep their kernels (sdpa, timm fused)
 
-writes into --out: capture/ (the saved maps), one folder of figures per tower,
-summary.md and summary.json; prints the per-layer pattern table.
-"""
+{_WRITES}"""
 
-_EPILOG_PLOT = """example:
+_EPILOG_PLOT = """writes into --out: one folder of figures per tower, summary.md and summary.json (for a capture), or
+one folder per part of a recorded run (episode-grid.png, image-share.png, ...); a run that fails leaves no
+--out folder that did not exist before it.
+
+example:
   python -m getlocal demo --out run1                   # on the machine with the model
   python -m getlocal plot run1/capture --out figs      # anywhere: needs numpy, matplotlib, safetensors
+"""
+
+_EPILOG_VIEW = f"""writes one .html file, by default beside the capture: CAPTURE_DIR.html (the demo's {PAGE}).
+
+example:
+  python -m getlocal view {DEFAULT_OUT}/{DEMO_MODEL}/capture   # writes {DEFAULT_OUT}/{DEMO_MODEL}/{PAGE}
 """
 
 
@@ -87,8 +106,9 @@ def _parser() -> argparse.ArgumentParser:
                            "(small random-init VLA models; need transformers)")
     demo.add_argument("--image", metavar="PATH",
                       help="the picture (default: matplotlib's sample photo grace_hopper.jpg, shipped offline)")
-    demo.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                      help=f"output directory (default ./{DEFAULT_OUT}/)")
+    demo.add_argument("--out", metavar="DIR",
+                      help=f"output directory (default ./{DEFAULT_OUT}/MODEL/, one per model; see below for what "
+                           "is written)")
     demo.add_argument("--pretrained", action="store_true",
                       help="download the trained weights of a timm model from the Hugging Face hub if not cached")
     demo.add_argument("--weights", metavar="PATH",
@@ -108,13 +128,15 @@ def _parser() -> argparse.ArgumentParser:
                      "(no torch needed)."),
         epilog=_EPILOG_PLOT, formatter_class=raw)
     plot.add_argument("capture", metavar="CAPTURE_DIR", help="a directory written by getlocal.save()")
-    plot.add_argument("--out", required=True, metavar="DIR", help="output directory for figures and summary")
+    plot.add_argument("--out", required=True, metavar="DIR",
+                      help="output directory for the figures and summary (see below for what is written)")
     plot.add_argument("--quiet", action="store_true", help="no progress bar (it only shows on a terminal anyway)")
     plot.set_defaults(run=commands.plot)
     view = subparsers.add_parser(
         "view", help="write one self-contained HTML page to explore a saved capture in the browser",
         description="Write an interactive page (no server, no network) of a capture saved by getlocal.save() or "
-                    "the demo; by default beside the capture: CAPTURE_DIR.html.")
+                    "the demo; by default beside the capture: CAPTURE_DIR.html.",
+        epilog=_EPILOG_VIEW, formatter_class=raw)
     view.add_argument("capture", metavar="CAPTURE_DIR", help="a directory written by getlocal.save()")
     view.add_argument("--out", metavar="FILE.html", help="the page to write (default: CAPTURE_DIR.html)")
     view.set_defaults(run=commands.view)

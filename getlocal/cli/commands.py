@@ -11,27 +11,32 @@ two write the same files. The report is imported by the command that draws, once
 matplotlib is switched to Agg (a command line writes files; it never opens
 windows): ``view`` and ``--help`` need no matplotlib.
 """
+import os
 import sys
 from pathlib import Path
 
 from getlocal import saved
 from getlocal.viewer import view as view_page
 
-from .inputs import CommandError, open_picture, out_dir, picture_file, weights_file
+from .inputs import CommandError, made, open_picture, out_dir, picture_file, weights_file
 from .models import TINY_MODELS, capture, check_model
+
+#: Where ``demo`` writes without ``--out``: one folder per model inside it (:func:`default_out`).
+DEFAULT_OUT = "getlocal-demo"
 
 
 def demo(args) -> int:
+    # Every argument and path is checked before torch and timm are imported (seconds): their errors come at once.
     if args.pretrained and args.model in TINY_MODELS:
         raise CommandError(f"--pretrained is for timm models; {args.model} is random init by design "
                            "(--weights PATH loads a checkpoint of it from disk)")
     if args.pretrained and args.weights:
         raise CommandError("--pretrained and --weights both say where the weights come from; give one")
-    check_model(args.model)
     weights = weights_file(args.weights) if args.weights else None
     file, described = picture_file(args.image)
     picture = open_picture(file)
-    out = out_dir(args.out)
+    out = out_dir(args.out if args.out is not None else default_out(args.model))
+    check_model(args.model)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,22 +49,38 @@ def demo(args) -> int:
         stages.update()
         stages.set_postfix_str("saving the capture")
         info.update(model=args.model, image=described)
-        saved_to = saved.save(out / "capture", maps, images=images, info=info)
-        stages.update()
+        with made(out):  # made now that there is something to write; removed again if what follows fails
+            saved_to = saved.save(out / "capture", maps, images=images, info=info)
+            stages.update()
+            stages.close()
+            print(f"{args.model}: {info['weights']}")
+            print(f"image: {described}, {info['preprocessing']}")
+            print(describe_steps(maps))
+            size = sum(f.stat().st_size for f in saved_to.rglob("*") if f.is_file())
+            print(f"saved the capture to {saved_to}/ ({len(maps)} maps, {size / 2**20:.1f} MB); "
+                  f"`python -m getlocal plot {saved_to} --out DIR` redraws everything below without the model")
+            report(maps, images, info, out, quiet=args.quiet)
+            view_page(saved_to, out=out / PAGE)
     finally:
         stages.close()
-    print(f"{args.model}: {info['weights']}")
-    print(f"image: {described}, {info['preprocessing']}")
-    print(describe_steps(maps))
-    size = sum(f.stat().st_size for f in saved_to.rglob("*") if f.is_file())
-    print(f"saved the capture to {saved_to}/ ({len(maps)} maps, {size / 2**20:.1f} MB); "
-          f"`python -m getlocal plot {saved_to} --out DIR` redraws everything below without the model")
-    report(maps, images, info, out, quiet=args.quiet)
-    page = view_page(saved_to, out=out / "view.html")
     if random_weights(info):
-        print(f"\nnote: {RANDOM_NOTE}")
-    print(f"\nexplore the capture in a browser: open {page.path} (one self-contained page)")
+        print(f"\nnote: {_TINY_NOTE if args.model in TINY_MODELS else RANDOM_NOTE}")
+    print(f"\nexplore the capture in a browser: open {out / PAGE} (one self-contained page)")
     return 0
+
+
+#: The page ``demo`` writes beside its capture: the name ``view CAPTURE_DIR`` gives it (``CAPTURE_DIR.html``).
+PAGE = "capture.html"
+#: The closing note of a tiny model: no trained weights exist for it, so ``--pretrained`` is no way out.
+_TINY_NOTE = ("these weights are random and no trained weights exist for the tiny models: the figures show the "
+              "machinery, not learned patterns. For trained patterns, run a timm ViT with trained weights: "
+              "python -m getlocal demo --pretrained")
+
+
+def default_out(model: str) -> str:
+    """``getlocal-demo/MODEL``: one folder per model, so that two models' figures never mix."""
+    folder = "".join(c if c.isalnum() or c in "._-" else "_" for c in model).strip(".") or "model"
+    return os.path.join(DEFAULT_OUT, folder)
 
 
 def _progress(quiet: bool, **kwargs):
@@ -97,7 +118,8 @@ def plot(args) -> int:
           f"(saved by getlocal {found.version or '?'})")
     print(describe_steps(found.data))
     try:
-        report(found.data, found.images, info, out, quiet=args.quiet)
+        with made(out):
+            report(found.data, found.images, info, out, quiet=args.quiet)
     except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as exc:
         # load() checked every label getlocal relies on; this is a capture no getlocal wrote
         raise CommandError(f"cannot draw {args.capture}: {type(exc).__name__}: {exc}; its maps are not what "
@@ -117,8 +139,9 @@ def _plot_run(args, run) -> int:
     matplotlib.use("Agg")
     from .report import report_run
 
-    for line in report_run(run, out):
-        print(line)
+    with made(out):
+        for line in report_run(run, out):
+            print(line)
     return 0
 
 

@@ -18,13 +18,19 @@ from .inputs import CommandError
 DEMO_MODEL = "vit_small_patch16_224"
 TINY_MODELS = ("openvla-tiny", "paligemma-tiny")
 TINY_IMAGE = 112  # the tiny models see 8 x 8 patches of 14 px
+_GENERATED = 7  # openvla-tiny's action tokens, as OpenVLA predicts 7 (one per degree of freedom)
 HUB_TIMEOUT = 3.0  # seconds to reach the hub before --pretrained gives up
 
 
 def check_model(name: str) -> None:
+    """``--model``: a tiny model (transformers importable) or a timm model name.
+
+    This needs transformers or timm (and so torch) imported: the command line checks
+    every other argument and path first, so that their errors come at once.
+    """
     if name in TINY_MODELS:
         try:
-            import transformers  # noqa: F401
+            import transformers  # noqa: F401  (a broken install too: find_spec would not see it)
         except ImportError:
             raise CommandError(f"--model {name} needs transformers: python -m pip install -e \".[adapters]\"") from None
         return
@@ -218,9 +224,12 @@ def _openvla_demo(name: str, pretrained: bool, picture, weights: Optional[str], 
                        "projector and a 2-layer Llama; no trained weights exist for it)",
             "random_weights": not weights,
             "patch_size": {"dinov2": 14, "siglip": 14},
-            "preprocessing": f"centre square resized to {TINY_IMAGE}x{TINY_IMAGE}; 7 generated (action) tokens",
+            "preprocessing": f"centre square resized to {TINY_IMAGE}x{TINY_IMAGE}; {_GENERATED} generated (action) "
+                             f"tokens: the prefill gives the first, each of {_GENERATED - 1} decode steps feeds the "
+                             f"one before back and gives the next, so the llm's layout holds {_GENERATED - 1} "
+                             "generated positions (the last token is never fed back)",
             "generated": "action"}
-    return _Demo(model, lambda: tiny.generate(model, _tiny_pixels(shown), ids, max_new_tokens=7), openvla,
+    return _Demo(model, lambda: tiny.generate(model, _tiny_pixels(shown), ids, max_new_tokens=_GENERATED), openvla,
                  {"image": shown}, info)
 
 

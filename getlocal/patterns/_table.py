@@ -8,6 +8,7 @@ import numpy as np
 from .. import _check
 from .._arrays import plain_float
 from .._errors import ArgumentError
+from ..maps import AttentionMap, AttentionMaps
 from ._heads import FLOAT_COLUMNS, LABELS, scores_excluding, wants_grid
 from .inputs import as_attention, check_patch_size, check_radius, count, grid_shape, image_positions
 
@@ -140,6 +141,23 @@ class PatternTable:
         return "\n".join(lines)
 
 
+def _how_to_list(layers) -> str:
+    """The way from what was given to a list of layers, written so that it works."""
+    shape = getattr(layers, "shape", None) if hasattr(type(layers), "shape") else None  # any object may come
+    if shape is not None:
+        shape = tuple(shape)
+        if len(shape) == 3:
+            return f" of shape {shape}; pass [attn] for one layer"
+        if len(shape) == 4:
+            return f" of shape {shape}; pass [attn] for one [B, H, Q, K] layer, or list(attn) if axis 0 is the layers"
+        if len(shape) == 5:
+            return f" of shape {shape}; pass list(attn) for a stacked [L, B, H, Q, K] array (one layer each)"
+        return f" of shape {shape}; pass [attn] for one [H, Q, K] / [B, H, Q, K] layer"
+    if hasattr(type(layers), "__iter__") and not isinstance(layers, (str, bytes)):
+        return "; pass list(layers)"
+    return "; pass [attn] for one layer"
+
+
 def summarize(
     layers,
     *,
@@ -154,8 +172,12 @@ def summarize(
     """Score every head of every layer and return one :class:`PatternTable`.
 
     ``layers`` is a sequence of layer maps (a list such as
-    ``get_local.cache['Attention.forward']``; layer names are 0, 1, ...) or a
-    dict ``{layer name: map}``; each map is ``[H, Q, K]`` or ``[B, H, Q, K]``.
+    ``get_local.cache['Attention.forward']``, or an adapter's ``AttentionMaps``:
+    one layer per map, in order; layer names are 0, 1, ...), one
+    ``AttentionMap``, or a dict ``{layer name: map}``; each map is ``[H, Q, K]``
+    or ``[B, H, Q, K]``. Only the arrays are read: select one step and tower
+    first (``maps.select(tower='vit', step=0)``) and give their token positions
+    (``image_tokens=maps[0].keys.image()``).
     The keyword arguments are those of :func:`head_scores` and apply to all
     layers; ``causal=True`` for decoder (language-model) maps, ``segments=``
     (a TokenLayout of the keys) for the block score, ``exclude=`` to leave
@@ -168,17 +190,16 @@ def summarize(
     116.5
     """
     causal, patch_size, radius = _check.flag("causal", causal), check_patch_size(patch_size), check_radius(radius)
+    if isinstance(layers, AttentionMap):
+        layers = [layers]
     if isinstance(layers, dict):
         names, maps = list(layers), list(layers.values())
-    elif isinstance(layers, (list, tuple)):
+    elif isinstance(layers, (list, tuple, AttentionMaps)):
         names, maps = list(range(len(layers))), list(layers)
     else:
-        shape = layers.shape if hasattr(type(layers), "shape") else None  # the type: any object may be passed
         raise ArgumentError(
-            f"layers must be a list of layer maps or a dict {{layer: map}}; got {type(layers).__name__}"
-            + (f" of shape {tuple(shape)}" if shape is not None else "")
-            + "; pass [attn] for one layer, or list(maps) for a stacked [L, H, Q, K] array"
-        )
+            f"layers must be a list of layer maps, an AttentionMaps or a dict {{layer: map}}; got "
+            f"{type(layers).__name__}{_how_to_list(layers)}")
     scores = []
     options = {"image_tokens": image_tokens, "grid": grid, "causal": bool(causal), "patch_size": patch_size,
                "segments": segments is not None, "exclude": exclude is not None}

@@ -14,12 +14,39 @@ from typing import Tuple
 
 import numpy as np
 
-from .. import _check
-from .._arrays import as_array, as_attention
+from .. import _arrays, _check
 from .._errors import ArgumentError
+from ..maps import AttentionMap, AttentionMaps
 
 __all__ = ["as_array", "as_attention", "image_positions", "check_radius", "check_patch_size", "count", "grid_shape",
            "image_block", "distances", "visible_keys", "visible_queries", "head_mean"]
+
+
+def as_array(value, name: str = "attn") -> np.ndarray:
+    """:func:`getlocal._arrays.as_array`, and an :class:`~getlocal.maps.AttentionMap` gives its array."""
+    return _arrays.as_array(_one_map(value, name), name)
+
+
+def as_attention(attn, name: str = "attn") -> np.ndarray:
+    """:func:`getlocal._arrays.as_attention` (a checked ``[B, H, Q, K]`` float array); an ``AttentionMap``: its array.
+
+    >>> from getlocal.maps import AttentionMap, TokenLayout, Segment
+    >>> lay = TokenLayout([Segment('image', 0, 4, grid=(2, 2))])
+    >>> as_attention(AttentionMap(np.full((2, 4, 4), 0.25), 'vit', 0, 'b', 0, 'encode', 0, lay, lay)).shape
+    (1, 2, 4, 4)
+    """
+    return _arrays.as_attention(_one_map(attn, name), name)
+
+
+def _one_map(value, name: str):
+    """The array of an ``AttentionMap``; a whole ``AttentionMaps`` is refused with the two ways to use it."""
+    if isinstance(value, AttentionMap):
+        return value.array
+    if isinstance(value, AttentionMaps):
+        raise ArgumentError(
+            f"{name} is one map, but an AttentionMaps of {len(value)} maps was given; pass one of them "
+            "(maps[0], or maps.select(...)[i]) or score them all with patterns.summarize(maps)")
+    return value
 
 
 def image_positions(image_tokens, k: int, name: str = "image_tokens"):
