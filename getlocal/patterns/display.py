@@ -33,6 +33,8 @@ UNIFORM_RANGE = 8.0
 #: How the colours grow away from white: ``|position from the centre| ** UNIFORM_GAMMA``;
 #: above 1 the centre stays pale longer (2x uniform: about a third of the full colour).
 UNIFORM_GAMMA = 1.5
+#: The matplotlib name of the 'uniform' scale's colour map (:func:`uniform_colors`), registered by :mod:`getlocal.plot`.
+UNIFORM_CMAP = "getlocal_uniform"
 #: ColorBrewer's RdBu (11 classes), blue (less than uniform) to red (more); white is uniform.
 _RDBU = ("#053061", "#2166ac", "#4393c3", "#92c5de", "#d1e5f0", "#f7f7f7",
          "#fddbc7", "#f4a582", "#d6604d", "#b2182b", "#67001f")

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap, LogNorm, Normalize
 
-from ..patterns.display import UNIFORM_RANGE, uniform_colors
+from ..patterns.display import UNIFORM_CMAP, UNIFORM_RANGE, uniform_colors
 
 SCALE_LABELS = {"uniform": "x uniform (attention x visible keys)", "log": "attention (log scale)",
            "linear": "attention"}
@@ -14,7 +14,7 @@ SCALE_LABELS = {"uniform": "x uniform (attention x visible keys)", "log": "atten
 
 #: White at its centre, 1 (uniform) on the 'uniform' scale, pale up to about 2x; the viewer draws the same colours.
 #: Registered with matplotlib under this name, so ``cmap="getlocal_uniform"`` works anywhere.
-NEUTRAL_CMAP = "getlocal_uniform"
+NEUTRAL_CMAP = UNIFORM_CMAP
 if NEUTRAL_CMAP not in matplotlib.colormaps:
     matplotlib.colormaps.register(ListedColormap(uniform_colors(256), name=NEUTRAL_CMAP))
 
