@@ -157,7 +157,7 @@ def page_size(maps: AttentionMaps, *, bits: int = 8, images: Optional[Dict[str, 
     >>> from getlocal.maps import AttentionMap, Segment, TokenLayout
     >>> lay = TokenLayout([Segment('image', 0, 4, grid=(2, 2))])
     >>> page_size(AttentionMaps([AttentionMap(np.zeros((1, 2, 4, 4)), 'vit', 0, 'a', 0, 'encode', 0, lay, lay)]))
-    40997
+    40170
     """
     total = 40_000  # the page's own HTML, CSS and script
     for m in maps:

@@ -63,11 +63,15 @@ def _fitting(ax, axis: str, positions, sizes, labels, n: int):
     per_token = length / max(n, 1)
     out, taken = [""] * len(labels), []
     for i in sorted(range(len(labels)), key=lambda i: -sizes[i]):
-        need = 0.62 * _TICK_FONT * len(labels[i]) + 4
-        lo, hi = (positions[i] + 0.5) * per_token - need / 2, (positions[i] + 0.5) * per_token + need / 2
-        if all(hi <= a or lo >= b for a, b in taken):
-            out[i] = labels[i]
-            taken.append((lo, hi))
+        # "image wrist" may shrink to "wrist" (the camera) where the whole name does not fit
+        tries = [labels[i]] + ([labels[i].split(" ", 1)[1]] if labels[i].startswith("image ") else [])
+        for label in tries:
+            need = 0.62 * _TICK_FONT * len(label) + 4
+            lo, hi = (positions[i] + 0.5) * per_token - need / 2, (positions[i] + 0.5) * per_token + need / 2
+            if all(hi <= a or lo >= b for a, b in taken):
+                out[i] = label
+                taken.append((lo, hi))
+                break
     return out
 
 
