@@ -149,47 +149,56 @@ def report(maps, images, info, out: Path, *, quiet: bool = False) -> None:
 def _plan_vision(plan: _Plan, tower: str, maps, images, info) -> None:
     step, phase = maps.steps[0]
     first = maps.select(step=step)
-    camera = first[0].camera
+    cameras = list(dict.fromkeys(m.camera for m in first))
+    for camera in cameras:  # every camera is scored and drawn (a wrist camera too), each under its own name
+        several = len(cameras) > 1 and camera is not None
+        _plan_camera(plan, tower, first, camera, f"{tower} {camera}" if several else tower,
+                     f"-{camera}" if several else "", step, phase, images, info)
+
+
+def _plan_camera(plan: _Plan, tower, first, camera, name, suffix, step, phase, images, info) -> None:
     layers = _layers(m for m in first if m.camera == camera)
     layout = next(iter(layers.values())).keys
     patch = (info.get("patch_size") or {}).get(tower)
     table = patterns.summarize({k: m.array for k, m in layers.items()}, image_tokens=layout.image(),
                                grid=layout.grid(), patch_size=patch)
     seen = f", camera {camera}" if camera else ""
-    plan.towers[tower] = {"title": f"step {step} {phase}{seen}, {len(layers)} layers, tokens {layout}",
-                          "table": table, "phase": phase, "step": step, "camera": camera, "layout": layout.to_dict()}
+    plan.towers[name] = {"title": f"step {step} {phase}{seen}, {len(layers)} layers, tokens {layout}",
+                         "table": table, "phase": phase, "step": step, "camera": camera, "layout": layout.to_dict()}
     picture = _picture_of(images, camera)
     cls = layout.find("cls")
     registers = layout.indices("register").tolist()
     for layer in _chosen(list(layers)):
         arr = layers[layer].array[0]
-        plan.figure(tower, phase, layer, "heads", lambda a=arr, lay=layout, t=f"{tower} layer {layer}": _titled(
+        plan.figure(tower, phase, layer, f"heads{suffix}", lambda a=arr, lay=layout, t=f"{name} layer {layer}": _titled(
             plot.layer_heads(a, layout=lay), t))
         if picture is None:
             continue
         for r, c in _query_cells(layout.grid()):
-            plan.figure(tower, phase, layer, f"query-r{r}c{c}", lambda a=arr, q=(r, c), t=f"{tower} layer {layer}":
+            plan.figure(tower, phase, layer, f"query{suffix}-r{r}c{c}", lambda a=arr, q=(r, c), t=f"{name} layer {layer}":
                         _titled(plot.grid_to_grid(a, picture, query=q, image_tokens=layout.image(), grid=layout.grid(),
                                                   cls_token=cls[0].start if cls else None,
                                                   registers=registers or None), t))
-    _plan_depth(plan, tower, phase, table, pixels=False)  # distances in patches, as in the tables
+    _plan_depth(plan, tower, phase, table, pixels=False, suffix=suffix, name=name)  # in patches, as in the tables
 
 
-def _plan_depth(plan: _Plan, tower, phase, table, pixels: bool) -> None:
+def _plan_depth(plan: _Plan, tower, phase, table, pixels: bool, suffix: str = "", name: str = "") -> None:
+    name = name or tower
+
     def patterns_by_depth():
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [1, 1.3]}, layout="constrained")
         plot.label_map(table, ax=axes[0])
         plot.pattern_scores(table, ax=axes[1])
-        return _titled(fig, f"{tower}: head labels and pattern scores by depth")
+        return _titled(fig, f"{name}: head labels and pattern scores by depth")
 
     def distance():
         fig, ax = plt.subplots(figsize=(4.4, 3.2))
         plot.attention_distance(table, ax=ax, pixels=pixels)
-        return _titled(fig, f"{tower}: mean attention distance")
+        return _titled(fig, f"{name}: mean attention distance (patches)")
 
-    plan.figure(tower, phase, "all", "patterns", patterns_by_depth)
+    plan.figure(tower, phase, "all", f"patterns{suffix}", patterns_by_depth)
     if not all(math.isnan(v) for v in table["distance"].ravel()):
-        plan.figure(tower, phase, "all", "distance", distance)
+        plan.figure(tower, phase, "all", f"distance{suffix}", distance)
 
 
 def _plan_language(plan: _Plan, tower: str, maps, images, info) -> None:
@@ -385,9 +394,12 @@ _LEGEND = [
                                          "(every query to the same few keys), block (within its own segment), mixed "
                                          "(none of these holds half of the attention)."),
     ("offset", "the offsets of the layer's diagonal heads: 0 itself, -1 the previous token, +1 the next."),
-    ("self", "mean over heads of the attention each query gives its own position (the diagonal)."),
-    ("nbr8", "mean over heads of the attention each image query gives its 8 neighbouring patches (stripes)."),
-    ("top2%", "mean over heads of the attention that goes to the top 2 % of keys (vertical lines: sinks, registers)."),
+    ("self", "mean over heads of the attention each query gives its own position (the diagonal); uniform "
+             "attention gives 1 / (keys it sees): {uniform_self}."),
+    ("nbr8", "mean over heads of the attention each image query gives its 8 neighbouring patches (stripes); "
+             "uniform attention gives at most 8 / (keys it sees)."),
+    ("top2%", "mean over heads of the attention that goes to the top 2 % of keys (vertical lines: sinks, registers); "
+              "uniform attention gives about 2 %: {uniform_top}."),
     ("dist", "mean attention distance in patches (ViT paper, Fig. 7): how far on the grid a query looks; "
              "uniform attention gives {uniform_distance}."),
     ("H/lnN", "mean attention entropy divided by ln(number of keys the query sees, read from the map: its past under "
@@ -416,6 +428,20 @@ def _uniform_distances(summary) -> str:
     return ", ".join(dict.fromkeys(parts)) or "no grid here"
 
 
+def _uniform_scores(summary) -> Dict[str, str]:
+    """What uniform attention scores on each scored tower's keys: self mass and top-2% mass, in words."""
+    self_, top = [], []
+    for tower, entry in summary["towers"].items():
+        segments = (entry.get("tokens") or {}).get("segments", [])
+        if not entry["layers"] or not segments:
+            continue
+        k = segments[-1]["stop"]
+        self_.append(f"{1 / k:.3f} with the {k} keys of {tower} (bidirectional; about ln K / K = {math.log(k) / k:.3f} "
+                     "causal)")
+        top.append(f"{math.ceil(0.02 * k) / k:.3f} for {tower}")
+    return {"uniform_self": "; ".join(self_) or "-", "uniform_top": "; ".join(top) or "-"}
+
+
 def _cell(value) -> str:
     if value is None or value == []:
         return "-"
@@ -433,9 +459,9 @@ def _markdown(summary: Dict[str, Any]) -> str:
     if summary.get("random_weights"):
         lines.append(f"- **{RANDOM_NOTE}**")
     if any(entry["layers"] for entry in summary["towers"].values()):
-        grids = _uniform_distances(summary)
+        refs = {"uniform_distance": _uniform_distances(summary), **_uniform_scores(summary)}
         lines += ["", "## Columns of the per-layer tables", ""] + [
-            f"- **{c}**: {text.format(uniform_distance=grids)}" for c, text in _LEGEND]
+            f"- **{c}**: {text.format(**refs)}" for c, text in _LEGEND]
     lines += ["", "## Steps", "",
              "| step | phase | maps per tower |", "| --- | --- | --- |"]
     for s in summary["steps"]:

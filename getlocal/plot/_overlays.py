@@ -140,7 +140,7 @@ def grid_to_grid(
     both = np.append(heat.ravel(), [shown[p] for _, p in extra]) if extra else heat
     colorbar(fig, im, both, SCALE_LABELS[scale], None, ax=axes[-1])
     how = "mean over heads" if head is None else f"head {head}"
-    axes[-1].set_title(f"its attention to patches ({how})", fontsize=9)
+    axes[-1].set_title(f"its attention to patches\n({how})", fontsize=9)
     if extra:
         cax = axes[1]
         # coloured on the overlay's scale (clipped at its ends), the number in the overlay's unit
