@@ -127,3 +127,17 @@ def test_camera_images_are_large_enough_to_read_a_16_by_16_grid(chromium, tmp_pa
     browser.open_page(chromium, path)
     width = chromium.execute_script("return document.querySelector('#cameras canvas').getBoundingClientRect().width")
     assert width / 16 >= 20  # at least 20 screen pixels a patch
+
+
+def test_hovering_over_a_camera_image_reads_the_patch_value(chromium, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    grid = TokenLayout([Segment("cls", 0, 1), Segment("image", 1, 17, grid=(4, 4))])
+    a = np.full((1, 1, 17, 17), 1 / 17)
+    m = AttentionMap(a, "vit", 0, "blocks.0", 0, "encode", 0, grid, grid)
+    path = view(AttentionMaps([m]), images={"image": np.zeros((64, 64, 3), np.uint8)}, out=tmp_path / "v.html").path
+    browser.open_page(chromium, path)
+    canvas = chromium.find_element("css selector", "#cameras canvas")
+    w, h = chromium.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.width, r.height];", canvas)
+    ActionChains(chromium).move_to_element_with_offset(canvas, int(w * (2.5 / 4) - w / 2), int(h * (1.5 / 4) - h / 2)).perform()
+    assert chromium.find_element("id", "hover").text == "image patch row 1, column 2 (key 7): 0.059 = 1.00x uniform"
