@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import timm  # noqa: E402
+timm = pytest.importorskip("timm")
 import torch  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
 
