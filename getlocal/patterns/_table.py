@@ -157,7 +157,8 @@ def summarize(
     ``get_local.cache['Attention.forward']``; layer names are 0, 1, ...) or a
     dict ``{layer name: map}``; each map is ``[H, Q, K]`` or ``[B, H, Q, K]``.
     The keyword arguments are those of :func:`head_scores` and apply to all
-    layers; ``causal=True`` for decoder (language-model) maps, ``segments=``
+    layers; which keys each query sees is read from each map (``causal=`` is
+    accepted and changes nothing, see :func:`head_scores`), ``segments=``
     (a TokenLayout of the keys) for the block score, ``exclude=`` to leave
     padding out (``exclude=m.padding`` for an :class:`~getlocal.maps.AttentionMap`).
 
