@@ -4,9 +4,8 @@
 
 Needs what the browser tests need (Chromium, ChromeDriver, selenium) and
 transformers for the tiny model. The model is random init, as the page itself
-says in its note: the picture shows the page, not a trained policy. The colours run from the
-smallest to the largest value shown (the "colours" control), so the small differences of random
-weights are visible; the legends give the values.
+says in its note: the picture shows the page, not a trained policy. The colours are the
+default, the figures' x-uniform scale: random weights stay pale, as on the PNGs.
 """
 import sys
 import tempfile
@@ -37,7 +36,7 @@ def main():
         browser.open_page(driver, page.path)
         driver.execute_script("""
             const pick = (id, v) => { const s = document.getElementById(id); s.value = v; s.dispatchEvent(new Event('change')); };
-            pick('step', '3'); pick('layer', '1'); pick('scale', 'range');""")
+            pick('step', '3'); pick('layer', '1');""")
         driver.find_element("css selector", '#strip .tok[data-pos="136"]').click()   # the last action token
         height = driver.execute_script("return document.documentElement.scrollHeight")
         driver.set_window_size(1400, height + 20)

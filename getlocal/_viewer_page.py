@@ -83,10 +83,11 @@ _HTML = r"""<!DOCTYPE html>
   <label id="variant-label">call <select id="variant"></select></label>
   <label>layer <select id="layer"></select></label>
   <label>head <select id="head"></select></label>
-  <label>colours <select id="scale"><option value="zero">0 to largest</option><option value="range">smallest to largest</option></select></label>
+  <label>colours <select id="scale"><option value="uniform" selected>x uniform (as the figures)</option><option value="zero">0 to largest</option><option value="range">smallest to largest</option></select></label>
   <span class="muted"><kbd>&larr;</kbd><kbd>&rarr;</kbd> layer &nbsp; <kbd>&uarr;</kbd><kbd>&darr;</kbd> head &nbsp; click a patch, a token or a matrix row to choose the query</span>
 </nav>
 <p id="status" role="status" aria-live="polite"></p>
+<p id="hover" class="muted" aria-live="off">Hover over a camera image or the matrix to read a value.</p>
 <main>
   <div>
     <section id="cameras-panel" aria-label="attention over the camera images">
@@ -117,7 +118,8 @@ _HTML = r"""<!DOCTYPE html>
       <div id="labels"></div>
       <p class="muted">A head is labelled after the pattern that holds at least half of its attention mass
         (<code>getlocal.patterns.classify_heads</code>): D diagonal (itself), S stripe (grid neighbours),
-        V vertical (the same few keys for every query), M mixed (none of them).</p>
+        V vertical (the same few keys for every query), B block (its own segment), M mixed (none of them);
+        the colours are those of the PNG figures.</p>
     </section>
   </div>
 </main>
@@ -138,7 +140,21 @@ const $ = (id) => document.getElementById(id);
 const KIND_COLORS = { bos: "#8c8c8c", text: "#ff7f0e", generated: "#d62728", action: "#d62728", state: "#8c564b",
                       cls: "#2ca02c", register: "#bcbd22", context: "#c7c7c7" };
 const CAMERA_COLORS = ["#1f77b4", "#17becf", "#9467bd", "#e377c2", "#393b79", "#637939"];
-const LABEL_COLORS = { diagonal: "#1f77b4", stripe: "#2ca02c", vertical: "#d62728", mixed: "#c7c7c7" };
+const LABEL_COLORS = D.label_colors;  // the figures' one table of label colours
+// the figures' 'uniform' scale: the same 256 colours (as matplotlib writes them), the same fixed log range
+const LUT = D.uniform.colors, LOG_RANGE = Math.log(D.uniform.range);
+const GREY = [217, 217, 217];  // keys a query cannot see, as on the PNGs
+function uniformColor(ratio) {  // matplotlib's LogNorm(1/range, range) then ListedColormap lookup
+  const t = (Math.log(ratio) + LOG_RANGE) / (2 * LOG_RANGE);
+  return LUT[Math.min(LUT.length - 1, Math.max(0, Math.floor(t * LUT.length)))];
+}
+// the colour of value x for a query that sees n keys (0: this key is hidden from it) on the chosen scale
+function paint(x, n, e) {
+  if (n === 0) return GREY;
+  return S.scale === "uniform" ? uniformColor(x * n) : ramp(unit(x, e));
+}
+const seen = (m, qi, k) => (k <= m.until[qi] ? m.until[qi] + 1 : 0);  // keys query qi sees, or 0 if k is hidden
+const ratioText = (x, n) => (n === 0 ? "not visible to this query" : `${fmt(x)} = ${(x * n).toPrecision(3)}x uniform`);
 // a dark-to-light perceptual ramp (purple, blue, teal, green, yellow): readable in both themes
 const RAMP = [[27, 12, 65], [59, 47, 128], [44, 111, 163], [33, 160, 138], [127, 205, 90], [245, 227, 75]];
 
@@ -214,7 +230,7 @@ D.maps.forEach((m, i) => {
 // ------------------------------------------------------------------ state
 
 const S = { tower: null, step: null, variant: null, layer: null, head: "mean", query: null, mi: null, message: "",
-            scale: "zero" };
+            scale: "uniform" };
 function extent(values) {  // the colour scale's ends: from 0, or from the smallest value shown (weak contrasts)
   let lo = Infinity, hi = 0;
   for (const x of values) { lo = Math.min(lo, x); hi = Math.max(hi, x); }
@@ -260,18 +276,27 @@ function fillSelect(el, options, current) {
 // ------------------------------------------------------------------ drawing
 
 function legend(el, e, what) {
+  if (S.scale === "uniform") {
+    const stops = [...Array(17).keys()].map((i) => `${css(LUT[Math.min(LUT.length - 1, Math.floor((i / 16) * LUT.length))])} ${(100 * i) / 16}%`).join(",");
+    const r = D.uniform.range;
+    el.innerHTML = `<span>attention ${what}, x uniform (attention × keys the query sees; grey: hidden):</span>` +
+      `<span><span class="bar" style="display:block;background:linear-gradient(90deg,${stops})"></span>` +
+      `<span class="ticks"><span>1/${r}x</span><span>1x</span><span>${r}x</span></span></span>`;
+    el.dataset.vmin = String(1 / r); el.dataset.vmax = String(r);
+    return;
+  }
   const stops = RAMP.map((c, i) => `${css(c)} ${(100 * i) / (RAMP.length - 1)}%`).join(",");
   el.innerHTML = `<span>attention ${what}:</span><span><span class="bar" style="display:block;background:linear-gradient(90deg,${stops})"></span>` +
     `<span class="ticks"><span>${fmt(e[0])}</span><span>${fmt((e[0] + e[1]) / 2)}</span><span>${fmt(e[1])}</span></span></span>`;
   el.dataset.vmin = String(e[0]); el.dataset.vmax = String(e[1]);
 }
 
-function heatCanvas(grid, heat, e, alpha) {  // one pixel per patch; drawImage scales it up bilinearly
+function heatCanvas(grid, heat, e, alpha, n) {  // one pixel per patch; drawImage scales it up bilinearly
   const c = document.createElement("canvas");
   c.width = grid[1]; c.height = grid[0];
   const ctx = c.getContext("2d"), img = ctx.createImageData(c.width, c.height);
   for (let i = 0; i < heat.length; i++) {
-    const col = ramp(unit(heat[i], e));
+    const col = paint(heat[i], n(i), e);
     img.data.set([col[0], col[1], col[2], 255 * alpha], 4 * i);
   }
   ctx.putImageData(img, 0, 0);
@@ -305,7 +330,7 @@ function drawCameras(row) {
       : `No picture saved for ${missing.map((s) => cameraKey(s, m) || "the image").join(", ")}: the heat is shown on the patch grid.`;
   for (const s of segs) {
     const key = cameraKey(s, m), g = imageGeometry(key, s), sq = squareOf(g);
-    const width = Math.min(300, Math.max(160, g.w)), scale = width / g.w;
+    const width = Math.min(480, Math.max(384, g.w)), scale = width / g.w;  // 24 px a patch on a 16 x 16 grid
     const fig = document.createElement("figure"), c = document.createElement("canvas");
     c.width = Math.round(g.w * scale); c.height = Math.round(g.h * scale);
     c.className = "clickable"; c.dataset.camera = key;
@@ -316,14 +341,30 @@ function drawCameras(row) {
     const pic = pictures[key];
     if (pic) ctx.drawImage(pic, 0, 0, c.width, c.height);
     ctx.imageSmoothingEnabled = true;
-    ctx.drawImage(heatCanvas(s.grid, heat, e, pic ? 0.6 : 1), sq.x * scale, sq.y * scale, sq.w * scale, sq.h * scale);
+    ctx.drawImage(heatCanvas(s.grid, heat, e, pic ? 0.6 : 1, (i) => seen(m, S.query, s.start + i)),
+                  sq.x * scale, sq.y * scale, sq.w * scale, sq.h * scale);
     const qpos = offset(m) + S.query;
     if (qpos >= s.start && qpos < s.stop) {  // outline the query patch
       const i = qpos - s.start, r = Math.floor(i / s.grid[1]), col = i % s.grid[1];
       const cw = (sq.w * scale) / s.grid[1], ch = (sq.h * scale) / s.grid[0];
-      ctx.lineWidth = 2; ctx.strokeStyle = "#ff2fa8";
-      ctx.strokeRect(sq.x * scale + col * cw, sq.y * scale + r * ch, cw, ch);
+      for (const [w, colour] of [[4, "#000"], [2, "#fff"]]) {  // a dark ring round a light one, as on the PNGs
+        ctx.lineWidth = w; ctx.strokeStyle = colour;
+        ctx.strokeRect(sq.x * scale + col * cw, sq.y * scale + r * ch, cw, ch);
+      }
     }
+    const patchAt = (ev) => {
+      const rect = c.getBoundingClientRect();
+      const u = ((ev.clientX - rect.left) / rect.width) * g.w - sq.x, v = ((ev.clientY - rect.top) / rect.height) * g.h - sq.y;
+      const col = Math.floor((u / sq.w) * s.grid[1]), r = Math.floor((v / sq.h) * s.grid[0]);
+      return col < 0 || r < 0 || col >= s.grid[1] || r >= s.grid[0] ? null : [r, col];
+    };
+    c.addEventListener("mousemove", (ev) => {
+      const p = patchAt(ev);
+      if (!p) return;
+      const k = s.start + p[0] * s.grid[1] + p[1];
+      const text = `${key || "image"} patch row ${p[0]}, column ${p[1]} (key ${k}): ${ratioText(heat[k - s.start], seen(m, S.query, k))}`;
+      c.title = text; $("hover").textContent = text;
+    });
     c.addEventListener("click", (ev) => {
       const rect = c.getBoundingClientRect();
       const u = ((ev.clientX - rect.left) / rect.width) * g.w - sq.x, v = ((ev.clientY - rect.top) / rect.height) * g.h - sq.y;
@@ -384,13 +425,13 @@ function paintStrip(row) {
   const m = D.maps[S.mi], strings = D.tokens[S.tower] || {};
   const e = extent(row), qpos = offset(m) + S.query;
   for (const t of $("strip").querySelectorAll(".tok")) {
-    const p = Number(t.dataset.pos), x = row[p], c = ramp(unit(x, e));
+    const p = Number(t.dataset.pos), x = row[p], n = seen(m, S.query, p), c = paint(x, n, e);
     t.style.background = css(c);
     t.style.color = c[0] * 0.299 + c[1] * 0.587 + c[2] * 0.114 > 140 ? "#111" : "#fff";
     t.classList.toggle("query", p === qpos);
     const seg = m.keys.find((s) => p >= s.start && p < s.stop);
     t.title = `position ${p} (${seg.kind}${seg.camera ? " " + seg.camera : ""})` +
-      (strings[p] !== undefined ? ` "${strings[p]}"` : "") + `: ${fmt(x)}`;
+      (strings[p] !== undefined ? ` "${strings[p]}"` : "") + `: ${ratioText(x, n)}`;
   }
   legend($("legend-strip"), e, "over all key tokens");
 }
@@ -412,7 +453,7 @@ function drawMatrix() {
   const ctx = c.getContext("2d"), img = ctx.createImageData(m.k, m.q);
   const e = extent(mat);
   for (let i = 0; i < mat.length; i++) {
-    const col = ramp(unit(mat[i], e));
+    const q = Math.floor(i / m.k), col = paint(mat[i], seen(m, q, i % m.k), e);
     img.data.set([col[0], col[1], col[2], 255], 4 * i);
   }
   ctx.putImageData(img, 0, 0);
@@ -427,6 +468,13 @@ function drawMatrix() {
   mark.style.top = `${10 + ((S.query + 0.5) * height) / m.q}px`; mark.style.width = `${width}px`;
   legend($("legend-matrix"), e, `in the matrix (${m.q} queries \u00d7 ${m.k} keys; the bands are the token kinds)`);
 }
+$("matrix").addEventListener("mousemove", (ev) => {
+  const m = D.maps[S.mi], rect = $("matrix").getBoundingClientRect();
+  const q = Math.min(m.q - 1, Math.max(0, Math.floor(((ev.clientY - rect.top) / rect.height) * m.q)));
+  const k = Math.min(m.k - 1, Math.max(0, Math.floor(((ev.clientX - rect.left) / rect.width) * m.k)));
+  const text = `query ${offset(m) + q}, key ${k}: ${ratioText(matrixShown[q * m.k + k], seen(m, q, k))}`;
+  $("matrix").title = text; $("hover").textContent = text;
+});
 $("matrix").addEventListener("click", (ev) => {
   const m = D.maps[S.mi], rect = $("matrix").getBoundingClientRect();
   S.query = Math.min(m.q - 1, Math.max(0, Math.floor(((ev.clientY - rect.top) / rect.height) * m.q)));
@@ -545,8 +593,8 @@ if (D.batches > 1) infoParts.push(`batch item ${D.batch} of ${D.batches}`);
 $("info").textContent = infoParts.join(" \u00b7 ");
 if (/random/i.test(D.info.weights || "")) {
   $("random").hidden = false;
-  $("random").textContent = "Random weights: the attention is close to uniform and the labels mostly 'mixed'; " +
-    "this page shows the machinery, trained weights show the patterns.";
+  $("random").textContent = "Random weights: on the default x-uniform colours (as the figures) their departures from " +
+    "uniform attention stay pale within about 0.5-2x; the labels are not learned patterns. Trained weights show them.";
 }
 const levels = 2 ** D.bits - 1, bad = D.maps.reduce((n, m) => n + m.nonfinite, 0);
 $("quant").textContent = `Stored with ${D.bits} bits per value: each row (one query of one head) between its minimum and ` +

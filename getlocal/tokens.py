@@ -219,23 +219,38 @@ class KindShares:
     query kinds, key kinds]`` and ``rows`` labels the maps (tower, layer,
     step, phase), NaN where a map lacks a kind or a head.
 
+    ``uniform`` has the shape of ``values`` and holds the baseline: what
+    uniform attention over the keys each query sees would give (the share of
+    that query's visible keys of each kind, averaged over the same queries).
+    A share is a finding only as far as it departs from it: 0.93 of the
+    attention on image tokens means nothing when 0.93 of the keys are image
+    tokens. ``baseline()`` reads it as ``share()`` reads ``values``.
+
     >>> import numpy as np
     >>> from getlocal.tokens import Segment, TokenLayout
     >>> layout = TokenLayout([Segment("image", 0, 2), Segment("text", 2, 4)])
     >>> s = kind_shares(np.full((1, 4, 4), 0.25), layout, layout)
-    >>> s.key_kinds, s.share("text", "image").tolist()
-    (('image', 'text'), [0.5])
+    >>> s.key_kinds, s.share("text", "image").tolist(), s.baseline("text", "image").tolist()
+    (('image', 'text'), [0.5], [0.5])
     """
 
     def __init__(self, values: np.ndarray, query_kinds: Sequence[str], key_kinds: Sequence[str],
-                 rows: Optional[Sequence[Dict[str, Any]]] = None):
+                 rows: Optional[Sequence[Dict[str, Any]]] = None, uniform: Optional[np.ndarray] = None):
         self.values = values
+        self.uniform = np.full_like(values, np.nan, dtype=np.float64) if uniform is None else uniform
         self.query_kinds = tuple(query_kinds)
         self.key_kinds = tuple(key_kinds)
         self.rows = list(rows) if rows is not None else None
 
     def share(self, query: str, key: str) -> np.ndarray:
         """``values[..., query, key]``; ``key="image"`` sums every camera."""
+        return self._read(self.values, query, key)
+
+    def baseline(self, query: str, key: str) -> np.ndarray:
+        """What :meth:`share` would be under uniform attention over each query's visible keys (``uniform``)."""
+        return self._read(self.uniform, query, key)
+
+    def _read(self, table, query, key):
         _check.text("query", query), _check.text("key", key)
         if query not in self.query_kinds:
             raise _check.ArgumentError(f"query={query!r} is not a query kind here; they are {', '.join(self.query_kinds)}")
@@ -243,29 +258,61 @@ class KindShares:
         if not cols:
             raise _check.ArgumentError(f"key={key!r} is not a key kind here; they are {', '.join(self.key_kinds)}")
         with np.errstate(invalid="ignore"):
-            v = self.values[..., self.query_kinds.index(query), :][..., cols]
+            v = table[..., self.query_kinds.index(query), :][..., cols]
             return np.where(np.isnan(v).all(-1), np.nan, np.nansum(v, -1))
 
     def to_records(self) -> List[Dict[str, Any]]:
-        """Plain dicts (head means), one per row and query kind: ``{..., "query": kind, key kind: share}``."""
+        """Plain dicts (head means), one per row and query kind: ``{..., "query": kind, key kind: share}``.
+
+        Each key kind also has its baseline under ``"<kind> uniform"`` (see ``uniform``).
+        """
         vals = self.values if self.rows is not None else self.values[None]
+        base = self.uniform if self.rows is not None else self.uniform[None]
         rows = self.rows if self.rows is not None else [{}]
         out = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a kind missing from a map: NaN, said in the docstring
             mean = np.nanmean(vals, axis=1)  # over heads
+            base_mean = np.nanmean(base, axis=1)
         for r, row in enumerate(rows):
             for i, qk in enumerate(self.query_kinds):
                 if np.isnan(mean[r, i]).all():
                     continue
                 rec = dict(row, query=qk)
                 rec.update({kk: plain_float(mean[r, i, j]) for j, kk in enumerate(self.key_kinds)})
+                rec.update({f"{kk} uniform": plain_float(base_mean[r, i, j]) for j, kk in enumerate(self.key_kinds)})
                 out.append(rec)
         return out
 
     def __repr__(self):
         return (f"KindShares({tuple(self.values.shape)}: queries {', '.join(self.query_kinds)}; "
                 f"keys {', '.join(self.key_kinds)})")
+
+
+def visible_until(a: np.ndarray) -> np.ndarray:
+    """``[B, Q]``: the last key position each query row of a ``[B, H, Q, K]`` map can see, read from the map.
+
+    A mask (causal, padding, a prefix-LM's) leaves exactly 0 in every head
+    where softmax met ``-inf``; a key that a query can see gets a positive
+    weight in some head (underflow to exactly 0 in every head needs a logit
+    gap above ~100 in float32). So query ``q`` (at key position ``K - Q + q``)
+    sees the keys up to the later of its own position and the last key that
+    any head of its row gives weight: a causal row sees its past, a
+    bidirectional row every key, a prefix-LM's prefix row the prefix. A row
+    that is 0 everywhere (a padding query) sees nothing: -1. A block mask that
+    hides earlier segments is not told apart from a row that ignores them, so
+    entropies there are divided by more keys than the row sees (never above 1).
+    Nothing is assumed from the tower: the map says it.
+
+    >>> import numpy as np
+    >>> visible_until(np.tril(np.ones((1, 1, 3, 3)))).tolist(), visible_until(np.ones((1, 1, 3, 3))).tolist()
+    ([[0, 1, 2]], [[2, 2, 2]])
+    """
+    q, k = a.shape[-2:]
+    nz = (a != 0).any(axis=1)                            # [B, Q, K]
+    last = k - 1 - nz[..., ::-1].argmax(-1)
+    own = np.arange(k - q, k)
+    return np.where(nz.any(-1), np.maximum(last, own), -1)
 
 
 def _kind_names(layout) -> List[str]:
@@ -290,9 +337,12 @@ def kind_shares(attn, queries, keys, *, padding=None) -> KindShares:
     ``[K]`` or ``[B, K]`` bool mask (``AttentionMap.padding``) of the padded
     positions; they count as kind ``"padding"`` for queries and keys, so the
     attention spreading onto padding shows up in the ``"padding"`` column.
-    Reference values: uniform attention over ``K`` keys gives each key kind
-    its token count over ``K``; with rows summing to 1 the key shares of a
-    query kind sum to 1. FastV (Chen et al., ECCV 2024, Fig. 2) reads this
+    The baseline (``KindShares.uniform``, ``.baseline()``) is what uniform
+    attention over the keys each query sees would give: per query, the share
+    of its visible keys of each kind (visibility read from the map, see
+    :func:`visible_until`; padding keys are never visible), averaged over the
+    queries as the share is. With rows summing to 1 the key shares of a query
+    kind sum to 1, and so do the baselines. FastV (Chen et al., ECCV 2024, Fig. 2) reads this
     table for the image column: how little attention text tokens give the
     image after the first layers. Returns :class:`KindShares` with ``values
     [heads, query kinds, key kinds]`` (batch mean).
@@ -301,8 +351,9 @@ def kind_shares(attn, queries, keys, *, padding=None) -> KindShares:
     >>> from getlocal.tokens import Segment, TokenLayout
     >>> layout = TokenLayout([Segment("bos", 0, 1), Segment("text", 1, 4)])
     >>> a = np.zeros((1, 4, 4)); a[0, :, 0] = 1            # every token on BOS
-    >>> kind_shares(a, layout, layout).share("text", "bos").tolist()
-    [1.0]
+    >>> s = kind_shares(a, layout, layout)
+    >>> s.share("text", "bos").tolist(), s.baseline("text", "bos").round(3).tolist()  # causal-looking: 1/2, 1/3, 1/4
+    ([1.0], [0.361])
     """
     a = as_attention(attn)
     nb, nh, q, k = a.shape
@@ -326,23 +377,33 @@ def kind_shares(attn, queries, keys, *, padding=None) -> KindShares:
         pad = np.broadcast_to(pad.reshape(-1, k), (nb, k))
         kn[pad] = "padding"
         qn[pad[:, k - q :]] = "padding"
+    vis = np.arange(k) <= visible_until(a)[..., None]   # [B, Q, K]
+    if padding is not None:
+        vis &= ~pad[:, None, :]
     qkinds = list(dict.fromkeys(qn.ravel()))
     kkinds = list(dict.fromkeys(kn.ravel()))
     rows = a.sum(-1, keepdims=True)
     norm = np.where(rows > 0, a / np.where(rows > 0, rows, 1), 0)  # [B, H, Q, K]
     per_key = np.zeros((nb, nh, q, len(kkinds)))
+    n_vis = np.maximum(vis.sum(-1), 1)                   # [B, Q]
+    per_key_uniform = np.zeros((nb, q, len(kkinds)))
     for j, kk in enumerate(kkinds):
         cols = (kn == kk)  # [B, K]
         per_key[..., j] = np.einsum("bhqk,bk->bhq", norm, cols.astype(norm.dtype))
+        per_key_uniform[..., j] = (vis & cols[:, None, :]).sum(-1) / n_vis
     values = np.full((nh, len(qkinds), len(kkinds)), np.nan)
+    uniform = np.full_like(values, np.nan)
     live = rows[..., 0] > 0  # [B, H, Q]
     for i, qk in enumerate(qkinds):
         sel = (qn == qk)[:, None, :] & live  # [B, H, Q]
         count = sel.sum((0, 2))
         total = np.einsum("bhqj,bhq->hj", per_key, sel.astype(per_key.dtype))
+        total_uniform = np.einsum("bqj,bhq->hj", per_key_uniform, sel.astype(np.float64))
         with np.errstate(invalid="ignore", divide="ignore"):
-            values[:, i, :] = np.where(count[:, None] > 0, total / np.where(count > 0, count, 1)[:, None], np.nan)
-    return KindShares(values, qkinds, kkinds)
+            n = np.where(count > 0, count, 1)[:, None]
+            values[:, i, :] = np.where(count[:, None] > 0, total / n, np.nan)
+            uniform[:, i, :] = np.where(count[:, None] > 0, total_uniform / n, np.nan)
+    return KindShares(values, qkinds, kkinds, uniform=uniform)
 
 
 def stack_kind_shares(parts: Sequence[KindShares], rows: Sequence[Dict[str, Any]]) -> KindShares:
@@ -355,8 +416,10 @@ def stack_kind_shares(parts: Sequence[KindShares], rows: Sequence[Dict[str, Any]
     kk = list(dict.fromkeys(k for p in parts for k in p.key_kinds))
     heads = max((p.values.shape[0] for p in parts), default=0)
     values = np.full((len(parts), heads, len(qk), len(kk)), np.nan)
+    uniform = np.full_like(values, np.nan)
     for n, p in enumerate(parts):
         qi = [qk.index(k) for k in p.query_kinds]
         ki = [kk.index(k) for k in p.key_kinds]
         values[n, : p.values.shape[0]][np.ix_(range(p.values.shape[0]), qi, ki)] = p.values
-    return KindShares(values, qk, kk, rows)
+        uniform[n, : p.values.shape[0]][np.ix_(range(p.values.shape[0]), qi, ki)] = p.uniform
+    return KindShares(values, qk, kk, rows, uniform=uniform)

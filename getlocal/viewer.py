@@ -40,6 +40,12 @@ from ._convert import converter
 from ._errors import GetLocalError
 from ._viewer_page import data_json, render  # noqa: F401 (data_json: re-exported, viewer.data_json as before)
 from .maps import AttentionMaps
+from .patterns.display import LABEL_COLORS, UNIFORM_RANGE, uniform_colors
+from .tokens import visible_until
+
+#: The largest page :func:`view` writes, in MB (``max_mb=``): a browser tab slows down well before a few hundred
+#: MB, and a DINOv2-with-registers capture of every layer and step makes one.
+MAX_PAGE_MB = 100.0
 
 _to_numpy = converter("numpy")
 
@@ -84,7 +90,8 @@ class View:
 
 
 def view(maps_or_path, *, out=None, images: Optional[Dict[str, Any]] = None, tokens=None, pad_to_square=None,
-         info: Optional[Dict[str, Any]] = None, bits: int = 8, batch: int = 0, title: Optional[str] = None) -> View:
+         info: Optional[Dict[str, Any]] = None, bits: int = 8, batch: int = 0, title: Optional[str] = None,
+         max_mb: float = MAX_PAGE_MB) -> View:
     """The interactive page of a capture, as a :class:`View`; written to ``out`` when given.
 
     ``maps_or_path``: ``AttentionMaps`` (an adapter's ``collect()``) or the
@@ -100,6 +107,19 @@ def view(maps_or_path, *, out=None, images: Optional[Dict[str, Any]] = None, tok
     the padding cropped away. ``bits``: 8 or 16 per value (see the module
     docstring for the error bound). ``batch``: which batch item to show.
 
+    Colours: by default the figures' 'uniform' scale, the same colours as the
+    PNGs (:func:`getlocal.patterns.display.uniform_colors`: attention times the
+    keys the query sees, white = uniform, fixed 1/8x-8x log range, so a sink
+    at 1.0 saturates its own cell and flattens nothing else); keys a query
+    cannot see (read from the map, :func:`getlocal.tokens.visible_until`) are
+    grey on every scale; hovering over a camera image or the matrix shows the
+    value under the pointer. The pattern labels take the figures' colours
+    (``LABEL_COLORS``).
+
+    ``max_mb``: the page's size is estimated before anything is encoded; above
+    it (default ``MAX_PAGE_MB``, 100 MB) ``view`` refuses, naming the estimate
+    and how to shrink it (``maps.select(tower=, step=, layer=)``).
+
     >>> import tempfile
     >>> view(tempfile.mkdtemp())
     Traceback (most recent call last):
@@ -109,6 +129,15 @@ def view(maps_or_path, *, out=None, images: Optional[Dict[str, Any]] = None, tok
     maps, images, info = _source(maps_or_path, images, info)
     if bits not in (8, 16):
         raise GetLocalError(f"view(bits={bits!r}): give 8 (the default, about 1 byte per value) or 16")
+    if isinstance(max_mb, bool) or not isinstance(max_mb, (int, float)) or not max_mb > 0:
+        raise GetLocalError(f"view(max_mb={max_mb!r}): give the largest page to write, in MB (a positive number)")
+    estimate = page_size(maps, bits=bits, images=images)
+    if estimate > max_mb * 2**20:
+        raise GetLocalError(
+            f"this page would be about {estimate / 2**20:.0f} MB ({len(maps)} maps of {', '.join(maps.towers)}), "
+            f"above max_mb={max_mb:g}: show fewer maps, e.g. view(maps.select(tower={maps.towers[0]!r}, "
+            f"step={maps.steps[0][0]}, layer=[...]), images=...) (for a saved capture: getlocal.load(DIR).select(...)), "
+            f"or raise max_mb")
     tokens = tokens if tokens is not None else info.get("tokens")
     pad_to_square = pad_to_square if pad_to_square is not None else info.get("pad_to_square", False)
     data = _page_data(maps, images, info, tokens, pad_to_square, bits, int(batch), title)
@@ -116,6 +145,27 @@ def view(maps_or_path, *, out=None, images: Optional[Dict[str, Any]] = None, tok
     if out is not None:
         page.save(out)
     return page
+
+
+def page_size(maps: AttentionMaps, *, bits: int = 8, images: Optional[Dict[str, Any]] = None) -> int:
+    """The page's size in bytes, estimated from the maps' shapes alone (nothing is encoded): what ``max_mb`` checks.
+
+    Each value takes ``bits / 8`` bytes and each row 8 more (its minimum and
+    step), times 4/3 for base64; a picture at most its raw RGB bytes.
+
+    >>> import numpy as np
+    >>> from getlocal.maps import AttentionMap, Segment, TokenLayout
+    >>> lay = TokenLayout([Segment('image', 0, 4, grid=(2, 2))])
+    >>> page_size(AttentionMaps([AttentionMap(np.zeros((1, 2, 4, 4)), 'vit', 0, 'a', 0, 'encode', 0, lay, lay)]))
+    40170
+    """
+    total = 40_000  # the page's own HTML, CSS and script
+    for m in maps:
+        _, heads, q, k = m.shape
+        total += (heads * q * (k * bits // 8 + 8) + q * 8) * 4 // 3
+    for picture in (images or {}).values():
+        total += int(np.asarray(picture).size) * 4 // 3
+    return total
 
 
 # --------------------------------------------------------------------------- input
@@ -183,6 +233,8 @@ def _page_data(maps: AttentionMaps, images, info, tokens, pad_to_square, bits, b
             "heads": int(a.shape[0]), "q": int(a.shape[1]), "k": int(a.shape[2]),
             "queries": [s.to_dict() for s in m.queries.segments], "keys": [s.to_dict() for s in m.keys.segments],
             "labels": _labels(m, a), "data": blob, "scales": scales, "nonfinite": bad,
+            # the last key each query row sees, read from the map itself (as the scores and the PNGs read it)
+            "until": visible_until(np.asarray(a, dtype=np.float32)[None])[0].tolist(),
         })
     for indices in variants.values():  # the first of several calls only learns it has siblings afterwards
         named = len({maps[i].camera for i in indices}) == len(indices) and None not in {maps[i].camera for i in indices}
@@ -197,6 +249,10 @@ def _page_data(maps: AttentionMaps, images, info, tokens, pad_to_square, bits, b
         "maps": entries,
         "tokens": _token_strings(tokens, maps.towers),
         "images": _pictures(cameras, images, pad_to_square),
+        # the PNGs' colour language: one table of colours (as matplotlib turns it into bytes), one range, the
+        # same label colours
+        "uniform": {"colors": (255 * uniform_colors(256)).astype(np.uint8).tolist(), "range": UNIFORM_RANGE},
+        "label_colors": LABEL_COLORS,
     }
 
 
@@ -226,11 +282,10 @@ def _labels(m, a: np.ndarray) -> Optional[List[str]]:
     """The per-head pattern labels of a square (prompt) map, as :func:`getlocal.plot.label_map` shows them."""
     if a.shape[-2] != a.shape[-1]:
         return None  # a decode map's one query row is no pattern
-    vision = {s.kind for s in m.keys.segments} <= _VISION_KINDS
     images = m.keys.find("image")
     grid = {"image_tokens": images[0].slice, "grid": images[0].grid} if images and images[0].grid else {}
     try:
-        return patterns.classify_heads(a, causal=not vision, **grid)
+        return patterns.classify_heads(a, **grid)  # which keys each row sees: read from the map
     except (GetLocalError, ValueError):
         return None
 
@@ -293,4 +348,4 @@ def _b64_bytes(blob: bytes) -> str:
     return base64.b64encode(blob).decode("ascii")
 
 
-__all__ = ["view", "View"]
+__all__ = ["view", "View", "page_size", "MAX_PAGE_MB"]

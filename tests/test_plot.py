@@ -132,12 +132,33 @@ def test_grid_to_grid_highlights_the_query_and_peaks_over_the_attended_patch():
     a = peak_map(197, 1 + target[0] * 14 + target[1], 1 + query[0] * 14 + query[1])
     fig = plot.grid_to_grid(a, np.zeros((224, 224, 3)), query=query, image_tokens=slice(1, 197), scale="linear")
     left, right = fig.axes[0], fig.axes[1]
-    r, g, b = pixel(fig, left, 3.5 * 16, 2.5 * 16)
-    assert r > 100 and g < 20 and b < 20
+    ring = pixel(fig, left, 3 * 16 + 0.3, 2.5 * 16)  # the outline on the query cell's left edge
+    assert ring.min() > 200  # white on a black picture
     hot = pixel(fig, right, 11.5 * 16, 10.5 * 16)
     cold = pixel(fig, right, 2.5 * 16, 2.5 * 16)
     assert hot[0] > 50 and hot[2] < 10  # the top of 'jet' is red
     assert cold[2] > 50 and cold[0] < 10  # its bottom is blue
+
+
+def test_grid_to_grid_outlines_the_query_so_that_it_shows_on_a_bright_patch():
+    fig = plot.grid_to_grid(np.full((197, 197), 1 / 197), np.ones((224, 224, 3)), query=(2, 3),
+                            image_tokens=slice(1, 197))
+    buf = render(fig)
+    left = fig.axes[0]
+    xs = [left.transData.transform((3 * 16 + d, 2.5 * 16)) for d in np.linspace(-3, 3, 25)]
+    darkest = min(buf[int(buf.shape[0] - py), int(px)].max() for px, py in xs)
+    assert darkest < 60  # a black ring round the cell, on a white picture
+    assert "mean over heads" in fig.axes[-2].get_title() or "mean over heads" in fig.axes[1].get_title()
+
+
+def test_grid_to_grid_writes_cls_and_registers_in_the_overlay_unit():
+    a = np.full((1, 69, 69), 1 / 69)
+    fig = plot.grid_to_grid(a, np.zeros((32, 32, 3)), query=(1, 1), image_tokens=slice(5, 69), grid=(8, 8),
+                            cls_token=0, registers=[1, 2, 3, 4])
+    box = fig.axes[1]
+    assert [t.get_text() for t in box.texts] == ["1x"] * 5
+    assert [t.get_text() for t in box.get_yticklabels()] == ["CLS", "reg 0", "reg 1", "reg 2", "reg 3"]
+    assert box.get_title() == "x uniform"
 
 
 @pytest.mark.parametrize("weight, text", [(0.004, "0.004"), (0.9, "0.9")])
@@ -150,7 +171,7 @@ def test_grid_to_grid_shows_the_class_token_weight_as_its_real_value(weight, tex
                             scale="linear")
     cls_ax = fig.axes[1]
     assert [t.get_text() for t in cls_ax.texts] == [text]
-    assert cls_ax.get_title() == "CLS"
+    assert cls_ax.get_title() == "weight" and [t.get_text() for t in cls_ax.get_yticklabels()] == ["CLS"]
     if weight > a[0, 31, 1:].max():  # above the patches' scale: drawn as its top colour, bar extended
         assert np.allclose(cls_ax.images[0].get_array(), weight)
         assert np.allclose(pixel(fig, cls_ax, 0.3, 0.3), cmap_rgb("jet", 1.0), atol=2)

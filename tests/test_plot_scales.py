@@ -101,8 +101,8 @@ def test_the_colour_bar_states_the_scale_with_values():
     fig, ax = plt.subplots()
     plot.attention_map(np.full((1, 8, 8), 1 / 8), ax=ax)
     bar = ax.images[0].colorbar
-    assert bar.ax.get_ylabel() == "attention x visible keys (1 = uniform)"
-    assert isinstance(bar.norm, LogNorm) and bar.norm.vmin == pytest.approx(0.5) and bar.norm.vmax == pytest.approx(2)
+    assert bar.ax.get_ylabel() == "x uniform (attention x visible keys)"
+    assert isinstance(bar.norm, LogNorm) and bar.norm.vmin == pytest.approx(1 / 8) and bar.norm.vmax == pytest.approx(8)
     fig.canvas.draw()
     assert any(t.get_text() for t in bar.ax.get_yticklabels() + bar.ax.get_yticklabels(minor=True))
 

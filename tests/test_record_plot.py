@@ -67,7 +67,10 @@ def test_the_grid_has_a_panel_per_camera_and_step_and_the_share_plot_a_column_pe
 
     ax = plot.episode_image_share(run, ax=plt.subplots()[1])
     share = ax.images[0].get_array()
-    assert share.shape == (1, 5) and np.allclose(share[0], [0.5, 0.6, 0.7, 0.8, 0.9])
+    # the share over its baseline: the action rows (positions 18, 19) see 19 and 20 keys, 16 of them image patches
+    baseline = np.mean([16 / 19, 16 / 20])
+    assert share.shape == (1, 5) and np.allclose(share[0], np.array([0.5, 0.6, 0.7, 0.8, 0.9]) / baseline)
+    assert "x uniform" in ax.get_title() and "uniform attention gives 0.82" in ax.get_title()
 
 
 def test_python_m_getlocal_plot_draws_a_recorded_run(tmp_path, capsys):

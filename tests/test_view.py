@@ -231,6 +231,9 @@ def test_the_colour_legends_give_the_values_of_the_scale_from_zero_or_from_the_s
     browser.open_page(chromium, page_of(pi0_capture, tmp_path))
     legend = chromium.find_element("id", "legend-strip")
     row = shown(chromium)
+    # the default is the figures' fixed x-uniform range
+    assert float(legend.get_attribute("data-vmin")) == 1 / 8 and float(legend.get_attribute("data-vmax")) == 8
+    choose(chromium, "scale", "zero")
     assert float(legend.get_attribute("data-vmin")) == 0 and float(legend.get_attribute("data-vmax")) == row.max()
     choose(chromium, "scale", "range")
     assert float(legend.get_attribute("data-vmin")) == row.min()
@@ -264,10 +267,10 @@ def test_a_letterboxed_picture_gets_its_heat_and_its_clicks_on_the_padded_square
     path = view(maps, images={"image": picture}, pad_to_square=True, out=tmp_path / "pad.html").path
     browser.open_page(chromium, path)
     click_token(chromium, 0)
-    brightest = chromium.execute_script("""
+    brightest = chromium.execute_script("""  // the reddest pixel: the top of the x-uniform scale
         const c = document.querySelector('#cameras canvas'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-        let best = -1, at = 0;
-        for (let i = 0; i < d.length; i += 4) { const s = d[i] + d[i + 1] + d[i + 2]; if (s > best) { best = s; at = i / 4; } }
+        let best = -1e9, at = 0;
+        for (let i = 0; i < d.length; i += 4) { const s = d[i] - d[i + 2]; if (s > best) { best = s; at = i / 4; } }
         return [at % c.width / c.width * 64, Math.floor(at / c.width) / c.height * 32];""")
     # patch (1, 2) covers x 32..48 and, in the square, y 16..32: the picture's rows 0..16
     assert 32 <= brightest[0] <= 48 and 0 <= brightest[1] <= 16, brightest

@@ -22,6 +22,7 @@ import numpy as np
 from getlocal import GetLocalError, patterns, plot
 from getlocal._files import safe_name, write_atomic
 from getlocal.maps import AttentionMaps
+from getlocal.patterns import display
 
 DPI = 110  # a 16 x 16 patch grid stays legible in a 2.6 inch panel
 _VISION_KINDS = {"cls", "register", "image"}
@@ -104,9 +105,10 @@ def random_weights(info) -> bool:
     return str(info.get("weights") or "").startswith("random init")
 
 
-RANDOM_NOTE = ("these weights are random: every head is close to uniform attention (white on the figures' scale) "
-               "and labelled mixed; the figures show the machinery, not learned patterns. For trained weights: "
-               "--pretrained, or --weights PATH to a checkpoint on disk")
+RANDOM_NOTE = ("these weights are random: what the figures show is how far from uniform attention random weights "
+               "already are (each figure's title measures it: the smallest and largest ratio to uniform and the share "
+               "of entries outside 0.8-1.25x), not learned patterns; on the figures' fixed 1/8x-8x scale such noise "
+               "stays pale. For trained weights: --pretrained, or --weights PATH to a checkpoint on disk")
 
 
 def report(maps, images, info, out: Path, *, quiet: bool = False) -> None:
@@ -147,45 +149,56 @@ def report(maps, images, info, out: Path, *, quiet: bool = False) -> None:
 def _plan_vision(plan: _Plan, tower: str, maps, images, info) -> None:
     step, phase = maps.steps[0]
     first = maps.select(step=step)
-    camera = first[0].camera
+    cameras = list(dict.fromkeys(m.camera for m in first))
+    for camera in cameras:  # every camera is scored and drawn (a wrist camera too), each under its own name
+        several = len(cameras) > 1 and camera is not None
+        _plan_camera(plan, tower, first, camera, f"{tower} {camera}" if several else tower,
+                     f"-{camera}" if several else "", step, phase, images, info)
+
+
+def _plan_camera(plan: _Plan, tower, first, camera, name, suffix, step, phase, images, info) -> None:
     layers = _layers(m for m in first if m.camera == camera)
     layout = next(iter(layers.values())).keys
     patch = (info.get("patch_size") or {}).get(tower)
     table = patterns.summarize({k: m.array for k, m in layers.items()}, image_tokens=layout.image(),
                                grid=layout.grid(), patch_size=patch)
     seen = f", camera {camera}" if camera else ""
-    plan.towers[tower] = {"title": f"step {step} {phase}{seen}, {len(layers)} layers, tokens {layout}",
-                          "table": table, "phase": phase, "step": step, "camera": camera, "layout": layout.to_dict()}
+    plan.towers[name] = {"title": f"step {step} {phase}{seen}, {len(layers)} layers, tokens {layout}",
+                         "table": table, "phase": phase, "step": step, "camera": camera, "layout": layout.to_dict()}
     picture = _picture_of(images, camera)
     cls = layout.find("cls")
+    registers = layout.indices("register").tolist()
     for layer in _chosen(list(layers)):
         arr = layers[layer].array[0]
-        plan.figure(tower, phase, layer, "heads", lambda a=arr, lay=layout, t=f"{tower} layer {layer}": _titled(
+        plan.figure(tower, phase, layer, f"heads{suffix}", lambda a=arr, lay=layout, t=f"{name} layer {layer}": _titled(
             plot.layer_heads(a, layout=lay), t))
         if picture is None:
             continue
         for r, c in _query_cells(layout.grid()):
-            plan.figure(tower, phase, layer, f"query-r{r}c{c}", lambda a=arr, q=(r, c), t=f"{tower} layer {layer}":
+            plan.figure(tower, phase, layer, f"query{suffix}-r{r}c{c}", lambda a=arr, q=(r, c), t=f"{name} layer {layer}":
                         _titled(plot.grid_to_grid(a, picture, query=q, image_tokens=layout.image(), grid=layout.grid(),
-                                                  cls_token=cls[0].start if cls else None), t))
-    _plan_depth(plan, tower, phase, table, pixels=patch is not None)
+                                                  cls_token=cls[0].start if cls else None,
+                                                  registers=registers or None), t))
+    _plan_depth(plan, tower, phase, table, pixels=False, suffix=suffix, name=name)  # in patches, as in the tables
 
 
-def _plan_depth(plan: _Plan, tower, phase, table, pixels: bool) -> None:
+def _plan_depth(plan: _Plan, tower, phase, table, pixels: bool, suffix: str = "", name: str = "") -> None:
+    name = name or tower
+
     def patterns_by_depth():
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [1, 1.3]}, layout="constrained")
         plot.label_map(table, ax=axes[0])
         plot.pattern_scores(table, ax=axes[1])
-        return _titled(fig, f"{tower}: head labels and pattern scores by depth")
+        return _titled(fig, f"{name}: head labels and pattern scores by depth")
 
     def distance():
         fig, ax = plt.subplots(figsize=(4.4, 3.2))
         plot.attention_distance(table, ax=ax, pixels=pixels)
-        return _titled(fig, f"{tower}: mean attention distance")
+        return _titled(fig, f"{name}: mean attention distance (patches)")
 
-    plan.figure(tower, phase, "all", "patterns", patterns_by_depth)
+    plan.figure(tower, phase, "all", f"patterns{suffix}", patterns_by_depth)
     if not all(math.isnan(v) for v in table["distance"].ravel()):
-        plan.figure(tower, phase, "all", "distance", distance)
+        plan.figure(tower, phase, "all", f"distance{suffix}", distance)
 
 
 def _plan_language(plan: _Plan, tower: str, maps, images, info) -> None:
@@ -199,7 +212,8 @@ def _plan_language(plan: _Plan, tower: str, maps, images, info) -> None:
         grid_args = {"image_tokens": layout.image(cameras[0]), "grid": layout.grid(cameras[0])} if cameras else {}
         # the layout's runs of one kind (bos, image, text, ...) are the segments of the block pattern
         segments = {"segments": layout} if len(layout.segments) > 1 else {}
-        table = patterns.summarize({k: m.array for k, m in layers.items()}, causal=True, **grid_args, **segments)
+        # which keys each query sees comes from the maps (a prefix-LM's prefix is bidirectional), not from causal=
+        table = patterns.summarize({k: m.array for k, m in layers.items()}, **grid_args, **segments)
         plan.towers[tower] = {"title": f"step {step} {sample.phase}, {len(layers)} layers, tokens {layout}",
                               "table": table, "phase": sample.phase, "step": step, "camera": None,
                               "layout": layout.to_dict()}
@@ -207,7 +221,7 @@ def _plan_language(plan: _Plan, tower: str, maps, images, info) -> None:
             arr = layers[layer].array[0]
             plan.figure(tower, sample.phase, layer, "heads", lambda a=arr, lay=layout, t=f"{tower} layer {layer}, {sample.phase}":
                         _titled(plot.layer_heads(a, layout=lay), t))
-            sinks = sorted({int(k) for head in patterns.sink_keys(arr, causal=True) for k in head})
+            sinks = sorted({int(k) for head in patterns.sink_keys(arr) for k in head})
             if sinks:  # first-token sinks dwarf everything else: the same heads without them, rows renormalised
                 plan.figure(tower, sample.phase, layer, "heads-without-sinks",
                             lambda a=arr, s=sinks, lay=layout, t=f"{tower} layer {layer}, {sample.phase}, without sinks":
@@ -257,6 +271,18 @@ def _overlay(arr, rows, layout, cameras, images, title):
     return _titled(fig, title)
 
 
+def _measured(fig) -> str:
+    """What a random-weights figure's title may claim, measured on the maps drawn on the 'uniform' scale in it."""
+    drawn = [np.asarray(im.get_array(), dtype=np.float64).ravel() for ax in fig.axes for im in ax.images
+             if getattr(im.get_cmap(), "name", "") == display.UNIFORM_CMAP]
+    if not drawn:
+        return "the scores of random weights, not learned patterns"
+    values = np.concatenate(drawn)
+    d = display.departure(values)
+    pale = " (within 0.5-2x: pale, noise)" if d["n"] and 0.5 <= d["min"] and d["max"] <= 2 else ""
+    return display.departure_text(values) + pale + "; not a learned pattern"
+
+
 def _titled(fig, title):
     fig.suptitle(title, fontsize=10, y=1.0, va="bottom")  # above the panels and their titles, whatever its lines; savefig's tight box keeps it
     return fig
@@ -274,7 +300,7 @@ def _draw(plan: _Plan, quiet: bool = False) -> None:
         fig = draw()
         title = getattr(fig, "_suptitle", None)
         if plan.random and title is not None:
-            title.set_text(title.get_text() + "\nRANDOM WEIGHTS: nearly uniform attention, no learned pattern")
+            title.set_text(title.get_text() + "\nRANDOM WEIGHTS: " + _measured(fig))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if inside not in (path.parent.resolve(), *path.parent.resolve().parents):
@@ -316,11 +342,22 @@ def _kind_shares_markdown(shares: Dict[str, Any]) -> str:
         keys = entry["key_kinds"]
         lines += ["", f"## {tower}: share of each query kind's attention per key kind "
                       f"(step {entry['step']} {entry['phase']}, mean over heads)", "",
+                  "Each cell: the share, then in brackets that share divided by what uniform attention over the keys "
+                  "each query sees would give (its baseline: the share of those keys of that kind). 1.00x is no "
+                  "preference; 0.93 on image tokens at 1.00x says the image holds 93% of the keys, nothing more.", "",
                   "| layer | queries | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 2)]
         for rec in entry["rows"]:
-            cells = ["-" if rec.get(k) is None else f"{rec[k]:.3f}" for k in keys]
-            lines.append(f"| {rec['layer']} | {rec['query']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {rec['layer']} | {rec['query']} | " + " | ".join(_share_cell(rec, k) for k in keys) + " |")
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _share_cell(rec, kind) -> str:
+    share, base = rec.get(kind), rec.get(f"{kind} uniform")
+    if share is None:
+        return "-"
+    if base is None or base <= 0:
+        return f"{share:.3f} (unseen)" if base == 0 else f"{share:.3f}"
+    return f"{share:.3f} ({share / base:.2f}x)"
 
 
 # --------------------------------------------------------------------------- summary
@@ -357,14 +394,52 @@ _LEGEND = [
                                          "(every query to the same few keys), block (within its own segment), mixed "
                                          "(none of these holds half of the attention)."),
     ("offset", "the offsets of the layer's diagonal heads: 0 itself, -1 the previous token, +1 the next."),
-    ("self", "mean over heads of the attention each query gives its own position (the diagonal)."),
-    ("nbr8", "mean over heads of the attention each image query gives its 8 neighbouring patches (stripes)."),
-    ("top2%", "mean over heads of the attention that goes to the top 2 % of keys (vertical lines: sinks, registers)."),
+    ("self", "mean over heads of the attention each query gives its own position (the diagonal); uniform "
+             "attention gives 1 / (keys it sees): {uniform_self}."),
+    ("nbr8", "mean over heads of the attention each image query gives its 8 neighbouring patches (stripes); "
+             "uniform attention gives at most 8 / (keys it sees)."),
+    ("top2%", "mean over heads of the attention that goes to the top 2 % of keys (vertical lines: sinks, registers); "
+              "uniform attention gives about 2 %: {uniform_top}."),
     ("dist", "mean attention distance in patches (ViT paper, Fig. 7): how far on the grid a query looks; "
-             "uniform attention over a 14 x 14 grid gives about 7.3."),
-    ("H/lnN", "mean attention entropy divided by ln(number of keys): 1 is uniform attention, 0 all on one key."),
+             "uniform attention gives {uniform_distance}."),
+    ("H/lnN", "mean attention entropy divided by ln(number of keys the query sees, read from the map: its past under "
+              "a causal mask, every key in a bidirectional prefix): 1 is uniform attention, 0 all on one key; never "
+              "above 1."),
+    ("nmi", "normalised mutual information between query and key (getlocal.patterns.query_key_nmi): 0 when every "
+            "query has the same key distribution (vertical lines, uniform attention), 1 when each query has its own "
+            "key (a diagonal)."),
+    ("sinks", "key positions that receive more than 0.3 of the attention of the queries that can see them, on "
+              "average (Gu et al., ICLR 2025; getlocal.patterns.sink_keys): BOS, [CLS], registers. Uniform attention "
+              "has none."),
     ("-", "not defined for this tower (no image grid, or no image queries)."),
 ]
+
+
+def _uniform_distances(summary) -> str:
+    """The 'dist' of uniform attention on each grid the towers have, in words: '5.2 on the 8 x 8 grid of vit'."""
+    parts = []
+    for tower, entry in summary["towers"].items():
+        for seg in (entry.get("tokens") or {}).get("segments", []):
+            if seg.get("grid"):
+                h, w = seg["grid"]
+                d = float(patterns.mean_attention_distance(np.full((1, h * w, h * w), 1 / (h * w)), grid=(h, w))[0])
+                parts.append(f"{d:.1f} patches on the {h} x {w} grid of {tower}")
+                break
+    return ", ".join(dict.fromkeys(parts)) or "no grid here"
+
+
+def _uniform_scores(summary) -> Dict[str, str]:
+    """What uniform attention scores on each scored tower's keys: self mass and top-2% mass, in words."""
+    self_, top = [], []
+    for tower, entry in summary["towers"].items():
+        segments = (entry.get("tokens") or {}).get("segments", [])
+        if not entry["layers"] or not segments:
+            continue
+        k = segments[-1]["stop"]
+        self_.append(f"{1 / k:.3f} with the {k} keys of {tower} (bidirectional; about ln K / K = {math.log(k) / k:.3f} "
+                     "causal)")
+        top.append(f"{math.ceil(0.02 * k) / k:.3f} for {tower}")
+    return {"uniform_self": "; ".join(self_) or "-", "uniform_top": "; ".join(top) or "-"}
 
 
 def _cell(value) -> str:
@@ -384,7 +459,9 @@ def _markdown(summary: Dict[str, Any]) -> str:
     if summary.get("random_weights"):
         lines.append(f"- **{RANDOM_NOTE}**")
     if any(entry["layers"] for entry in summary["towers"].values()):
-        lines += ["", "## Columns of the per-layer tables", ""] + [f"- **{c}**: {text}" for c, text in _LEGEND]
+        refs = {"uniform_distance": _uniform_distances(summary), **_uniform_scores(summary)}
+        lines += ["", "## Columns of the per-layer tables", ""] + [
+            f"- **{c}**: {text.format(**refs)}" for c, text in _LEGEND]
     lines += ["", "## Steps", "",
              "| step | phase | maps per tower |", "| --- | --- | --- |"]
     for s in summary["steps"]:
@@ -392,7 +469,8 @@ def _markdown(summary: Dict[str, Any]) -> str:
     columns = [("layer", "layer"), ("heads", "heads"), ("diagonal", "diag"), ("stripe", "stripe"),
                ("vertical", "vert"), ("block", "block"), ("mixed", "mixed"), ("offset", "offset"),
                ("self_mass", "self"), ("neighbour_mass", "nbr8"),
-               ("top_key_mass", "top2%"), ("distance", "dist"), ("entropy_norm", "H/lnN")]
+               ("top_key_mass", "top2%"), ("nmi", "nmi"), ("distance", "dist"), ("entropy_norm", "H/lnN"),
+               ("sinks", "sinks")]
     for tower, entry in summary["towers"].items():
         lines += ["", f"## {tower} (step {entry['step']} {entry['phase']})", ""]
         if not entry["layers"]:

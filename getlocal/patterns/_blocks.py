@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import _check
 from ..tokens import TokenLayout
-from .inputs import as_attention, head_mean
+from .inputs import as_attention, head_mean, visible_until
 
 
 def segment_starts(segments, k: int, name: str = "segments") -> np.ndarray:
@@ -33,39 +33,38 @@ def segment_starts(segments, k: int, name: str = "segments") -> np.ndarray:
     return starts
 
 
-def block_score_of(a: np.ndarray, starts: np.ndarray, causal: bool) -> np.ndarray:
+def block_score_of(a: np.ndarray, starts: np.ndarray, until: np.ndarray) -> np.ndarray:
+    """``until [B, Q]``: the last key each query sees (:func:`~getlocal.patterns.inputs.visible_until`)."""
     q, k = a.shape[-2:]
     shift = k - q
     stops = np.append(starts[1:], k)
     total = np.zeros(a.shape[:2])
-    used = 0
+    used = np.zeros(a.shape[:1])
     rows = a.sum(-1)
     for start, stop in zip(starts, stops):
         first = max(start, shift)
         if first >= stop:
             continue
-        pos = np.arange(first, stop)                             # key positions of these queries
         block = a[..., first - shift : stop - shift, start:stop]  # [B, H, n_q, n]
-        if causal:
-            block = np.where(np.arange(start, stop)[None, :] <= pos[:, None], block, 0)
-            n_vis = pos - start + 1
-            k_vis = pos + 1
-        else:
-            n_vis = np.full(pos.size, stop - start)
-            k_vis = np.full(pos.size, k)
-        ok = (n_vis >= 2) & (n_vis < k_vis)  # a query alone in its segment, or a segment of every key: no block
+        last = until[:, first - shift : stop - shift]             # [B, n_q]
+        n_vis = np.clip(np.minimum(last + 1, stop) - start, 0, None)
+        k_vis = last + 1
+        ok = (n_vis >= 2) & (n_vis < k_vis)  # a query alone in its segment, or one that sees nothing past it: no block
         if not ok.any():
             continue
         with np.errstate(invalid="ignore", divide="ignore"):
             r = rows[..., first - shift : stop - shift]
             spread = (block.sum(-1) - block.max(-1)) / np.where(r > 0, r, 1)
-            u = (n_vis - 1) / k_vis
-            score = np.clip((spread - u) / np.where(ok, 1 - 1 / n_vis - u, 1), 0, 1)
-        total += score[..., ok].sum(-1)
-        used += int(ok.sum())
-    if not used:
+            u = ((n_vis - 1) / np.where(k_vis > 0, k_vis, 1))[:, None, :]
+            denom = np.where(ok, 1 - 1 / np.where(n_vis > 0, n_vis, 1), 1)[:, None, :] - u
+            score = np.clip((spread - u) / np.where(ok[:, None, :], denom, 1), 0, 1)
+        total += np.where(ok[:, None, :], score, 0).sum(-1)
+        used += ok.sum(-1)
+    if not used.any():
         return np.full(a.shape[1], np.nan)
-    return head_mean(total / used)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_item = np.where(used[:, None] > 0, total / np.where(used > 0, used, 1)[:, None], np.nan)
+    return np.nanmean(per_item, axis=0) if np.isnan(per_item).any() else head_mean(per_item)
 
 
 def block_score(attn, segments, *, causal: bool = False) -> np.ndarray:
@@ -74,8 +73,10 @@ def block_score(attn, segments, *, causal: bool = False) -> np.ndarray:
     ``segments`` splits the keys: a :class:`~getlocal.maps.TokenLayout` of the
     keys (each segment is a block) or the positions where segments start
     (``[0, 12, 30]``). For each query with ``n`` visible keys in its own
-    segment out of ``N`` visible keys (``causal=True``: the keys up to the
-    query), take ``s = m - x``: its attention to its segment ``m`` less the
+    segment out of ``N`` visible keys (read from the map, as
+    :func:`~getlocal.patterns.inputs.visible_until` says: the keys up to the
+    query on a causal map; ``causal`` is kept for compatibility and changes
+    nothing), take ``s = m - x``: its attention to its segment ``m`` less the
     largest single key of it ``x``, so that a diagonal (of any offset) or a
     sink inside the segment does not count; uniform attention gives
     ``u = (n - 1) / N`` and a pure block (uniform over the segment)
@@ -91,6 +92,6 @@ def block_score(attn, segments, *, causal: bool = False) -> np.ndarray:
     >>> block_score(a, [0, 3]).tolist()
     [1.0]
     """
-    causal = _check.flag("causal", causal)
+    _check.flag("causal", causal)
     a = as_attention(attn)
-    return block_score_of(a, segment_starts(segments, a.shape[-1]), causal)
+    return block_score_of(a, segment_starts(segments, a.shape[-1]), visible_until(a))

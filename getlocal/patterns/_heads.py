@@ -10,10 +10,10 @@ from .. import _check
 from ._blocks import block_score_of, segment_starts
 from ._diagonal import offset_scores
 from .inputs import (as_array, as_attention, check_patch_size, check_radius, head_mean, image_block,
-                      image_positions, visible_queries)
+                      image_positions, visible_queries, visible_until)
 from ._spread import distance_of, entropy_of, nmi_of, row_entropy
 from ._stripes import dominant_of, neighbour_mass_of, neighbour_sums
-from ._vertical import SINK_THRESHOLD, TOP_KEY_FRACTION, top_key_mass_of
+from ._vertical import SINK_THRESHOLD, TOP_KEY_FRACTION, received_of, top_key_mass_of
 
 #: A head is labelled after its largest pattern score when that score reaches
 #: these values; otherwise it is ``"mixed"``. 0.5 means "the pattern holds the
@@ -132,6 +132,12 @@ def head_scores(
     and are NaN otherwise. ``segments``: a TokenLayout of the keys or segment
     start positions, for the block score.
 
+    Which keys each query sees is read from the map, never assumed
+    (:func:`~getlocal.patterns.inputs.visible_until`: the exact zeros a mask
+    leaves in every head); ``causal`` is kept for compatibility and changes
+    nothing, so a bidirectional prefix scored with ``causal=True`` is still
+    read as bidirectional and ``entropy_norm`` is never above 1.
+
     ``exclude`` leaves tokens out of every score, as if the sequence never had
     them: padding (``AttentionMap.padding``, ``layout.indices("padding")``).
     It takes key positions (a slice, ``(start, stop)``, an int array), a
@@ -214,8 +220,11 @@ def _scores(a, image_tokens, grid, causal, patch_size, radius, starts=None):
     offsets, prof = offset_scores(a)
     best = prof.argmax(-1)
     colsum = a.sum(-2)
-    received = head_mean(colsum / visible_queries(q, k, causal))
-    top = top_key_mass_of(a, colsum, TOP_KEY_FRACTION, causal)
+    # which keys each query sees is read from the map, never from `causal` (see visible_until)
+    until = visible_until(a)
+    seeing = visible_queries(until, k)
+    received = head_mean(received_of(colsum, seeing))
+    top = top_key_mass_of(a, colsum, TOP_KEY_FRACTION, seeing)
     ent, s = row_entropy(a)
     nmi = head_mean(nmi_of(a, ent, s))
     out = {
@@ -224,12 +233,12 @@ def _scores(a, image_tokens, grid, causal, patch_size, radius, starts=None):
         "offset": offsets[best].astype(np.float64),
         "neighbour_mass": np.full(nh, np.nan),
         "top_key_mass": top,
-        "block_score": np.full(nh, np.nan) if starts is None else block_score_of(a, starts, causal),
+        "block_score": np.full(nh, np.nan) if starts is None else block_score_of(a, starts, until),
         "nmi": nmi,
         "distance": np.full(nh, np.nan),
         "distance_px": np.full(nh, np.nan),
-        "entropy": entropy_of(ent, q, k, causal, False),
-        "entropy_norm": entropy_of(ent, q, k, causal, True),
+        "entropy": entropy_of(ent, until, False),
+        "entropy_norm": entropy_of(ent, until, True),
         "sinks": [np.flatnonzero(r > SINK_THRESHOLD) for r in received],
         "offsets": [[] for _ in range(nh)],
     }

@@ -6,7 +6,7 @@ from typing import Optional
 import numpy as np
 
 from .. import _check
-from .inputs import as_attention, check_patch_size, distances, head_mean, image_block, visible_keys
+from .inputs import as_attention, check_patch_size, distances, head_mean, image_block, visible_keys, visible_until
 
 
 def row_entropy(a):
@@ -88,34 +88,43 @@ def distance_of(block, cells, hw):
 
 
 def attention_entropy(attn, *, causal: bool = False, normalize: bool = True) -> np.ndarray:
-    """Mean entropy of the query rows, normalised by the log of the visible keys.
+    """Mean entropy of the query rows, normalised by the log of the keys each row sees.
 
     ``mean_q H(A'[q]) / ln n(q)`` with ``H(p) = -sum p ln p`` (nats), ``A'`` the
-    row-normalised map and ``n(q)`` the keys query ``q`` can see (``K``, or
-    ``K - Q + q + 1`` with ``causal=True``); queries that see a single key
-    have no choice and are left out (NaN if no query sees two keys).
-    1 is uniform attention over the visible keys, 0 one-hot. Dividing by
-    ``ln n(q)`` (the largest entropy possible for that query) is what makes
-    rows of a causal map, which see different numbers of keys, comparable. ``normalize=False`` gives the mean
-    entropy in nats (``ln 196`` for uniform attention over 196 keys). Returns ``[H]``.
+    row-normalised map and ``n(q)`` the keys query ``q`` sees, read from the
+    map (:func:`~getlocal.patterns.inputs.visible_until`: a causal row sees its
+    past, a bidirectional row every key), so the result is never above 1
+    whatever the mask. Queries that see a single key have no choice and are
+    left out, as are rows of zeros (padding queries); NaN if no query sees two
+    keys. 1 is uniform attention over the visible keys, 0 one-hot.
+    ``causal`` is accepted for compatibility and changes nothing: the map's
+    exact zeros say which keys each row sees. ``normalize=False`` gives the
+    mean entropy in nats (``ln 196`` for uniform attention over 196 keys).
+    Returns ``[H]``.
 
     >>> import numpy as np
     >>> attention_entropy(np.full((1, 4, 4), 0.25)).tolist()
     [1.0]
+    >>> attention_entropy((np.tril(np.ones((4, 4))) / np.arange(1, 5)[:, None])[None]).tolist()  # causal, uniform
+    [1.0]
     """
     normalize = _check.flag("normalize", normalize)
-    causal = _check.flag("causal", causal)
+    _check.flag("causal", causal)
     a = as_attention(attn)
     ent, _ = row_entropy(a)
-    return entropy_of(ent, a.shape[-2], a.shape[-1], causal, normalize)
+    return entropy_of(ent, visible_until(a), normalize)
 
 
-def entropy_of(ent, q, k, causal, normalize):
-    if not normalize:
-        return head_mean(ent.mean(-1))
-    log_n = np.log(visible_keys(q, k, causal).astype(np.float64))
-    seen = log_n > 0
+def entropy_of(ent, until, normalize):
+    """Per-head mean row entropy (``ent [B, H, Q]``) over the rows that see two keys or more."""
+    n = visible_keys(until)                              # [B, Q]
+    seen = n >= (2 if normalize else 1)
     if not seen.any():
         return np.full(ent.shape[1], np.nan)
-    # a query that sees a single key has no choice to measure: left out
-    return head_mean((ent[..., seen] / log_n[seen]).mean(-1))
+    vals = ent / np.log(np.where(seen, n, 2))[:, None, :] if normalize else ent
+    # a query that sees a single key has no choice to measure, a padding row nothing: left out
+    per_item = (vals * seen[:, None, :]).sum(-1)
+    counts = seen.sum(-1)[:, None]                      # [B, 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_item = np.where(counts > 0, per_item / np.where(counts > 0, counts, 1), np.nan)
+    return np.nanmean(per_item, axis=0) if np.isnan(per_item).any() else head_mean(per_item)

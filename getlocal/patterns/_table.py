@@ -179,7 +179,8 @@ def summarize(
     first (``maps.select(tower='vit', step=0)``) and give their token positions
     (``image_tokens=maps[0].keys.image()``).
     The keyword arguments are those of :func:`head_scores` and apply to all
-    layers; ``causal=True`` for decoder (language-model) maps, ``segments=``
+    layers; which keys each query sees is read from each map (``causal=`` is
+    accepted and changes nothing, see :func:`head_scores`), ``segments=``
     (a TokenLayout of the keys) for the block score, ``exclude=`` to leave
     padding out (``exclude=m.padding`` for an :class:`~getlocal.maps.AttentionMap`).
 

@@ -15,11 +15,78 @@ import numpy as np
 
 from .. import _check
 from .._errors import ArgumentError
-from .inputs import as_array, count, grid_shape, image_positions
+from .inputs import as_array, count, grid_shape, image_positions, visible_until
 
 
 #: The colour scales every map and overlay helper takes as ``scale=``.
 SCALES = ("uniform", "log", "linear")
+
+#: The one colour of each pattern label, in every figure panel (label map, score lines) and in the viewer.
+LABEL_COLORS = {"diagonal": "#1f77b4", "stripe": "#2ca02c", "vertical": "#d62728", "block": "#ff7f0e",
+                "mixed": "#c7c7c7"}
+
+#: The 'uniform' scale's fixed range: ``1 / UNIFORM_RANGE`` to ``UNIFORM_RANGE`` times uniform, on a log scale.
+#: Fixed, not stretched to each map's largest value, so that the 0.5-2x departures
+#: of random weights stay pale on every figure and a learned pattern (a key at
+#: 8x uniform, a head at 0) takes the full colour.
+UNIFORM_RANGE = 8.0
+#: How the colours grow away from white: ``|position from the centre| ** UNIFORM_GAMMA``;
+#: above 1 the centre stays pale longer (2x uniform: about a third of the full colour).
+UNIFORM_GAMMA = 1.5
+#: The matplotlib name of the 'uniform' scale's colour map (:func:`uniform_colors`), registered by :mod:`getlocal.plot`.
+UNIFORM_CMAP = "getlocal_uniform"
+#: ColorBrewer's RdBu (11 classes), blue (less than uniform) to red (more); white is uniform.
+_RDBU = ("#053061", "#2166ac", "#4393c3", "#92c5de", "#d1e5f0", "#f7f7f7",
+         "#fddbc7", "#f4a582", "#d6604d", "#b2182b", "#67001f")
+
+
+def uniform_colors(n: int = 256) -> np.ndarray:
+    """``[n, 3]`` RGB in [0, 1]: the 'uniform' scale's colours, low to high, for the figures and the viewer alike.
+
+    Entry ``i`` is the colour of ``x`` times uniform where
+    ``log(x) / log(UNIFORM_RANGE)`` is ``2 i / (n - 1) - 1``.
+
+    >>> c = uniform_colors(5)
+    >>> [round(float(v), 3) for v in c[2]]            # the centre (1 x uniform): ColorBrewer's white
+    [0.969, 0.969, 0.969]
+    """
+    stops = np.array([[int(h[i:i + 2], 16) / 255 for i in (1, 3, 5)] for h in _RDBU])
+    t = np.linspace(-1, 1, n)
+    pos = 0.5 + np.sign(t) * np.abs(t) ** UNIFORM_GAMMA / 2  # where on RdBu each entry sits
+    x = np.linspace(0, 1, len(stops))
+    return np.stack([np.interp(pos, x, stops[:, c]) for c in range(3)], axis=-1)
+
+
+def departure(values) -> dict:
+    """How far a map on the 'uniform' scale (1 = uniform attention) is from uniform: the numbers a title states.
+
+    Returns ``{"max": largest ratio, "min": smallest, "outside": share of the
+    finite entries outside 0.8-1.25x, "n": how many entries}``; NaN (keys a
+    row could not see) is left out.
+
+    >>> d = departure([1.0, 1.0, 2.0, 0.5])
+    >>> d["max"], d["min"], d["outside"]
+    (2.0, 0.5, 0.5)
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return {"max": float("nan"), "min": float("nan"), "outside": float("nan"), "n": 0}
+    outside = float(np.mean((v < 0.8) | (v > 1.25)))
+    return {"max": float(v.max()), "min": float(v.min()), "outside": outside, "n": int(v.size)}
+
+
+def departure_text(values) -> str:
+    """:func:`departure` in words: ``"0.45-2.3x uniform, 17% of entries outside 0.8-1.25x"``."""
+    d = departure(values)
+    if not d["n"]:
+        return "no visible entry"
+    return f"{d['min']:.2g}-{d['max']:.2g}x uniform, {100 * d['outside']:.0f}% of entries outside 0.8-1.25x"
+
+
+#: The score that makes each label (the line of :func:`getlocal.plot.pattern_scores` drawn in its colour).
+SCORE_LABELS = {"self_mass": "diagonal", "diagonal_mass": "diagonal", "neighbour_mass": "stripe",
+                "top_key_mass": "vertical", "block_score": "block"}
 
 
 def as_maps(attn, name: str = "attn") -> np.ndarray:
@@ -49,18 +116,16 @@ def nanmean(a, axis):
 
 
 def visible_mask(maps: np.ndarray) -> np.ndarray:
-    """``[Q, K]`` bool: which keys each query row could see.
+    """``[Q, K]`` bool: which keys each query row of a ``[H, Q, K]`` map could see, as the scores read it.
 
-    A map that is exactly zero above its diagonal (offset by ``K - Q`` for the
-    decode rows of a longer sequence) is taken as causal: row ``i`` sees the
-    keys up to its own position. Otherwise every row sees every key.
+    :func:`~getlocal.tokens.visible_until`: a row sees the keys up to the later
+    of its own position (``K - Q + i``) and the last key any head gives
+    weight, so a causal map's upper triangle (exactly 0 in every head) is
+    hidden and a bidirectional map shows everything. A row of zeros (a padding
+    query) sees nothing.
     """
-    _, q, k = maps.shape
-    if q > 1 and k >= q:
-        upper = np.triu(np.ones((q, k), dtype=bool), k - q + 1)
-        if upper.any() and not np.any(maps[:, upper]):
-            return ~upper
-    return np.ones((q, k), dtype=bool)
+    until = visible_until(np.asarray(maps)[None])[0]
+    return np.arange(maps.shape[-1])[None, :] <= until[:, None]
 
 
 def keys_index(value, k: int, name: str) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 from .. import _check
 from .._errors import GetLocalError
 from ..maps import AttentionMaps
-from .display import query_heatmap, visible_mask
+from .display import UNIFORM_RANGE, query_heatmap, visible_mask
 
 
 def episode_summary(run, layers=None):
@@ -19,7 +19,9 @@ def episode_summary(run, layers=None):
     A step's "action maps" are those whose queries hold ``action`` tokens (Pi0's
     expert) or, when none does, ``generated`` tokens (OpenVLA's decode passes).
     Heat maps average the query rows, heads, layers and passes; the share is the
-    fraction of those rows' attention that lands on image tokens, per layer.
+    fraction of those rows' attention that lands on image tokens, per layer, and
+    its baseline the share of image tokens among the keys those rows see (what
+    uniform attention would give).
     ``run`` is a :class:`~getlocal.recording.Recording` (any iterable of steps with ``.maps``, ``.step``,
     ``.rank`` and a ``.path`` will do: only the maps are read here).
     """
@@ -42,20 +44,25 @@ def episode_summary(run, layers=None):
         if not chosen:
             continue
         kinds.add(kind)
-        heats, share = {}, {}
+        heats, share, baseline = {}, {}, {}
         for m in chosen:
             arr = np.asarray(m.array, dtype=np.float32)[0]  # the first sample of the batch
             rows = m.queries.indices(kind)
             # on the 'uniform' scale of the other figures: each weight times the keys its row could see
-            ratio = arr * visible_mask(arr).sum(-1, keepdims=True)
+            vis = visible_mask(arr)
+            ratio = arr * vis.sum(-1, keepdims=True)
             for camera in m.keys.cameras:
                 heat = query_heatmap(ratio, image_tokens=m.keys.image(camera), queries=rows, grid=m.keys.grid(camera))
                 heats.setdefault(camera, []).append(heat)
             on_image = arr[:, rows][..., m.keys.indices("image")].sum(-1).mean()
             share.setdefault(m.layer, []).append(float(on_image))
+            seen = vis[rows]
+            uniform = seen[:, m.keys.indices("image")].sum(-1) / np.maximum(seen.sum(-1), 1)
+            baseline.setdefault(m.layer, []).append(float(uniform.mean()))
         out.append({"step": step.step, "rank": step.rank, "source": step, "tower": chosen[0].tower,
                     "heats": {c: np.mean(h, axis=0) for c, h in heats.items()},
-                    "share": {layer: float(np.mean(v)) for layer, v in share.items()}})
+                    "share": {layer: float(np.mean(v)) for layer, v in share.items()},
+                    "baseline": {layer: float(np.mean(v)) for layer, v in baseline.items()}})
     if not out and layers is not None:
         present = sorted({m.layer for step in run for m in step.maps})
         raise _check.ArgumentError(f"layers={_check.show(layers)} matches no recorded layer; the run has layers {present}")
@@ -66,5 +73,9 @@ def episode_summary(run, layers=None):
 
 
 def episode_top(data) -> float:
-    """The top of an episode's 'uniform' colour scale: its largest ratio to uniform, at least 2."""
-    return max([2.0] + [float(np.nanmax(h)) for d in data for h in d["heats"].values() if np.isfinite(h).any()])
+    """The top of an episode's 'uniform' colour scale: ``UNIFORM_RANGE``, as on every other figure.
+
+    Fixed rather than the episode's largest ratio, so that a random policy's
+    0.5-2x stays pale and the same colour means the same ratio in every figure.
+    """
+    return UNIFORM_RANGE

@@ -17,9 +17,11 @@ import numpy as np
 from .. import _arrays, _check
 from .._errors import ArgumentError
 from ..maps import AttentionMap, AttentionMaps
+from ..tokens import visible_until  # noqa: F401 (re-exported: the scores read visibility from the map)
 
 __all__ = ["as_array", "as_attention", "image_positions", "check_radius", "check_patch_size", "count", "grid_shape",
-           "image_block", "distances", "visible_keys", "visible_queries", "head_mean"]
+           "image_block", "distances", "visible_until", "visible_keys", "visible_queries",
+           "head_mean"]
 
 
 def as_array(value, name: str = "attn") -> np.ndarray:
@@ -152,18 +154,14 @@ def distances(h: int, w: int) -> np.ndarray:
     return d
 
 
-def visible_keys(q: int, k: int, causal: bool) -> np.ndarray:
-    """How many keys each query row can see."""
-    if not causal:
-        return np.full(q, k)
-    return np.arange(k - q + 1, k + 1)
+def visible_keys(until: np.ndarray) -> np.ndarray:
+    """``[B, Q]``: how many keys each query row sees (``visible_until(a) + 1``)."""
+    return until + 1
 
 
-def visible_queries(q: int, k: int, causal: bool) -> np.ndarray:
-    """How many query rows can see each key."""
-    if not causal:
-        return np.full(k, q)
-    return q - np.clip(np.arange(k) - (k - q), 0, None)
+def visible_queries(until: np.ndarray, k: int) -> np.ndarray:
+    """``[B, K]``: how many query rows see each key."""
+    return (until[..., None] >= np.arange(k)).sum(-2)
 
 
 def head_mean(x: np.ndarray) -> np.ndarray:

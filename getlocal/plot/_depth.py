@@ -13,11 +13,8 @@ from matplotlib.ticker import MaxNLocator
 from .. import _check
 from .._errors import ArgumentError
 from ..patterns import LABELS, KindShares, PatternTable
+from ..patterns.display import LABEL_COLORS, SCORE_LABELS
 
-
-#: Colours of the pattern labels in :func:`label_map`.
-LABEL_COLORS = {"diagonal": "#1f77b4", "stripe": "#2ca02c", "vertical": "#d62728", "block": "#ff7f0e",
-                "mixed": "#c7c7c7"}
 
 
 def _table(table):
@@ -78,7 +75,9 @@ def pattern_scores(
     """The diagonal, stripe and vertical scores against depth.
 
     One line per score (the mean over heads, ``**kwargs`` to ``ax.plot``) over
-    faint dots for the single heads (``scatter_kws`` to ``ax.scatter``).
+    faint dots for the single heads (``scatter_kws`` to ``ax.scatter``). A
+    score that makes a label is drawn in that label's colour
+    (:data:`LABEL_COLORS`, as in :func:`label_map` and the viewer).
     Returns the Axes.
 
     >>> import numpy as np
@@ -99,7 +98,9 @@ def pattern_scores(
         values = table[name]
         if np.all(np.isnan(values)):
             continue
-        (line,) = ax.plot(x, np.nanmean(values, 1), marker="o", markersize=3, label=_SCORE_NAMES.get(name, name), **kwargs)
+        colour = {"color": LABEL_COLORS[SCORE_LABELS[name]]} if name in SCORE_LABELS else {}
+        (line,) = ax.plot(x, np.nanmean(values, 1), marker="o", markersize=3, label=_SCORE_NAMES.get(name, name),
+                          **{**colour, **kwargs})
         xs = np.repeat(x, values.shape[1])
         dots = {"s": 6, "alpha": 0.3, "color": line.get_color(), "linewidths": 0}
         ax.scatter(xs, values.ravel(), **{**dots, **(scatter_kws or {})})
@@ -154,8 +155,12 @@ def image_share(shares, *, ax=None, legend_kws: Optional[dict] = None, **kwargs)
     ``maps.select(tower='llm', phase='prefill').kind_shares()``): each line is
     the head mean of the share of a query kind's attention that goes to the
     image keys (every camera together), in ``[0, 1]``: FastV's reading (Chen
-    et al., ECCV 2024). ``**kwargs`` go to ``ax.plot``, ``legend_kws`` to
-    ``ax.legend``. Draws into the current Axes if ``ax`` is None; returns the Axes.
+    et al., ECCV 2024). Beside each line, dashed and in the same colour, its
+    baseline: what uniform attention over the keys each query sees would give
+    (``KindShares.baseline``; the share of image tokens among those keys). A
+    line on its baseline says nothing about the model; only the gap does.
+    ``**kwargs`` go to ``ax.plot``, ``legend_kws`` to ``ax.legend``. Draws
+    into the current Axes if ``ax`` is None; returns the Axes.
 
     >>> import numpy as np
     >>> from getlocal.maps import AttentionMap, AttentionMaps, Segment, TokenLayout
@@ -163,8 +168,8 @@ def image_share(shares, *, ax=None, legend_kws: Optional[dict] = None, **kwargs)
     >>> m = [AttentionMap(np.full((1, 1, 4, 4), 0.25), "llm", i, "p", 0, "prefill", i, lay, lay) for i in range(2)]
     >>> fig, ax = plt.subplots()
     >>> ax = image_share(AttentionMaps(m).kind_shares(), ax=ax)
-    >>> [float(y) for y in ax.lines[1].get_ydata()]
-    [0.75, 0.75]
+    >>> [float(y) for y in ax.lines[2].get_ydata()], [float(y) for y in ax.lines[3].get_ydata()]  # text, its baseline
+    ([0.75, 0.75], [0.75, 0.75])
     """
     if not isinstance(shares, KindShares) or shares.rows is None:
         raise _check.ArgumentTypeError(
@@ -180,11 +185,14 @@ def image_share(shares, *, ax=None, legend_kws: Optional[dict] = None, **kwargs)
         warnings.simplefilter("ignore", RuntimeWarning)  # a head or kind missing from a layer: NaN
         x = np.arange(len(shares.rows))
         for qk in shares.query_kinds:
-            ax.plot(x, np.nanmean(shares.share(qk, "image"), -1), marker="o", markersize=3, label=f"{qk} queries", **kwargs)
+            line, = ax.plot(x, np.nanmean(shares.share(qk, "image"), -1), marker="o", markersize=3,
+                            label=f"{qk} queries", **kwargs)
+            ax.plot(x, np.nanmean(shares.baseline(qk, "image"), -1), linestyle="--", linewidth=1,
+                    color=line.get_color(), label=f"{qk}: uniform over visible keys")
     ax.set_xticks(x)
     ax.set_xticklabels([str(r.get("layer", i)) for i, r in enumerate(shares.rows)], fontsize=7)
     ax.set_xlabel("layer")
-    ax.set_ylabel("share of attention on image tokens")
+    ax.set_ylabel("share of attention on image tokens\n(dashed: uniform attention)")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(**{"fontsize": 8, "frameon": False, **(legend_kws or {})})
     return ax

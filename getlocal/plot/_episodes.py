@@ -14,7 +14,7 @@ from .._files import write_atomic
 from ..patterns.episodes import episode_summary, episode_top
 from ..recording import Recording
 from ._pictures import as_picture, heat_pixels, overlay
-from ._scales import NEUTRAL_CMAP, SCALE_LABELS, colorbar
+from ._scales import NEUTRAL_CMAP, SCALE_LABELS, colorbar, norm_for
 
 
 def _episode(run, layers=None):
@@ -58,8 +58,8 @@ def episode_grid(run, *, layers=None, pad_to_square=False, max_steps: int = 10, 
     generated) tokens to that camera's patches on top, the letterbox of
     ``pad_to_square`` undone (a bool, or ``{camera: bool}``). All panels share
     one colour scale, the ``'uniform'`` scale of the other figures (attention
-    times the keys a row could see: 1, white, is uniform attention), up to the
-    episode's largest value (at least 2). ``layers``: the layers to average (all when None).
+    times the keys a row could see: 1, white, is uniform attention), on its
+    fixed range (1/8x to 8x, ``display.UNIFORM_RANGE``). ``layers``: the layers to average (all when None).
     ``**kwargs`` go to each overlay's ``ax.imshow``. Returns the Figure.
     """
     _check.integer("max_steps", max_steps, low=1)
@@ -103,19 +103,24 @@ def episode_grid(run, *, layers=None, pad_to_square=False, max_steps: int = 10, 
 
 
 def episode_image_share(run, *, layers=None, ax=None, **kwargs):
-    """The share of the action (or generated) tokens' attention that goes to image tokens, per layer over the steps.
+    """How much more (or less) than uniform attention the action (or generated) tokens give the image, per layer over the steps.
 
-    A heat map with the steps across and the layers down, on a fixed 0..1
-    scale; ``**kwargs`` go to ``ax.imshow``. Returns the Axes.
+    A heat map with the steps across and the layers down: the share of those
+    tokens' attention that lands on image tokens divided by its baseline, the
+    share of image tokens among the keys they see (what uniform attention
+    gives), on the 'uniform' scale of every other figure (1, white, is no
+    preference; the title gives the raw shares' range and the baseline).
+    ``**kwargs`` go to ``ax.imshow``. Returns the Axes.
     """
     _check.axes("ax", ax)
     data, kind = _episode(run, layers)
     ax = ax if ax is not None else plt.gca()
     shown = sorted({layer for d in data for layer in d["share"]})
-    table = np.array([[d["share"].get(layer, np.nan) for d in data] for layer in shown])
-    kwargs.setdefault("cmap", "viridis")
-    kwargs.setdefault("vmin", 0.0)
-    kwargs.setdefault("vmax", 1.0)
+    share = np.array([[d["share"].get(layer, np.nan) for d in data] for layer in shown])
+    base = np.array([[d["baseline"].get(layer, np.nan) for d in data] for layer in shown])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        table = np.where(base > 0, share / np.where(base > 0, base, 1), np.nan)
+    label = norm_for(table, "uniform", kwargs, NEUTRAL_CMAP)
     im = ax.imshow(table, aspect="auto", interpolation="nearest", **kwargs)
     ax.set_yticks(range(len(shown)))
     ax.set_yticklabels([str(layer) for layer in shown], fontsize=7)
@@ -126,8 +131,11 @@ def episode_image_share(run, *, layers=None, ax=None, **kwargs):
     ax.set_xticks(ticks)
     ax.set_xticklabels([str(data[int(t)]["step"]) for t in ticks], fontsize=7)
     ax.set_xlabel("recorded step")
-    ax.set_title(f"share of the {kind} tokens' attention on image tokens", fontsize=9)
-    ax.figure.colorbar(im, ax=ax, label="share (0 to 1)")
+    ax.set_title(f"{kind} tokens' attention on image tokens, x uniform\n(shares {np.nanmin(share):.2f}-"
+                 f"{np.nanmax(share):.2f}; uniform attention gives {np.nanmin(base):.2f}-{np.nanmax(base):.2f})",
+                 fontsize=9)
+    colorbar(ax.figure, im, table, label.replace("(attention x visible keys)", "(share / share of image keys)"),
+             None, ax=ax)
     return ax
 
 
@@ -140,7 +148,7 @@ def episode_gif(run, path, *, layers=None, pad_to_square=False, height: int = 19
     ``pad_to_square`` undone (as :func:`camera_attention`), on one colour scale
     for the whole episode: the ``'uniform'`` scale of the other figures
     (attention times the keys a row could see, log colours, 1 = uniform in
-    white), up to the episode's largest value, at least 2 (the bar at the bottom).
+    white), on its fixed range (1/8x to 8x, the bar at the bottom).
     Each frame: a 30-pixel title band, then the cameras ``height`` pixels high,
     6 pixels apart from x=6, shown ``duration`` ms. Written with Pillow (no ffmpeg), through
     a temporary file. Returns the path.

@@ -43,20 +43,52 @@ def _token_ticks(layout, start: int, stop: int):
         else:
             merged.append(span)
     positions = [(lo + hi) / 2 - 0.5 for lo, hi, _ in merged]
-    return positions, [name for _, _, name in merged], [hi - 0.5 for _, hi, _ in spans[:-1]]
+    return positions, [name for _, _, name in merged], [hi - 0.5 for _, hi, _ in spans[:-1]], \
+        [hi - lo for lo, hi, _ in merged]
+
+
+_TICK_FONT = 7
+
+
+def _fitting(ax, axis: str, positions, sizes, labels, n: int):
+    """The labels that fit on the drawn axis without touching another; the others are left blank.
+
+    The longest runs of tokens are labelled first. A label is ~0.62 em per
+    character; the axis length comes from the Axes' place in the figure, less
+    a fifth for a colour bar that may take room later.
+    """
+    box = ax.get_position()
+    fig_w, fig_h = ax.figure.get_size_inches()
+    length = 72 * 0.8 * (box.width * fig_w if axis == "x" else box.height * fig_h)  # points
+    per_token = length / max(n, 1)
+    out, taken = [""] * len(labels), []
+    for i in sorted(range(len(labels)), key=lambda i: -sizes[i]):
+        # "image wrist" may shrink to "wrist" (the camera) where the whole name does not fit
+        tries = [labels[i]] + ([labels[i].split(" ", 1)[1]] if labels[i].startswith("image ") else [])
+        for label in tries:
+            need = 0.62 * _TICK_FONT * len(label) + 4
+            lo, hi = (positions[i] + 0.5) * per_token - need / 2, (positions[i] + 0.5) * per_token + need / 2
+            if all(hi <= a or lo >= b for a, b in taken):
+                out[i] = label
+                taken.append((lo, hi))
+                break
+    return out
 
 
 def _token_axes(ax, layout, q: int, k: int, *, xlabels=True, ylabels=True):
     """Label the key axis (and the query axis: the last ``q`` of the keys) by token kind, and mark cls/registers."""
     for axis, (start, stop), show in (("x", (0, k), xlabels), ("y", (k - q, k), ylabels)):
-        positions, labels, bounds = _token_ticks(layout, start, stop)
+        positions, labels, bounds, sizes = _token_ticks(layout, start, stop)
+        labels = _fitting(ax, axis, positions, sizes, labels, stop - start)
         line = ax.axvline if axis == "x" else ax.axhline
         for b in bounds:
             line(b, color="white", linewidth=0.6, alpha=0.8)
         getattr(ax, f"set_{axis}ticks")(positions)
-        getattr(ax, f"set_{axis}ticklabels")(labels if show else [], fontsize=7,
+        getattr(ax, f"set_{axis}ticklabels")(labels if show else [], fontsize=_TICK_FONT,
                                            **({"rotation": 90, "va": "center"} if axis == "y" else {}))
         ax.tick_params(axis=axis, length=0)
+        if show:  # which axis is which, once per row and column of panels
+            getattr(ax, f"set_{axis}label")("keys" if axis == "x" else "queries", fontsize=_TICK_FONT, labelpad=1)
     for kind, colour in _MARKED.items():
         for s in layout.find(kind):
             ax.axvspan(s.start - 0.5, s.stop - 0.5, facecolor="none", edgecolor=colour, linewidth=0.8)

@@ -77,6 +77,7 @@ def grid_to_grid(
     grid=None,
     image_tokens=None,
     cls_token: Optional[int] = None,
+    registers=None,
     head: Optional[int] = None,
     scale: str = "uniform",
     alpha: float = 0.6,
@@ -86,55 +87,72 @@ def grid_to_grid(
 ):
     """The attention of one query patch drawn over the picture; returns the Figure.
 
-    Left: the picture with the query cell filled red. Right: that patch's
+    Left: the picture with the query cell outlined by a thick black-and-white
+    square (visible on dark and bright patches alike). Right: that patch's
     attention to every image patch, one block of colour per patch over the
     picture, on ``scale`` (see :func:`attention_map`; on the default
-    'uniform' scale white is uniform attention). With ``cls_token`` (the
-    class token's position, usually 0) a middle panel shows the weight the
-    query gives the class token in its own cell, coloured on the overlay's
-    scale and written out as its real value.
-    ``query`` is a ``(row, col)`` cell or a flat cell index; ``head`` picks a
-    head (the mean over heads when None); ``image_tokens`` and ``grid`` as in
-    :mod:`getlocal.patterns`; ``cell_kws`` go to :func:`patch_grid`;
-    ``**kwargs`` go to ``ax.imshow`` of the overlay.
+    'uniform' scale white is uniform attention); its title names the
+    reduction (the mean over heads, or the head). With ``cls_token`` (the
+    class token's position, usually 0) and ``registers`` (the register
+    tokens' positions, a list) a middle panel shows the query's attention to
+    each of them in its own cell, coloured on the overlay's scale and written
+    in the overlay's unit (``1.3x`` on the 'uniform' scale, the weight
+    otherwise). ``query`` is a ``(row, col)`` cell or a flat cell index;
+    ``head`` picks a head (the mean over heads when None); ``image_tokens``
+    and ``grid`` as in :mod:`getlocal.patterns`; ``cell_kws`` go to
+    :func:`patch_grid`; ``**kwargs`` go to ``ax.imshow`` of the overlay.
 
     >>> import numpy as np
     >>> a = np.full((197, 197), 1 / 197)
     >>> fig = grid_to_grid(a, np.zeros((224, 224, 3)), query=(3, 4), image_tokens=slice(1, 197), cls_token=0)
     >>> [t.get_text() for t in fig.axes[1].texts]
-    ['0.00508']
+    ['1x']
     """
     _check.integer("cls_token", cls_token, low=None, optional=True)
     _check.integer("head", head, low=None, optional=True)
     _check.number("alpha", alpha, low=0, high=1), _check.options("cell_kws", cell_kws)
     _figsize(figsize)
+    if registers is not None and (isinstance(registers, (str, bytes)) or not isinstance(registers, (list, tuple, range))
+                                  or not all(isinstance(v, (int, np.integer)) for v in registers)):
+        raise _check.ArgumentTypeError(f"registers must be a list of key positions (ints) or None; got "
+                                       f"{_check.show(registers)}")
     (r, c), hw, heat, weights, shown = query_patch(attn, query=query, grid=grid, image_tokens=image_tokens,
                                                    head=head, scale=scale)
     k = weights.shape[-1]
     img = as_picture(image)
 
-    with_cls = cls_token is not None
-    if with_cls and not -k <= cls_token < k:
-        raise ArgumentError(f"cls_token={cls_token} is outside the {k} keys of the map")
-    ratios = [1, 0.25, 1.25] if with_cls else [1, 1.25]
+    extra = ([("CLS", cls_token)] if cls_token is not None else []) + \
+        [(f"reg {i}", int(p)) for i, p in enumerate(registers or [])]
+    for name, pos in extra:
+        if not -k <= pos < k:
+            raise ArgumentError(f"{'cls_token' if name == 'CLS' else 'registers'} holds {pos}, outside the {k} keys "
+                                f"of the map")
+    ratios = [1, 0.3, 1.25] if extra else [1, 1.25]
     figsize = figsize or (3.2 * sum(ratios), 3.2)
     fig, axes = plt.subplots(1, len(ratios), figsize=figsize, gridspec_kw={"width_ratios": ratios})
-    patch_grid(img, grid=hw, cells=[(r, c)], ax=axes[0], **(cell_kws or {}))
+    patch_grid(img, grid=hw, cells=[], ax=axes[0], **(cell_kws or {}))
+    H, W = img.shape[:2]
+    for colour, width in (("black", 4.0), ("white", 1.8)):  # a dark ring round a light one: seen on any patch
+        axes[0].add_patch(Rectangle((c * W / hw[1], r * H / hw[0]), W / hw[1], H / hw[0], fill=False,
+                                    edgecolor=colour, linewidth=width))
     axes[0].set_title(f"query patch ({r}, {c})", fontsize=9)
     im = overlay(axes[-1], img, heat, scale=scale, alpha=alpha, cbar=False, **kwargs)
-    both = np.append(heat.ravel(), shown[cls_token]) if with_cls else heat
+    both = np.append(heat.ravel(), [shown[p] for _, p in extra]) if extra else heat
     colorbar(fig, im, both, SCALE_LABELS[scale], None, ax=axes[-1])
-    axes[-1].set_title("attention to patches", fontsize=9)
-    if with_cls:
-        value = float(weights[cls_token])
+    how = "mean over heads" if head is None else f"head {head}"
+    axes[-1].set_title(f"its attention to patches\n({how})", fontsize=9)
+    if extra:
         cax = axes[1]
-        # coloured on the overlay's scale (clipped at its ends), the number is exact
-        cax.imshow([[float(shown[cls_token])]], cmap=im.get_cmap(), norm=im.norm)
-        cax.text(0, 0, f"{value:.3g}", ha="center", va="center", fontsize=9, color="white",
-                 bbox={"facecolor": "black", "alpha": 0.5, "linewidth": 0, "pad": 1})
-        cax.set_title("CLS", fontsize=9)
+        # coloured on the overlay's scale (clipped at its ends), the number in the overlay's unit
+        cax.imshow(np.array([[float(shown[p])] for _, p in extra]), cmap=im.get_cmap(), norm=im.norm, aspect="auto")
+        for i, (name, pos) in enumerate(extra):
+            value = float(shown[pos]) if scale == "uniform" else float(weights[pos])
+            text = f"{value:.2g}x" if scale == "uniform" else f"{value:.3g}"
+            cax.text(0, i, text, ha="center", va="center", fontsize=8, color="white",
+                     bbox={"facecolor": "black", "alpha": 0.5, "linewidth": 0, "pad": 1})
+        cax.set_yticks(range(len(extra)), [name for name, _ in extra], fontsize=7)
         cax.set_xticks([])
-        cax.set_yticks([])
+        cax.set_title("x uniform" if scale == "uniform" else "weight", fontsize=8)
     return fig
 
 

@@ -1,16 +1,22 @@
 """Colour scales: the norm and colour map of each ``scale=``, and colour bars that read as plain numbers."""
 from __future__ import annotations
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.colors import LogNorm, Normalize
+from matplotlib.colors import ListedColormap, LogNorm, Normalize
 
+from ..patterns.display import UNIFORM_CMAP, UNIFORM_RANGE, uniform_colors
 
-SCALE_LABELS = {"uniform": "attention x visible keys (1 = uniform)", "log": "attention (log scale)",
+SCALE_LABELS = {"uniform": "x uniform (attention x visible keys)", "log": "attention (log scale)",
            "linear": "attention"}
 
 
-NEUTRAL_CMAP = "RdBu_r"  # white at its centre: 1 (uniform) on the 'uniform' scale
+#: White at its centre, 1 (uniform) on the 'uniform' scale, pale up to about 2x; the viewer draws the same colours.
+#: Registered with matplotlib under this name, so ``cmap="getlocal_uniform"`` works anywhere.
+NEUTRAL_CMAP = UNIFORM_CMAP
+if NEUTRAL_CMAP not in matplotlib.colormaps:
+    matplotlib.colormaps.register(ListedColormap(uniform_colors(256), name=NEUTRAL_CMAP))
 
 
 def norm_for(values, scale: str, kwargs: dict, default_cmap: str):
@@ -20,7 +26,8 @@ def norm_for(values, scale: str, kwargs: dict, default_cmap: str):
     finite = finite[np.isfinite(finite)]
     top_seen = float(finite.max()) if finite.size else 1.0
     if scale == "uniform":
-        top = float(vmax) if vmax is not None else max(2.0, top_seen)
+        # a fixed range: the same colour means the same ratio on every figure, and noise stays pale
+        top = float(vmax) if vmax is not None else UNIFORM_RANGE
         bottom = float(vmin) if vmin is not None else 1.0 / top
         kwargs.setdefault("norm", LogNorm(bottom, top, clip=False))
         kwargs.setdefault("cmap", NEUTRAL_CMAP)
