@@ -171,3 +171,77 @@ def test_select_action_runs_the_model_only_when_its_action_queue_is_empty(policy
         counts.append(len(probs()))
     per_run = LAYERS * (1 + STEPS)
     assert counts == [per_run] * CHUNK + [2 * per_run] * 2
+
+
+# -- Pi0 / Pi0.5: tiny.pi0's masks are LeRobot's ---------------------------------------------------
+# lerobot 0.4.x cannot build PI0Pytorch on a transformers from PyPI (it needs LeRobot's own branch), so its
+# sample_actions runs here on a PI0Pytorch/PI05Pytorch whose Gemmas are replaced by a recorder: every mask below
+# is built by LeRobot's own embed_prefix, embed_suffix, make_att_2d_masks, sample_actions and denoise_step.
+
+
+class _Gemmas(torch.nn.Module):
+    """Stands in for LeRobot's PaliGemmaWithExpertModel: embeds to zeros and records the masks it is handed."""
+
+    def __init__(self, width, image_tokens):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.width, self.image_tokens, self.masks = width, image_tokens, []
+        self.paligemma = SimpleNamespace(language_model=SimpleNamespace(config=SimpleNamespace()))
+        self.gemma_expert = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace()))
+
+    def embed_image(self, image):
+        return torch.zeros(image.shape[0], self.image_tokens, self.width)
+
+    def embed_language_tokens(self, tokens):
+        return torch.zeros(*tokens.shape, self.width)
+
+    def forward(self, attention_mask=None, inputs_embeds=None, **kwargs):
+        self.masks.append(attention_mask[:, 0] == 0)  # LeRobot's 4-D additive mask: 0 where a key is seen
+        suffix = inputs_embeds[1]
+        return [None, None if suffix is None else torch.zeros_like(suffix)], None
+
+
+def _lerobot_masks(pi05, cameras, image_tokens, lang_mask, horizon, steps=2):
+    """The masks LeRobot's own Pi0 (or Pi0.5) sample_actions hands its Gemmas: prefix, then one per step."""
+    module = "pi05" if pi05 else "pi0"
+    modeling = import_or_skip("lerobot", f"lerobot.policies.{module}.modeling_{module}")
+    configuration = import_or_skip("lerobot", f"lerobot.policies.{module}.configuration_{module}")
+    cls = modeling.PI05Pytorch if pi05 else modeling.PI0Pytorch
+    config = (configuration.PI05Config if pi05 else configuration.PI0Config)(chunk_size=horizon, n_action_steps=horizon,
+                                                                             max_state_dim=4, max_action_dim=4)
+    width = 8
+    model = cls.__new__(cls)
+    torch.nn.Module.__init__(model)
+    model.config, model.rtc_processor, model.gradient_checkpointing_enabled = config, None, False
+    model.paligemma_with_expert = _Gemmas(width, image_tokens)
+    model.action_in_proj, model.action_out_proj = torch.nn.Linear(4, width), torch.nn.Linear(width, 4)
+    if pi05:
+        model.time_mlp_in, model.time_mlp_out = torch.nn.Linear(width, width), torch.nn.Linear(width, width)
+    else:
+        model.state_proj = torch.nn.Linear(4, width)
+        model.action_time_mlp_in, model.action_time_mlp_out = torch.nn.Linear(2 * width, width), torch.nn.Linear(width, width)
+    images = [torch.zeros(lang_mask.shape[0], 3, 8, 8) for _ in range(cameras)]
+    img_masks = [torch.ones(lang_mask.shape[0], dtype=torch.bool) for _ in range(cameras)]
+    tokens = torch.zeros(lang_mask.shape, dtype=torch.long)
+    state = () if pi05 else (torch.zeros(lang_mask.shape[0], 4),)
+    model.sample_actions(images, img_masks, tokens, lang_mask, *state, num_steps=steps)
+    return model.paligemma_with_expert.masks
+
+
+@pytest.mark.parametrize("pi05", [False, True], ids=["pi0", "pi05"])
+def test_tiny_pi0_masks_equal_lerobots_own_on_the_same_prefix(pi05):
+    from getlocal.adapters import tiny
+
+    cameras, image_tokens, horizon = 2, 4, 5
+    lang_mask = torch.tensor([[True] * 5 + [False] * 2, [True] * 7])  # one padded prompt, one full
+    prefix, *suffixes = _lerobot_masks(pi05, cameras, image_tokens, lang_mask, horizon)
+    pad = torch.cat([torch.ones(2, cameras * image_tokens, dtype=torch.bool), lang_mask], dim=1)
+    ours_prefix, ours_suffix = tiny.pi0(pi05=pi05).masks(pad, horizon)
+    assert torch.equal(ours_prefix, prefix)
+    assert len(suffixes) == 2 and all(torch.equal(ours_suffix, s) for s in suffixes)
+    # What that means, read off LeRobot's masks: a bidirectional prefix; Pi0's state token sees no action.
+    real = pad[1]
+    assert prefix[1][real][:, real].all()
+    if not pi05:
+        assert not suffixes[0][:, 0, pad.shape[1] + 1:].any() and suffixes[0][:, 1:, pad.shape[1]].all()
