@@ -172,6 +172,24 @@ def paligemma_inputs(model, *, images: int = 1, batch: int = 1, text_tokens: int
 # -- Pi0: PaliGemma with an action expert ------------------------------------------
 
 
+def att_2d_masks(pad_masks: torch.Tensor, att_masks: torch.Tensor) -> torch.Tensor:
+    """Pi0's visibility rule (big_vision's ``make_att_2d_masks``, as openpi and LeRobot write it).
+
+    ``pad_masks [B, N]``: True for a real token; ``att_masks [B, N]``: 1 where a
+    token starts a block that earlier tokens cannot see. A query sees the real
+    keys whose cumulative ``att_masks`` is at most its own: all zeros is a
+    bidirectional prefix. Returns ``[B, N, N]`` booleans (True: seen).
+    """
+    cumsum = torch.cumsum(att_masks, dim=1)
+    seen = cumsum[:, None, :] <= cumsum[:, :, None]
+    return seen & (pad_masks[:, None, :] & pad_masks[:, :, None])
+
+
+def _additive(seen: torch.Tensor, dtype) -> torch.Tensor:
+    """A boolean ``[B, Q, K]`` visibility as the 4-D additive mask attention adds to its scores."""
+    return torch.zeros(seen.shape, dtype=dtype).masked_fill(~seen, torch.finfo(dtype).min)[:, None]
+
+
 class TinyPi0(nn.Module):
     """openpi's Pi0 shape: ``paligemma`` (prefix: images + text) beside a Gemma ``gemma_expert``.
 
@@ -179,12 +197,18 @@ class TinyPi0(nn.Module):
     and then ``steps`` denoising passes in which the expert's suffix queries attend
     to the prefix keys and their own, through ``modeling_gemma.eager_attention_forward``
     called directly (as openpi does), whose weights the caller throws away.
+    The masks are Pi0's (``masks``): the prefix is bidirectional (padding
+    hidden), the suffix sees the whole prefix, Pi0's state token (the suffix's
+    first) sees the prefix and itself only, and the action tokens see each other,
+    the state and the prefix. ``pi05=True`` is Pi0.5's suffix: no state token
+    (Pi0.5 writes the state into the prompt), only the action tokens.
     """
 
-    def __init__(self, paligemma_model, gemma_expert, action_dim: int):
+    def __init__(self, paligemma_model, gemma_expert, action_dim: int, pi05: bool = False):
         super().__init__()
         self.paligemma = paligemma_model
         self.gemma_expert = gemma_expert
+        self.pi05 = pi05
         width = gemma_expert.config.hidden_size
         self.state_proj = nn.Linear(action_dim, width)
         self.action_in_proj = nn.Linear(action_dim + 1, width)
@@ -196,6 +220,22 @@ class TinyPi0(nn.Module):
         parts.append(self.paligemma.get_input_embeddings()(input_ids))
         return torch.cat(parts, dim=1)
 
+    def masks(self, prefix_pad: torch.Tensor, horizon: int):
+        """Pi0's ``(prefix [B, P, P], suffix [B, S, P + S])`` visibility (True: seen), as LeRobot builds them.
+
+        ``prefix_pad [B, P]``: True for the real prefix tokens (images, then the
+        prompt). The suffix is the state token (not with ``pi05``) then ``horizon``
+        action tokens.
+        """
+        batch = prefix_pad.shape[0]
+        prefix = att_2d_masks(prefix_pad, torch.zeros(prefix_pad.shape, dtype=torch.long))
+        kinds = ([1] if not self.pi05 else []) + [1] + [0] * (horizon - 1)  # a block per state, one for the actions
+        suffix_att = torch.tensor(kinds)[None].expand(batch, -1)
+        suffix_pad = torch.ones(suffix_att.shape, dtype=torch.bool)
+        suffix = torch.cat([prefix_pad[:, None, :].expand(-1, len(kinds), -1), att_2d_masks(suffix_pad, suffix_att)],
+                           dim=2)
+        return prefix, suffix
+
     @torch.no_grad()
     def sample_actions(self, images: Sequence[torch.Tensor], input_ids: torch.Tensor, state: torch.Tensor, *,
                        horizon: int = 4, steps: int = 3,
@@ -205,12 +245,13 @@ class TinyPi0(nn.Module):
 
         prefix = self.embed_prefix(images, input_ids)
         language = self.paligemma.model.language_model
-        keep = None
+        pad = torch.ones(prefix.shape[:2], dtype=torch.bool)
         if attention_mask is not None:
-            images_len = prefix.shape[1] - input_ids.shape[1]
-            keep = torch.cat([torch.ones(prefix.shape[0], images_len, dtype=torch.long), attention_mask.long()], 1)
-        out = language(inputs_embeds=prefix, attention_mask=keep, output_hidden_states=True, use_cache=False)
-        self._prefix_keep = keep
+            pad[:, prefix.shape[1] - input_ids.shape[1]:] = attention_mask.bool()
+        prefix_seen, self._suffix_seen = self.masks(pad, horizon)
+        # A 4-D mask, as LeRobot passes: every kernel (eager, sdpa) then runs Pi0's bidirectional prefix.
+        out = language(inputs_embeds=prefix, attention_mask=_additive(prefix_seen, prefix.dtype),
+                       output_hidden_states=True, use_cache=False)
         # The prefix keys/values of each layer, recomputed from that layer's input
         # (version-independent, unlike the cache classes).
         positions = torch.arange(prefix.shape[1])[None]
@@ -230,8 +271,10 @@ class TinyPi0(nn.Module):
         dt = -1.0 / steps
         for i in range(steps):
             t = torch.full((batch, horizon, 1), 1.0 + i * dt, dtype=dtype)
-            suffix = torch.cat([self.state_proj(state)[:, None], self.action_in_proj(torch.cat([x, t], -1))], dim=1)
-            velocity = self.action_out_proj(self._expert(suffix, cached, prefix.shape[1], modeling_gemma)[:, 1:])
+            actions = self.action_in_proj(torch.cat([x, t], -1))
+            suffix = actions if self.pi05 else torch.cat([self.state_proj(state)[:, None], actions], dim=1)
+            out = self._expert(suffix, cached, prefix.shape[1], modeling_gemma)
+            velocity = self.action_out_proj(out[:, -horizon:])
             x = x + dt * velocity
         return x
 
@@ -247,24 +290,22 @@ class TinyPi0(nn.Module):
             k = attn.k_proj(h).view(shape).transpose(1, 2)
             v = attn.v_proj(h).view(shape).transpose(1, 2)
             q, k = modeling_gemma.apply_rotary_pos_emb(q, k, cos, sin)
-            mask = None
-            if self._prefix_keep is not None:  # the suffix sees every prefix token but the padding
-                seen = torch.cat([self._prefix_keep, torch.ones(h.shape[0], h.shape[1], dtype=torch.long)], 1)
-                mask = torch.zeros(seen.shape, dtype=q.dtype).masked_fill(seen == 0, torch.finfo(q.dtype).min)
-                mask = mask[:, None, None, :].expand(-1, 1, h.shape[1], -1)
             out, _ = modeling_gemma.eager_attention_forward(
-                attn, q, torch.cat([k_prefix, k], dim=2), torch.cat([v_prefix, v], dim=2), mask, attn.scaling)
+                attn, q, torch.cat([k_prefix, k], dim=2), torch.cat([v_prefix, v], dim=2),
+                _additive(self._suffix_seen, q.dtype), attn.scaling)
             hidden = hidden + attn.o_proj(out.reshape(*h.shape[:2], -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return model.norm(hidden)
 
 
 def pi0(*, dim: int = 32, expert_dim: int = 16, layers: int = 2, heads: int = 2, action_dim: int = 3,
-        image_size: int = IMAGE_SIZE, attn_implementation: Optional[str] = "eager", seed: int = 0) -> TinyPi0:
+        image_size: int = IMAGE_SIZE, attn_implementation: Optional[str] = "eager", pi05: bool = False,
+        seed: int = 0) -> TinyPi0:
     """A Pi0-shaped model: tiny PaliGemma plus a Gemma expert with the same heads and head size.
 
     ``attn_implementation`` is the PaliGemma's (None: transformers' default, sdpa); the
     expert's denoising attention calls ``eager_attention_forward`` itself, as openpi does.
+    ``pi05``: Pi0.5's suffix (the action tokens only; ``TinyPi0``).
     """
     from transformers import GemmaConfig, GemmaForCausalLM
 
@@ -276,7 +317,7 @@ def pi0(*, dim: int = 32, expert_dim: int = 16, layers: int = 2, heads: int = 2,
                                 max_position_embeddings=256)
     expert_config._attn_implementation = "eager"
     torch.manual_seed(seed + 1)
-    return TinyPi0(vlm, GemmaForCausalLM(expert_config), action_dim).eval()
+    return TinyPi0(vlm, GemmaForCausalLM(expert_config), action_dim, pi05=pi05).eval()
 
 
 def pi0_inputs(model: TinyPi0, *, cameras: int = 2, batch: int = 1, text_tokens: int = 4, seed: int = 0,
