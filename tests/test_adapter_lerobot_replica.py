@@ -2,9 +2,18 @@
 Pi0.5's suffix; tests/test_adapter_lerobot.py proves the same masks equal LeRobot's own where lerobot is installed."""
 import numpy as np
 import pytest
-import torch
+from required import import_or_skip, skip_unless
 
-from getlocal.adapters import paligemma, tiny
+torch = import_or_skip("paligemma", "torch")
+transformers = import_or_skip("paligemma", "transformers")
+
+from transformers.models.gemma import modeling_gemma  # noqa: E402
+
+skip_unless("paligemma", hasattr(modeling_gemma, "eager_attention_forward") and hasattr(transformers, "PaliGemmaConfig"),
+            f"tiny.pi0 is built on the PaliGemma adapter, which needs transformers >= 4.48; this is "
+            f"{transformers.__version__}")
+
+from getlocal.adapters import paligemma, tiny  # noqa: E402
 
 HORIZON = 4
 

@@ -19,12 +19,14 @@ def _plain_vit():
 
 
 @pytest.mark.parametrize("adapter, looked_for", [
-    (openvla, r"timm\.layers\.attention\.Attention.*model_type is 'llama'"),
-    (vit, r"timm\.layers\.attention\.Attention"),
+    (openvla, r"timm\.[\w.]+\.Attention.*model_type is 'llama'"),  # timm 0.9 keeps Attention in its ViT module
+    (vit, r"timm\.[\w.]+\.Attention"),
     (paligemma, r"model_type is 'paligemma' or 'siglip'"),
 ])
 def test_a_model_without_the_adapters_attention_raises_naming_what_it_looked_for(adapter, looked_for):
     name = adapter.__name__.rsplit(".", 1)[1]
+    if adapter is paligemma and not hasattr(__import__("transformers"), "PaliGemmaConfig"):
+        pytest.skip("paligemma needs transformers >= 4.48 and refuses older ones first")
     with pytest.raises(GetLocalError, match=rf"{name}\.activate\(model\): Linear holds none of the attention "
                                             rf"{name} captures; it looked for .*{looked_for}"):
         adapter.activate(nn.Linear(2, 2))
