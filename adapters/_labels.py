@@ -16,7 +16,7 @@ from getlocal import GetLocalError, _check
 from getlocal._convert import converter
 from getlocal.maps import AttentionMap, AttentionMaps, Lazy, Segment, TokenLayout
 
-from ._keep import Rows
+from ._keep import Rows, blank_padding_queries
 
 PromptLayout = Callable[[int, List["Entry"], int, Dict[str, Any]], TokenLayout]
 
@@ -103,7 +103,8 @@ def label(entries: List[Entry], spec, options: Dict[str, Any]) -> AttentionMaps:
                 rows = np.asarray(e.array.rows, dtype=np.int64) + (e.keys - e.queries)
                 queries = queries.take(e.array.rows)
             pad = None if e.tower in vision_towers else _pad_for(padding, e.batch, e.keys, start)
-            maps.append(AttentionMap(e.array, e.tower, e.layer, e.path, number, phase, e.index,
+            array = e.array if pad is None else _blank_padding_rows(e.array, pad, e.keys - e.queries, rows)
+            maps.append(AttentionMap(array, e.tower, e.layer, e.path, number, phase, e.index,
                                      queries, keys, e.camera, pad, rows))
             if e.tower not in layouts or len(keys) > len(layouts[e.tower]):
                 layouts[e.tower] = keys
@@ -167,6 +168,29 @@ def _mark_padding(prompt: TokenLayout, padding) -> TokenLayout:
                                             s.grid if whole and kind == s.kind else None))
                 start = pos
     return TokenLayout(segments)
+
+
+def _blank_padding_rows(array, pad, first: int, rows):
+    """``array`` with the rows of its padding queries set to exactly 0 (``_keep.blank_padding_queries``).
+
+    Eager's softmax gives a query whose every key is masked 1/K over every key,
+    future ones included; torch's sdpa kernel gives it 0, and so does every
+    labelled map, in both modes (``mode='fast'`` blanks them as it computes
+    them: a pending ``Rebuild`` is left alone here). The captured value is
+    copied first (it may be a view of the model's tensor); ``get_local.cache``
+    keeps what eager computed. A tensor in the autograd graph
+    (``convert='raw'`` while autograd records) is left as computed:
+    ``torch.autograd.grad`` on the maps needs the tensors the model used.
+    ``first``: the key position of query row 0; ``rows``: the positions of the
+    rows a capture kept by index, or None.
+    """
+    positions = np.arange(first, first + int(array.shape[-2])) if rows is None else rows
+    if isinstance(array, Rows):
+        value = blank_padding_queries(array.value, pad, positions)
+        return array if value is array.value else Rows(value, array.rows, array.queries, array.padding)
+    if isinstance(array, Lazy) or getattr(array, "requires_grad", False) or not hasattr(array, "__getitem__"):
+        return array
+    return blank_padding_queries(array, pad, positions)
 
 
 def _pad_for(padding, batch: int, keys: int, start: int = 0):
