@@ -119,7 +119,8 @@ def prompt_padding(language: List[Entry]):
     over 100 would be needed). So a position is padding in an item when, in
     every layer and head of the prefill, every query that sees it gives it
     exactly 0. Query rows whose keys are all masked (a left-padded query: the
-    softmax of equal values is uniform) are left out of that test.
+    softmax of equal values is uniform; 0 where fast mode already blanked it)
+    are left out of that test.
     """
     to_numpy = converter("numpy")
     zero = None

@@ -155,3 +155,19 @@ def test_pi0_right_padded_prefix_queries_are_zero_in_both_modes_and_the_expert_i
             np.testing.assert_allclose(np.asarray(m.array).sum(-1), 1, atol=1e-5)
     worst = _worst(fm, em)
     assert worst <= TOLERANCE, f"fast vs eager: max |difference| {worst:.3g}"
+
+
+@pytest.mark.parametrize("mode", ["eager", "fast"])
+def test_a_padding_query_that_sees_real_keys_keeps_its_softmax_row(mode):
+    """Right padding under a causal mask: the padded queries see the real tokens before them."""
+    fast, eager = _llm_pair()
+    model = fast if mode == "fast" else eager
+    ids, mask = _padded_prompt()
+    ids[0], mask[0] = ids[0].roll(-PAD), mask[0].roll(-PAD)  # item 0 pads its last PAD positions
+    with openvla.capture(model, mode=mode) as maps:
+        model(input_ids=ids, attention_mask=mask)
+    for m in maps:
+        a = np.asarray(m.array)
+        assert m.padding[0, -PAD:].all() and not m.padding[0, :-PAD].any()
+        np.testing.assert_allclose(a.sum(-1), 1, atol=1e-5)  # every row a softmax, the padded ones too
+        assert (a[0, :, -PAD:, -PAD:] == 0).all()  # the padded keys are masked for them as for everyone
