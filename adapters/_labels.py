@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from getlocal import GetLocalError, _check
-from getlocal._convert import converter
+from getlocal._convert import converter, is_tensor
 from getlocal.maps import AttentionMap, AttentionMaps, Lazy, Segment, TokenLayout
 
 from ._keep import Rows, blank_padding_queries
@@ -185,13 +185,14 @@ def _blank_padding_rows(array, pad, first: int, rows):
     ``first``: the key position of query row 0; ``rows``: the positions of the
     rows a capture kept by index, or None.
     """
-    positions = np.arange(first, first + int(array.shape[-2])) if rows is None else rows
-    if isinstance(array, Rows):
-        value = blank_padding_queries(array.value, pad, positions)
-        return array if value is array.value else Rows(value, array.rows, array.queries, array.padding)
-    if isinstance(array, Lazy) or getattr(array, "requires_grad", False) or not hasattr(array, "__getitem__"):
+    value = array.value if isinstance(array, Rows) else array
+    if not (isinstance(value, np.ndarray) or is_tensor(value)) or getattr(value, "requires_grad", False):
+        return array  # a pending Rebuild, a Skipped call, a user's convert= result, a map in the graph
+    positions = np.arange(first, first + int(value.shape[-2])) if rows is None else rows
+    blanked = blank_padding_queries(value, pad, positions)
+    if blanked is value:
         return array
-    return blank_padding_queries(array, pad, positions)
+    return Rows(blanked, array.rows, array.queries, array.padding) if isinstance(array, Rows) else blanked
 
 
 def _pad_for(padding, batch: int, keys: int, start: int = 0):
