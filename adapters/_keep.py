@@ -161,7 +161,7 @@ def padding_of_weights(weights):
     return hidden.cpu().numpy() if bool(hidden.any()) else None
 
 
-def padding_queries(weights, padding, positions):
+def _padding_queries(weights, padding, positions):
     """``(items, rows)`` index lists of the padding queries of ``weights`` ``[B, H, Q, K]``, or None.
 
     A padding query is a query row at a position that ``padding`` (``[B, K]``
@@ -199,17 +199,16 @@ def padding_queries(weights, padding, positions):
 
 
 def blank_padding_queries(weights, padding, positions, own: bool = False):
-    """``weights`` with the rows of its padding queries (``padding_queries``) set to exactly 0.
+    """``weights`` with the rows of its padding queries (``_padding_queries``) set to exactly 0.
 
-    0 and not NaN: it is what torch's sdpa kernel computes for a query whose
-    every key is masked (so ``map @ value`` is the kernel's output there too),
-    what ``getlocal.tokens.visible_until`` reads as "sees nothing" (-1), and it
+    0 and not NaN: torch's sdpa kernel outputs 0 for a query whose every key
+    is masked; 0 is what ``getlocal.tokens.visible_until`` reads as "sees nothing" (-1), and it
     keeps sums, means over heads or batch items, and plots finite; NaN would
     poison every one of them. The weights are copied first unless ``own``
     (a map computed here, not the model's tensor). Returns ``weights`` itself
     when nothing is to be changed.
     """
-    found = padding_queries(weights, padding, positions)
+    found = _padding_queries(weights, padding, positions)
     if found is None:
         return weights
     if not own:
