@@ -161,6 +161,72 @@ def padding_of_weights(weights):
     return hidden.cpu().numpy() if bool(hidden.any()) else None
 
 
+def _padding_queries(weights, padding, positions):
+    """``(items, rows)`` index lists of the padding queries of ``weights`` ``[B, H, Q, K]``, or None.
+
+    A padding query is a query row at a position that ``padding`` (``[B, K]``
+    bool, the prompt's padding) marks whose every key is masked: eager's
+    softmax gives it 1/K over every key, future ones included, the same value in
+    every head (the mask's ``finfo.min`` swallows the scores), where torch's
+    sdpa kernel gives it 0. ``positions``: the key position of each query row.
+    Rows already 0 are not listed. A real token is never listed: it sees itself
+    or its row holds the 0 of its own masked key beside positive weights, so
+    it is not uniform. The same test in both modes, on the same arithmetic, so
+    eager and fast maps stay equal.
+    """
+    import numpy as np
+
+    if padding is None:
+        return None
+    positions = np.asarray(positions, dtype=np.int64)
+    pad = np.asarray(padding, dtype=bool)
+    inside = positions < pad.shape[-1]
+    candidates = np.zeros((pad.shape[0], len(positions)), dtype=bool)
+    candidates[:, inside] = pad[:, positions[inside]]
+    items, rows = np.nonzero(candidates)
+    if not len(items):
+        return None
+    items, rows = items.tolist(), rows.tolist()
+    picked = weights[items, :, rows, :]  # [N, H, K]
+    if hasattr(picked, "detach"):
+        picked = picked.detach().float().cpu().numpy()
+    flat = np.asarray(picked, dtype=np.float32).reshape(len(items), -1)
+    top = flat.max(1)
+    blind = (top == flat.min(1)) & (top != 0)
+    if not blind.any():
+        return None
+    return [i for i, b in zip(items, blind) if b], [r for r, b in zip(rows, blind) if b]
+
+
+def blank_padding_queries(weights, padding, positions, own: bool = False):
+    """``weights`` with the rows of its padding queries (``_padding_queries``) set to exactly 0.
+
+    0 and not NaN: torch's sdpa kernel outputs 0 for a query whose every key
+    is masked; 0 is what ``getlocal.tokens.visible_until`` reads as "sees nothing" (-1), and it
+    keeps sums, means over heads or batch items, and plots finite; NaN would
+    poison every one of them. The weights are copied first unless ``own``
+    (a map computed here, not the model's tensor). Returns ``weights`` itself
+    when nothing is to be changed.
+    """
+    found = _padding_queries(weights, padding, positions)
+    if found is None:
+        return weights
+    if not own:
+        weights = weights.clone() if hasattr(weights, "clone") else weights.copy()
+    items, rows = found
+    weights[items, :, rows, :] = 0
+    return weights
+
+
+def _blanking(rows: Callable[..., Any], padding) -> Callable[..., Any]:
+    """``rows`` whose result has its padding queries' rows set to 0 (``blank_padding_queries``), as eager's are."""
+    def blanked(*inputs):
+        weights = rows(*inputs)
+        return blank_padding_queries(weights, padding, range(weights.shape[-2]), own=True)
+
+    return blanked
+
+
 class Keep:
     """The ``keep`` functions of one activation: what each call holds, given the selection.
 
@@ -304,6 +370,8 @@ class Keep:
         padding = padding_of(mask, q_len, key.shape[2]) if q_len == kv_length else None
         if not self.wanted(owner, q_len, kv_length):
             return Skipped(shape, padding)
+        if padding is not None:  # a padded prompt: its padding queries' rows 0, as collect() gives eager's
+            rows = _blanking(rows, padding)
         if q_len < kv_length:  # a step over cached keys: its rows now, never a copy of the cache
             with torch.no_grad():
                 return self.finish(rows(query, key, mask), padding)

@@ -13,10 +13,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from getlocal import GetLocalError, _check
-from getlocal._convert import converter
+from getlocal._convert import converter, is_tensor
 from getlocal.maps import AttentionMap, AttentionMaps, Lazy, Segment, TokenLayout
 
-from ._keep import Rows
+from ._keep import Rows, blank_padding_queries
 
 PromptLayout = Callable[[int, List["Entry"], int, Dict[str, Any]], TokenLayout]
 
@@ -103,7 +103,8 @@ def label(entries: List[Entry], spec, options: Dict[str, Any]) -> AttentionMaps:
                 rows = np.asarray(e.array.rows, dtype=np.int64) + (e.keys - e.queries)
                 queries = queries.take(e.array.rows)
             pad = None if e.tower in vision_towers else _pad_for(padding, e.batch, e.keys, start)
-            maps.append(AttentionMap(e.array, e.tower, e.layer, e.path, number, phase, e.index,
+            array = e.array if pad is None else _blank_padding_rows(e.array, pad, e.keys - e.queries, rows)
+            maps.append(AttentionMap(array, e.tower, e.layer, e.path, number, phase, e.index,
                                      queries, keys, e.camera, pad, rows))
             if e.tower not in layouts or len(keys) > len(layouts[e.tower]):
                 layouts[e.tower] = keys
@@ -118,7 +119,8 @@ def prompt_padding(language: List[Entry]):
     over 100 would be needed). So a position is padding in an item when, in
     every layer and head of the prefill, every query that sees it gives it
     exactly 0. Query rows whose keys are all masked (a left-padded query: the
-    softmax of equal values is uniform) are left out of that test.
+    softmax of equal values is uniform; 0 where fast mode already blanked it)
+    are left out of that test.
     """
     to_numpy = converter("numpy")
     zero = None
@@ -167,6 +169,30 @@ def _mark_padding(prompt: TokenLayout, padding) -> TokenLayout:
                                             s.grid if whole and kind == s.kind else None))
                 start = pos
     return TokenLayout(segments)
+
+
+def _blank_padding_rows(array, pad, first: int, rows):
+    """``array`` with the rows of its padding queries set to exactly 0 (``_keep.blank_padding_queries``).
+
+    Eager's softmax gives a query whose every key is masked 1/K over every key,
+    future ones included; torch's sdpa kernel gives it 0, and so does every
+    labelled map, in both modes (``mode='fast'`` blanks them as it computes
+    them: a pending ``Rebuild`` is left alone here). The captured value is
+    copied first (it may be a view of the model's tensor); ``get_local.cache``
+    keeps what eager computed. A tensor in the autograd graph
+    (``convert='raw'`` while autograd records) is left as computed:
+    ``torch.autograd.grad`` on the maps needs the tensors the model used.
+    ``first``: the key position of query row 0; ``rows``: the positions of the
+    rows a capture kept by index, or None.
+    """
+    value = array.value if isinstance(array, Rows) else array
+    if not (isinstance(value, np.ndarray) or is_tensor(value)) or getattr(value, "requires_grad", False):
+        return array  # a pending Rebuild, a Skipped call, a user's convert= result, a map in the graph
+    positions = np.arange(first, first + int(value.shape[-2])) if rows is None else rows
+    blanked = blank_padding_queries(value, pad, positions)
+    if blanked is value:
+        return array
+    return Rows(blanked, array.rows, array.queries, array.padding) if isinstance(array, Rows) else blanked
 
 
 def _pad_for(padding, batch: int, keys: int, start: int = 0):

@@ -129,10 +129,10 @@ def _expanded(t, heads):
 
 
 def _real_rows(m):
-    """Query rows of real tokens: item 0's padded prefill queries see nothing (their rows are meaningless)."""
+    """Query rows of real tokens: a padded prompt's padding queries see nothing (collect() gives them rows of 0)."""
     rows = np.ones(m.shape[0:1] + m.shape[2:3], dtype=bool)
-    if m.phase == "prefill" and m.tower == "language":
-        rows[0, :PAD] = False
+    if m.padding is not None and m.shape[2] == m.shape[3]:  # a prompt's map: its queries are its keys
+        rows &= ~np.asarray(m.padding)
     return rows
 
 
