@@ -183,8 +183,10 @@ def test_fast_prefill_holds_one_copy_of_each_key_head():
     query, key = pending.inputs[:2]
     assert isinstance(pending, Lazy) and query.shape == (2, 4, 40, 16) and key.shape == (2, 2, 40, 16)
     eager = maps[0].array
-    np.testing.assert_allclose(eager.sum(-1), 1, atol=1e-5)
+    np.testing.assert_allclose(eager[1].sum(-1), 1, atol=1e-5)
+    np.testing.assert_allclose(eager[0, :, PAD:].sum(-1), 1, atol=1e-5)
     assert (eager[0, :, PAD:, :PAD] == 0).all()
+    assert (eager[0, :, :PAD] == 0).all()  # the padding queries' rows: exactly 0, as sdpa gives them
 
 
 @pytest.mark.skipif(not OLD, reason=f"transformers {transformers.__version__} has no LlamaFlashAttention2 class "

@@ -304,3 +304,16 @@ def test_summary_counts_block_heads_and_shows_the_offsets_of_diagonal_heads(tmp_
     assert header in markdown and "**offset**" in markdown and "**diag, stripe, vert, block, mixed**" in markdown
     row = next(line for line in markdown.splitlines() if line.startswith("| 0 | 2 |"))
     assert row.split(" | ")[2:8] == ["1", "0", "0", "1", "0", "-1"]
+
+
+def test_demo_whose_page_would_be_too_large_writes_everything_else_and_says_how_to_view_a_part(tmp_path, monkeypatch,
+                                                                                              capsys):
+    from getlocal import cli
+    from getlocal.cli import commands
+
+    monkeypatch.setattr(commands, "PAGE_MB", 0.05)  # the tiny model's page is about 0.5 MB
+    assert cli.main(["demo", "--model", "paligemma-tiny", "--quiet", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "no page written: one page of all 12 maps would be about" in out and "above 0.05 MB" in out
+    assert "getlocal.view(getlocal.load(" in out and "explore the capture" not in out
+    assert (tmp_path / "o" / "summary.json").exists() and not (tmp_path / "o" / "capture.html").exists()

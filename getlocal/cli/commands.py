@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from getlocal import saved
+from getlocal.viewer import MAX_PAGE_MB, page_size
 from getlocal.viewer import view as view_page
 
 from .inputs import CommandError, made, open_picture, out_dir, picture_file, weights_file
@@ -60,15 +61,24 @@ def demo(args) -> int:
             print(f"saved the capture to {saved_to}/ ({len(maps)} maps, {size / 2**20:.1f} MB); "
                   f"`python -m getlocal plot {saved_to} --out DIR` redraws everything below without the model")
             report(maps, images, info, out, quiet=args.quiet)
-            view_page(saved_to, out=out / PAGE)
+            size = page_size(maps, images=images)
+            if size <= PAGE_MB * 2**20:
+                view_page(saved_to, out=out / PAGE, max_mb=PAGE_MB)
     finally:
         stages.close()
     if random_weights(info):
         print(f"\nnote: {_TINY_NOTE if args.model in TINY_MODELS else RANDOM_NOTE}")
-    print(f"\nexplore the capture in a browser: open {out / PAGE} (one self-contained page)")
+    if size <= PAGE_MB * 2**20:
+        print(f"\nexplore the capture in a browser: open {out / PAGE} (one self-contained page)")
+    else:  # the figures and the capture are written: a page of part of it is one call away
+        print(f"\nno page written: one page of all {len(maps)} maps would be about {size / 2**20:.0f} MB, above "
+              f"{PAGE_MB:g} MB; view a part of the capture: getlocal.view(getlocal.load('{saved_to}')"
+              f".select(tower={maps.towers[0]!r}, layer=[...]))")
     return 0
 
 
+#: The largest page ``demo`` writes, in MB (the viewer's own limit): above it the page is left out and said.
+PAGE_MB = MAX_PAGE_MB
 #: The page ``demo`` writes beside its capture: the name ``view CAPTURE_DIR`` gives it (``CAPTURE_DIR.html``).
 PAGE = "capture.html"
 #: The closing note of a tiny model: no trained weights exist for it, so ``--pretrained`` is no way out.
