@@ -50,7 +50,7 @@ def check_options(options: Dict[str, Any]) -> None:
     if cameras is not None and (isinstance(cameras, str) or not isinstance(cameras, (list, tuple))
                                 or not all(isinstance(c, str) and c for c in cameras)):
         raise _check.ArgumentTypeError(f"cameras must be a list of camera names (str); got {_check.show(cameras)}")
-    if "state_tokens" in options:
+    if options.get("state_tokens") is not None:
         _check.integer("state_tokens", options["state_tokens"], low=0)
 
 

@@ -275,7 +275,8 @@ class Adapter:
 
     # -- labelling ---------------------------------------------------------
 
-    def collect(self, model=None, *, cameras: Optional[Sequence[str]] = None, state_tokens: int = 0) -> AttentionMaps:
+    def collect(self, model=None, *, cameras: Optional[Sequence[str]] = None,
+                state_tokens: Optional[int] = None) -> AttentionMaps:
         """The captured maps, labelled: tower, layer, module path, step (forward pass), phase and token layouts.
 
         A ViT gives one ``'encode'`` step per forward pass. ``generate()`` gives
@@ -290,8 +291,10 @@ class Adapter:
 
         ``cameras`` and ``state_tokens``, for adapters that take them
         (paligemma): ``cameras`` names the images of each sequence in order
-        (default ``image0``, ``image1``, ...); ``state_tokens``: how many suffix
-        tokens come before the action tokens (Pi0: 1, the state token; Pi0.5: 0).
+        (default: LeRobot's image keys, ``observation.images.top``, ..., for a
+        LeRobot policy, else ``image0``, ``image1``, ...); ``state_tokens``: how
+        many suffix tokens come before the action tokens (Pi0: 1, the state
+        token; Pi0.5: 0; default: what the model's structure says, else 0).
         """
         check_model(model)
         options = self._options("collect", cameras, state_tokens)
@@ -303,7 +306,7 @@ class Adapter:
                 f"call {name}.activate() (or {name}.activate(model)) before running the model")
         return self._collect(model, options)
 
-    def capture(self, model=None, *, cameras: Optional[Sequence[str]] = None, state_tokens: int = 0,
+    def capture(self, model=None, *, cameras: Optional[Sequence[str]] = None, state_tokens: Optional[int] = None,
                 convert="numpy", max_calls: Optional[int] = None, max_bytes: Optional[int] = None,
                 mode: str = "eager", queries=None, heads=None, towers=None, layers=None, dtype=None):
         """``with vit.capture(model) as maps:`` activated for the block; ``maps`` is filled when it ends.
@@ -357,7 +360,7 @@ class Adapter:
         """The labelling options the spec takes; another one given is refused as Python refuses a keyword."""
         given = {"cameras": cameras, "state_tokens": state_tokens}
         for name, value in given.items():
-            if name not in self.spec.options and value != {"cameras": None, "state_tokens": 0}[name]:
+            if name not in self.spec.options and value is not None:
                 raise _check.ArgumentTypeError(f"{call}() got an unexpected keyword argument {name!r}")
         return {k: v for k, v in given.items() if k in self.spec.options}
 
@@ -369,15 +372,19 @@ class Adapter:
         names = self._names(model, [e.owner for e in entries])
         if model is not None:  # other models' maps of the same classes (another timm ViT) stay out
             entries = [e for e in entries if id(e.owner) in names]
+        told: Optional[Dict[str, Any]] = None  # what the model says of its labels, read once
         for e in entries:
             e.path, modules = names.get(id(e.owner), ("", {}))
+            if modules and told is None and options:
+                told = self.spec.model_options(modules)
             if not e.path:
                 e.path = f"<{type(e.owner).__name__}>"
             e.layer = layer_of(e.owner, e.path)
             e.tower = self.spec.tower(e.owner, e.path, modules)
             if e.tower in self.spec.vision_towers:
                 e.layout = self.spec.vision_layout(e.path, modules, e.keys)
-        maps = label(entries, self.spec, options)
+        given = {k: v for k, v in options.items() if v is not None}
+        maps = label(entries, self.spec, {**{k: v for k, v in (told or {}).items() if k in options}, **given})
         c = self.choice
         if c["towers"] is not None or c["layers"] is not None or isinstance(c["queries"], str):
             counts: Dict[str, int] = {}  # layers per tower, from the labels of every call (left-out ones too)

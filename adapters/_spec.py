@@ -48,7 +48,10 @@ class Spec:
     ``options``: the labelling options ``collect`` takes (``'cameras'``, ``'state_tokens'``);
     ``refuses(owned)``: given ``{path: module}`` of the model's modules that the
     sources own, why the model is not one this adapter labels (a sentence naming
-    the way out), or None; the default accepts any model that holds one.
+    the way out), or None; the default accepts any model that holds one;
+    ``model_options(modules)``: given ``{path: module}`` of the model, the labelling
+    options the model itself tells (LeRobot's camera keys, Pi0's state token),
+    used where ``collect`` was not given them; the default tells nothing.
     """
 
     def __init__(self, name: str, *, vision_towers: Sequence[str], sources: Sequence[Any],
@@ -57,9 +60,11 @@ class Spec:
                  prompt_layout: Optional[PromptLayout] = None, language_towers: Sequence[str] = (),
                  expert_towers: Sequence[str] = (), options: Sequence[str] = (),
                  steps: Steps = GENERATE, expert_steps: Steps = DENOISE,
-                 refuses: Optional[Callable[[Dict[str, Any]], Optional[str]]] = None):
+                 refuses: Optional[Callable[[Dict[str, Any]], Optional[str]]] = None,
+                 model_options: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None):
         self.name, self.sources, self.tower = name, tuple(sources), tower
         self.refuses = refuses or (lambda owned: None)
+        self.model_options = model_options or (lambda modules: {})
         self.vision_towers, self.language_towers = tuple(vision_towers), tuple(language_towers)
         self.expert_towers = tuple(expert_towers)
         self.vision_layout, self.prompt_layout, self.options = vision_layout, prompt_layout, tuple(options)

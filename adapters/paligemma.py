@@ -11,11 +11,13 @@ What is captured: the post-softmax ``attn_weights`` local of the module-level
 ``eager_attention_forward`` of ``modeling_siglip`` (tower ``'vision'``),
 ``modeling_gemma``, ``modeling_gemma2`` and ``modeling_gemma3`` (soft-capping,
 when the config has it, comes before the softmax). Gemma layers are tower
-``'language'``, or ``'expert'`` (the action expert) when a component of their
-module path is ``gemma_expert`` (openpi's and LeRobot's name for it). Because the function itself is
+``'language'`` inside a PaliGemma model, or ``'expert'`` (Pi0's action expert)
+when they sit beside one, as in openpi's and LeRobot's Pi0 and Pi0.5. Because the function itself is
 instrumented, calls that bypass the attention module are captured too: Pi0's
 joint prefix/suffix attention calls ``modeling_gemma.eager_attention_forward``
-directly and throws the weights away.
+directly and throws the weights away. For LeRobot's ``PI0Policy`` and
+``PI05Policy``, ``collect()`` names the cameras by the policy's image keys
+(``observation.images.top``, ...) and counts Pi0's state token by itself.
 
 Every model seen is switched to eager attention through its config (read at
 call time, so models already loaded switch in place); transformers >= 4.48 is
@@ -30,8 +32,6 @@ from ._spec import Spec
 from .sources.transformers import EagerTransformers
 
 _MODULES = ("siglip", "gemma", "gemma2", "gemma3")
-#: The module of Pi0's action expert (openpi, LeRobot): its Gemma layers are the ``'expert'`` tower.
-_EXPERT_MODULE = "gemma_expert"
 _MODEL_TYPES = ("paligemma", "siglip", "siglip_vision_model", "gemma", "gemma2", "gemma3", "gemma3_text")
 
 
@@ -61,7 +61,61 @@ def _eager_functions():
 def _tower(owner, path, modules) -> str:
     if type(owner).__name__.startswith("Siglip"):
         return "vision"
-    return "expert" if _EXPERT_MODULE in path.split(".") else "language"
+    # Read off the model's structure: a Gemma inside a PaliGemma is its language model; a Gemma beside
+    # one (Pi0's action expert, whatever its attribute is called) is the expert.
+    if any(_is_paligemma(m) for m in _holders(path, modules)):
+        return "language"
+    return "expert" if any(_is_paligemma(m) for m in modules.values()) else "language"
+
+
+def _is_paligemma(module) -> bool:
+    return getattr(getattr(module, "config", None), "model_type", None) == "paligemma"
+
+
+def _holders(path, modules) -> list:
+    """The modules that hold the module at ``path``, nearest first, the root last."""
+    parts = path.split(".") if path else []
+    found = (modules.get(".".join(parts[:i])) for i in range(len(parts) - 1, -1, -1))
+    return [m for m in found if m is not None]
+
+
+def _model_options(modules) -> dict:
+    """Pi0's labels that its model says: LeRobot's camera keys (its config's ``image_features``, in the order
+    its ``_preprocess_images`` stacks them when every camera is in the batch) and one state token when the
+    module around the PaliGemma and its expert projects the state into the suffix (Pi0's ``state_proj``;
+    Pi0.5, which writes the state into the prompt, has none; openpi's Pi0.5 keeps ``pi05`` set)."""
+    paligemma = next((p for p, m in modules.items() if _is_paligemma(m)), None)
+    if paligemma is None:
+        return {}
+    holders = _holders(paligemma, modules)[1:]
+    inner = {id(m) for m in modules[paligemma].modules()}
+    # the Pi0 model: the nearest holder of the PaliGemma that also holds a Gemma of its own (the expert)
+    for i, holder in enumerate(holders):
+        if any(_is_gemma(m) and id(m) not in inner for m in holder.modules()):
+            break
+    else:
+        return {}
+    told = {}
+    around = holders[i:]
+    if any(isinstance(getattr(h, "state_proj", None), _module_type()) and not getattr(h, "pi05", False)
+           for h in around):
+        told["state_tokens"] = 1
+    for h in around:
+        features = getattr(getattr(h, "config", None), "image_features", None)
+        if isinstance(features, dict) and features:
+            told["cameras"] = [str(k) for k in features]
+            break
+    return told
+
+
+def _is_gemma(module) -> bool:
+    return str(getattr(getattr(module, "config", None), "model_type", "")).startswith("gemma")
+
+
+def _module_type():
+    import torch
+
+    return torch.nn.Module
 
 
 def _prompt_layout(length, vision, batch, options) -> TokenLayout:
@@ -88,6 +142,7 @@ _ADAPTER = register(Spec(
     tower=_tower,
     prompt_layout=_prompt_layout,
     options=("cameras", "state_tokens"),
+    model_options=_model_options,
 ))
 activate, capture, collect = _ADAPTER.activate, _ADAPTER.capture, _ADAPTER.collect
 deactivate, is_active = _ADAPTER.deactivate, _ADAPTER.is_active
