@@ -128,6 +128,18 @@ def _kinds(layout):
     return out
 
 
+def _lerobots_kinds(policy, batch):
+    """The kind (and camera) of every key position of a denoise step, read off LeRobot's own prefix order
+    (images per camera in its image keys' order, then the language tokens), its pad mask (padding) and its
+    suffix mask (Pi0's state token: the suffix row that cannot see the action tokens)."""
+    pad, _, suffix = _lerobot_masks(policy, batch)
+    expected = [("image", camera) for camera in CAMERAS for _ in range(IMAGE_TOKENS)]
+    expected += [("bos", None)] + [("text", None)] * (TEXT - 1)
+    assert len(expected) == len(pad)
+    expected = [("padding", None) if not real else kind for kind, real in zip(expected, pad)]
+    return expected + [("state", None) if blind else ("action", None) for blind in ~suffix[:, -1]]
+
+
 def test_towers_phases_and_steps_come_from_the_policys_own_structure(policy):
     with paligemma.capture(policy) as maps:
         _sample(policy)
@@ -150,23 +162,14 @@ def test_token_kinds_are_lerobots_order_images_per_camera_language_state_actions
     batch = _batch(words=4)
     with paligemma.capture(policy) as maps:
         _sample(policy, batch)
-    pad, _, suffix = _lerobot_masks(policy, batch)
-    prefix_len = len(pad)
-    assert prefix_len == len(CAMERAS) * IMAGE_TOKENS + TEXT
-    expected = [("image", camera) for camera in CAMERAS for _ in range(IMAGE_TOKENS)]
-    expected += [("bos", None)] + [("text", None)] * (TEXT - 1)
-    # LeRobot's pad mask says which prefix positions are padding
-    expected = [("padding", None) if not real else kind for kind, real in zip(expected, pad)]
-    # LeRobot's suffix mask: Pi0's state token is the suffix row that cannot see the action tokens
-    blind = ~suffix[:, -1]
-    expected += [("state", None) if b else ("action", None) for b in blind]
-    assert blind.sum() == (0 if _is_pi05(policy) else 1)
-    denoise = maps.select(phase="denoise")
-    for m in denoise:
-        assert _kinds(m.keys) == expected
-        assert _kinds(m.queries) == expected[prefix_len:]
+    expected = _lerobots_kinds(policy, batch)
+    prefix = len(CAMERAS) * IMAGE_TOKENS + TEXT
+    assert expected[prefix - 2:prefix] == [("padding", None)] * 2
+    assert [k for k, _ in expected[prefix:]].count("state") == (0 if _is_pi05(policy) else 1)
+    for m in maps.select(phase="denoise"):
+        assert _kinds(m.keys) == expected and _kinds(m.queries) == expected[prefix:]
     for m in maps.select(tower="language"):
-        assert _kinds(m.keys) == expected[:prefix_len] and _kinds(m.queries) == expected[:prefix_len]
+        assert _kinds(m.keys) == expected[:prefix] and _kinds(m.queries) == expected[:prefix]
     assert maps.layouts["expert"].find("image", camera=CAMERAS[1])[0].grid == (4, 4)
 
 
@@ -175,6 +178,7 @@ def test_every_map_is_zero_exactly_where_lerobots_own_masks_hide_a_key(policy):
     with paligemma.capture(policy) as maps:
         _sample(policy, batch)
     pad, prefix, suffix = _lerobot_masks(policy, batch)
+    assert _kinds(maps.layouts["expert"]) == _lerobots_kinds(policy, batch)
     for m in maps.select(tower="language"):
         weights = np.asarray(m.array)[0][:, pad]  # real queries (a padded query's row is blanked to 0)
         assert np.array_equal(weights != 0, np.broadcast_to(prefix[pad], weights.shape)), m.path
@@ -185,29 +189,24 @@ def test_every_map_is_zero_exactly_where_lerobots_own_masks_hide_a_key(policy):
         np.testing.assert_allclose(weights.sum(-1), 1, atol=1e-6)
 
 
-def test_fast_mode_leaves_actions_bit_identical_and_its_maps_equal_eager_within_1e_6(policy):
+def test_fast_mode_leaves_actions_bit_identical_and_eager_mode_moves_them_by_float32_rounding_only(policy):
     plain = _sample(policy)
     with paligemma.capture(policy, mode="fast") as fast:
         fast_actions = _sample(policy)
     with paligemma.capture(policy) as eager:
-        _sample(policy)
+        eager_actions = _sample(policy)
     assert torch.equal(fast_actions, plain)
+    # Eager mode runs SigLIP on eager attention instead of sdpa (LeRobot already runs its Gemmas on eager):
+    # the same arithmetic summed in another order, so the actions (of order 1) move by float32 rounding.
+    assert plain.abs().max() > 0.1
+    torch.testing.assert_close(eager_actions, plain, rtol=0, atol=1e-5)
     assert [(m.tower, m.layer, m.step, m.phase, m.camera) for m in fast] == \
         [(m.tower, m.layer, m.step, m.phase, m.camera) for m in eager]
     assert len(fast) == len(CAMERAS) * LAYERS + LAYERS + STEPS * LAYERS
+    assert _kinds(fast.layouts["expert"]) == _lerobots_kinds(policy, _batch())
     for f, e in zip(fast, eager):
         assert f.keys == e.keys and f.queries == e.queries
         np.testing.assert_allclose(np.asarray(f.array), np.asarray(e.array), rtol=0, atol=1e-6)
-
-
-def test_eager_mode_changes_the_actions_by_float32_rounding_only(policy):
-    # Eager mode runs SigLIP on eager attention instead of sdpa (LeRobot already runs its Gemmas on eager):
-    # the same arithmetic summed in another order, so the actions (of order 1) move by float32 rounding.
-    plain = _sample(policy)
-    with paligemma.capture(policy):
-        eager = _sample(policy)
-    assert plain.abs().max() > 0.1
-    torch.testing.assert_close(eager, plain, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["eager", "fast"])
@@ -225,6 +224,7 @@ def test_activating_before_the_policy_is_built_gives_the_same_labels(mode):
     assert [(m.tower, m.layer, m.step, m.phase, m.camera, m.path) for m in before] == \
         [(m.tower, m.layer, m.step, m.phase, m.camera, m.path) for m in after]
     assert all(b.keys == a.keys for b, a in zip(before, after))
+    assert _kinds(before.layouts["expert"]) == _lerobots_kinds(policy, _batch())
     np.testing.assert_allclose(np.asarray(before[-1].array), np.asarray(after[-1].array), rtol=0, atol=1e-6)
 
 
@@ -240,14 +240,19 @@ def test_selection_keywords_keep_the_head_mean_of_the_last_expert_layers_suffix_
     for m, f in zip(maps, full):
         # queries='action': the rows each denoise step adds, Pi0's state token with the action tokens
         assert m.array.shape == (1, 1, state + CHUNK, f.array.shape[-1]) and m.queries == f.queries
+        assert _kinds(m.keys) == _lerobots_kinds(policy, _batch())
         np.testing.assert_allclose(np.asarray(m.array), np.asarray(f.array).mean(1, keepdims=True), rtol=0, atol=1e-6)
 
 
-def test_labels_given_to_collect_override_what_the_policy_says(policy):
-    with paligemma.capture(policy, cameras=["front", "hand"], state_tokens=0) as maps:
+def test_cameras_and_state_tokens_given_to_capture_override_what_the_policy_says(policy):
+    with paligemma.capture(policy) as told:
         _sample(policy)
-    assert [m.camera for m in maps.select(tower="vision", layer=0)] == ["front", "hand"]
-    assert not maps.layouts["expert"].find("state")
+    with paligemma.capture(policy, cameras=["front", "hand"], state_tokens=0) as given:
+        _sample(policy)
+    assert [m.camera for m in told.select(tower="vision", layer=0)] == list(CAMERAS)
+    assert [m.camera for m in given.select(tower="vision", layer=0)] == ["front", "hand"]
+    assert len(told.layouts["expert"].find("state")) == (0 if _is_pi05(policy) else 1)
+    assert not given.layouts["expert"].find("state")
     with pytest.raises(GetLocalError, match="names 1 cameras but each sequence holds 2 images"):
         with paligemma.capture(policy, cameras=["front"]):
             _sample(policy)
