@@ -53,9 +53,21 @@ def test_each_spec_declares_its_towers_phases_and_kinds():
     assert {"state", "action", "generated"} <= set(spec.kinds)
 
 
-def test_the_action_expert_is_the_module_openpi_names_gemma_expert_not_any_path_with_expert_in_it():
-    tower = paligemma._ADAPTER.spec.tower
-    owner = object()
-    assert tower(owner, "paligemma_with_expert.gemma_expert.model.layers.0.self_attn", {}) == "expert"
-    assert tower(owner, "gemma_expert.model.layers.0.self_attn", {}) == "expert"
-    assert tower(owner, "paligemma_with_expert.paligemma.model.language_model.layers.0.self_attn", {}) == "language"
+def test_the_action_expert_is_the_gemma_beside_a_paligemma_whatever_the_module_names_say():
+    import torch
+
+    from getlocal.adapters import tiny
+
+    pi0 = tiny.pi0()
+    box = torch.nn.Module()  # names that a rule on paths would get wrong both ways
+    box.expert_model = pi0.paligemma
+    box.paligemma_language = pi0.gemma_expert
+    tower, modules = paligemma._ADAPTER.spec.tower, dict(box.named_modules())
+
+    def towers(start, modules):
+        return {tower(m, p, modules) for p, m in modules.items() if p.startswith(start) and p.endswith("self_attn")}
+
+    assert towers("expert_model.model.language_model", modules) == {"language"}
+    assert towers("paligemma_language", modules) == {"expert"}
+    alone = dict(pi0.gemma_expert.named_modules())  # a Gemma with no PaliGemma beside it is a language model
+    assert towers("", alone) == {"language"}
