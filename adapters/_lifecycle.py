@@ -47,6 +47,7 @@ class Adapter:
         self.choice: Dict[str, Any] = dict(DEFAULT_CHOICE)  # mode and selection of the activation in force
         self._places: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # module -> (tower, layer)
         self._layer_counts: Dict[str, int] = {}
+        self._placed_whole = True  # False while some places were read off a model as it was being built
 
     @property
     def mode(self) -> str:
@@ -194,10 +195,15 @@ class Adapter:
         if why:
             raise GetLocalError(f"{name}.activate(model): {what}: {why}")
 
-    def prepare(self, model, built: bool = False) -> None:
+    def prepare(self, model, built: bool = False, whole: bool = True) -> None:
+        """Switch (or, in mode='fast', check) the modules of ``model`` not yet seen, and place them for a selection.
+
+        ``built``: ``model`` is being built (its ``post_init``); ``whole``: False for a module
+        first seen called, which may be a part of a model (a layer, a vision tower).
+        """
         fast = self.mode == "fast"
         placing = self.choice["towers"] is not None or self.choice["layers"] is not None
-        modules = dict(model.named_modules()) if placing else {}
+        fresh = []
         for path, module in model.named_modules():
             if module not in self._prepared:
                 for source in self._sources():
@@ -205,17 +211,36 @@ class Adapter:
                         source.check_fast(module, path)
                     else:
                         source.prepare(module, self._undo, built)
-                if placing and self.spec.owns(module):
-                    self._places[module] = (self.spec.tower(module, path, modules), layer_of(module, path))
+                fresh.append(module)
                 self._prepared.add(module)
-        if placing:
-            counts: Dict[str, int] = {}
-            for tower, layer in list(self._places.values()):
-                counts[tower] = max(counts.get(tower, 0), layer + 1)
-            self._layer_counts = counts
+        if placing and self._place_modules(model, [m for m in fresh if m not in self._places]) and (
+                built or not whole):
+            # a part seen alone (Pi0's expert is built before the module that holds it beside its
+            # PaliGemma) is placed again from the whole model at the first captured call
+            self._placed_whole = False
+
+    def _place_modules(self, model, modules) -> int:
+        """Place ``modules`` (those of ``model`` the sources own) by tower and layer, as ``model`` holds them."""
+        every = dict(model.named_modules())
+        wanted = {id(m) for m in modules}
+        placed = 0
+        for path, module in every.items():
+            if id(module) in wanted and self.spec.owns(module):
+                self._places[module] = (self.spec.tower(module, path, every), layer_of(module, path))
+                placed += 1
+        counts: Dict[str, int] = {}
+        for tower, layer in list(self._places.values()):
+            counts[tower] = max(counts.get(tower, 0), layer + 1)
+        self._layer_counts = counts
+        return placed
 
     def _place(self, owner) -> Optional[Tuple[str, int, int]]:
         """``(tower, layer, layers in that tower)`` of an attention module of a model we prepared, or None."""
+        if not self._placed_whole:
+            self._placed_whole = True
+            for root in _roots_of([owner]):  # once: the model around the parts built alone exists now
+                self._roots.add(root)
+                self._place_modules(root, list(root.modules()))
         place = self._places.get(owner)
         return None if place is None else (place[0], place[1], self._layer_counts.get(place[0], 0))
 
@@ -476,7 +501,7 @@ def _prepare_on_call(module, args) -> None:
         return
     for adapter in _ADAPTERS:
         if adapter.active and adapter._wants_live and module not in adapter._prepared:
-            adapter.prepare(module)
+            adapter.prepare(module, whole=False)
             adapter._roots.add(module)
 
 

@@ -229,6 +229,23 @@ def test_activating_before_the_policy_is_built_gives_the_same_labels(mode):
 
 
 @pytest.mark.parametrize("mode", ["eager", "fast"])
+@pytest.mark.parametrize("built", ["before", "after"])
+def test_a_tower_selection_keeps_the_expert_whether_activated_before_or_after_the_policy_is_built(built, mode):
+    # Activated without a model, the adapter sees the policy in parts (its expert is built, and its decoder
+    # layers first called, before anything holds them beside the PaliGemma): the selection must still find them.
+    policy = _build(False) if built == "after" else None
+    paligemma.activate(mode=mode, towers=["expert"], layers=[0])
+    try:
+        policy = policy or _build(False)
+        _sample(policy)
+        maps = paligemma.collect()
+    finally:
+        paligemma.deactivate()
+    assert [(m.tower, m.layer, m.step) for m in maps] == [("expert", 0, s) for s in range(1, STEPS + 1)]
+    assert _kinds(maps[0].keys) == _lerobots_kinds(policy, _batch())
+
+
+@pytest.mark.parametrize("mode", ["eager", "fast"])
 def test_selection_keywords_keep_the_head_mean_of_the_last_expert_layers_suffix_rows(policy, mode):
     with paligemma.capture(policy) as whole:
         _sample(policy)
