@@ -187,7 +187,8 @@ class _Gemmas(torch.nn.Module):
         from types import SimpleNamespace
 
         self.width, self.image_tokens, self.masks = width, image_tokens, []
-        self.paligemma = SimpleNamespace(language_model=SimpleNamespace(config=SimpleNamespace()))
+        language = SimpleNamespace(config=SimpleNamespace())  # where sample_actions sets eager: 0.4's path, 0.5's
+        self.paligemma = SimpleNamespace(language_model=language, model=SimpleNamespace(language_model=language))
         self.gemma_expert = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace()))
 
     def embed_image(self, image):
@@ -199,7 +200,7 @@ class _Gemmas(torch.nn.Module):
     def forward(self, attention_mask=None, inputs_embeds=None, **kwargs):
         self.masks.append(attention_mask[:, 0] == 0)  # LeRobot's 4-D additive mask: 0 where a key is seen
         suffix = inputs_embeds[1]
-        return [None, None if suffix is None else torch.zeros_like(suffix)], None
+        return [None, None if suffix is None else torch.zeros_like(suffix)], ()  # an empty cache (0.5 copies it)
 
 
 def _lerobot_masks(pi05, cameras, image_tokens, lang_mask, horizon, steps=2):
