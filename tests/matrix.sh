@@ -3,6 +3,8 @@
 #  1. the core tests on every CPython 3.9-3.13 present (bytecode differs per version);
 #  2. the adapter tests against the library versions VLA code pins (.ci/pins/*.txt),
 #     layered with --target over the default environment so torch is installed once;
+#     a pins file with a "# python: 3.X" line gets its own venv of that Python instead
+#     (the pins installed with their dependencies, kept in .ci/envs/NAME-venv while the file is unchanged);
 #     the adapters a pins file names on its "# adapters:" line must run there: a skip fails the leg.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,13 +37,28 @@ for pins in .ci/pins/*.txt; do
   [ -e "$pins" ] || continue
   name=$(basename "$pins" .txt)
   adapters=$(sed -n 's/^# adapters: *//p' "$pins")  # the adapters whose tests must run, not skip, on these pins
-  echo "== adapter tests with $name pins (must run: $adapters): $(grep -v '^#' "$pins" | tr '\n' ' ')"
-  python -m pip install -q --disable-pip-version-check --no-deps --upgrade --target "$envs/$name" -r "$pins" >/dev/null \
-    || { echo "could not install the $name pins"; failed=1; continue; }
+  version=$(sed -n 's/^# python: *//p' "$pins")
+  echo "== adapter tests with $name pins (must run: $adapters${version:+; Python $version}): $(grep -v '^#' "$pins" | tr '\n' ' ')"
+  if [ -n "$version" ]; then  # a venv of its own: no default environment of this Python to layer over
+    venv="$envs/$name-venv"
+    py=$(find_python "$version") || { echo "no Python $version for the $name pins"; failed=1; continue; }
+    if ! cmp -s "$pins" "$venv/pins.txt"; then
+      rm -rf "$venv"
+      { "$py" -m venv "$venv" && "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$pins" >/dev/null \
+        && cp "$pins" "$venv/pins.txt"; } || { echo "could not install the $name pins"; failed=1; continue; }
+    fi
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e . >/dev/null \
+      || { echo "could not install getlocal into the $name venv"; failed=1; continue; }
+    run=("$venv/bin/python") layer=""
+  else
+    python -m pip install -q --disable-pip-version-check --no-deps --upgrade --target "$envs/$name" -r "$pins" >/dev/null \
+      || { echo "could not install the $name pins"; failed=1; continue; }
+    run=(python) layer="$envs/$name"
+  fi
   report="$envs/$name-report.xml"
   rm -f "$report"
-  GETLOCAL_REQUIRE_ADAPTERS="${adapters// /,}" PYTHONPATH="$envs/$name" \
-    python -m pytest -q -p no:cacheprovider --junitxml="$report" tests/test_adapter_*.py tests/test_maps.py || failed=1
+  GETLOCAL_REQUIRE_ADAPTERS="${adapters// /,}" PYTHONPATH="$layer" \
+    "${run[@]}" -m pytest -q -p no:cacheprovider --junitxml="$report" tests/test_adapter_*.py tests/test_maps.py || failed=1
   # A leg that skipped tests, or ran none of a required adapter's, has checked nothing on these pins.
   python - "$report" $adapters <<'PY' || failed=1
 import os, sys, xml.etree.ElementTree as ET
@@ -50,7 +67,7 @@ if not os.path.exists(sys.argv[1]):
 cases = list(ET.parse(sys.argv[1]).iter("testcase"))
 files = [f"test_adapter_{a}" for a in sys.argv[2:] if os.path.exists(f"tests/test_adapter_{a}.py")]
 skipped = [f"{c.get('classname')}.{c.get('name')}" for c in cases
-           if c.find("skipped") is not None and any(f in c.get("classname", "") for f in files)]
+           if c.find("skipped") is not None and any(f in c.get("classname", "").split(".") for f in files)]
 ran = [c.get("classname") for c in cases if c.find("skipped") is None]
 idle = [f for f in files if not any(k.endswith(f) for k in ran)]
 if skipped or idle:

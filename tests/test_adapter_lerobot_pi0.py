@@ -294,3 +294,20 @@ def test_record_over_select_action_writes_maps_only_for_the_calls_that_ran_the_m
         maps = recording[number].maps
         assert maps.steps == [(0, "prefix")] + [(s, "denoise") for s in range(1, STEPS + 1)]
         assert [m.camera for m in maps.select(tower="vision", layer=0)] == list(CAMERAS)
+
+
+def test_the_readmes_lerobot_pi0_lines_run_as_written(policy):
+    import os
+    import re
+
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    blocks = re.findall(r"^```py\n(.*?)^```", open(readme, encoding="utf-8").read(), flags=re.S | re.M)
+    block = next(b for b in blocks if "PI0Policy or PI05Policy" in b)
+    policy.reset()
+    namespace = {"policy": policy, "batch": _batch()}
+    exec(compile(block, "README.md, LeRobot's Pi0 block", "exec"), namespace)
+    maps = namespace["maps"]
+    assert namespace["action"].shape == (1, 3) and not paligemma.is_active()
+    assert maps.steps == [(0, "prefix")] + [(s, "denoise") for s in range(1, STEPS + 1)]
+    assert [m.camera for m in maps.select(tower="vision", layer=0)] == list(CAMERAS)
+    assert _kinds(maps.layouts["expert"]) == _lerobots_kinds(policy, _batch())
