@@ -153,8 +153,11 @@ def paligemma(*, text: str = "gemma", dim: int = 32, layers: int = 2, heads: int
 
 
 def paligemma_inputs(model, *, images: int = 1, batch: int = 1, text_tokens: int = 4, seed: int = 0):
-    """``(input_ids, pixel_values)`` as the processor lays them out: [image tokens per image, BOS, text].
+    """What PaliGemma's processor gives for a prompt without a suffix, as a dict for ``model(**inputs)``.
 
+    ``input_ids`` [image tokens per image, BOS, text], ``pixel_values``,
+    ``attention_mask`` (all ones) and ``token_type_ids`` (0: the whole sequence
+    is the image+prompt prefix, which PaliGemma lets attend bidirectionally).
     With several images (cameras) per sequence, ``pixel_values`` holds them
     sample-major: sample 0 camera 0, sample 0 camera 1, ...
     """
@@ -166,7 +169,8 @@ def paligemma_inputs(model, *, images: int = 1, batch: int = 1, text_tokens: int
     text = torch.randint(3, config.image_token_index, (batch, text_tokens), generator=generator)
     ids = torch.cat([torch.full((batch, images * per_image), config.image_token_index),
                      torch.full((batch, 1), config.text_config.bos_token_id), text], dim=1)
-    return ids, pixels
+    return {"input_ids": ids, "pixel_values": pixels, "attention_mask": torch.ones_like(ids),
+            "token_type_ids": torch.zeros_like(ids)}
 
 
 # -- Pi0: PaliGemma with an action expert ------------------------------------------

@@ -154,9 +154,12 @@ def eager_as_sdpa(module, query, key, value, attention_mask, dropout: float = 0.
 
     ``attention_mask`` is sdpa's (None, boolean, or a 4-D float mask passed in);
     None means ``is_causal`` (else the module's) decides, as in
-    ``sdpa_attention_forward``. A module whose modeling file has no eager kernel
+    ``sdpa_attention_forward``; a query that sees no key gets sdpa's 0
+    output (its weights stay eager's). A module whose modeling file has no eager kernel
     runs sdpa as before (nothing captured, the forward unchanged).
     """
+    import torch
+
     eager = _eager_kernel(type(module))
     if eager is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -167,7 +170,13 @@ def eager_as_sdpa(module, query, key, value, attention_mask, dropout: float = 0.
     causal = bool(causal) and attention_mask is None and query.shape[2] > 1
     mask = additive_mask(attention_mask, causal, query.shape[2], key.shape[2], query.dtype, query.device)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling  # sdpa's default; eager needs one
-    return eager(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
+    out, weights = eager(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
+    if attention_mask is not None and attention_mask.dtype == torch.bool and out.shape[1] == query.shape[2]:
+        # A query that sees no key (left padding): sdpa gives it 0, eager's softmax the mean of every value.
+        blind = ~attention_mask[..., :key.shape[2]].any(-1)  # [B, 1 or H, Q]
+        if bool(blind.any()):
+            out = out.masked_fill(blind.transpose(1, 2)[..., None], 0)  # out: [B, Q, H, D]
+    return out, weights
 
 
 def _eager_kernel(module_type) -> Optional[Callable]:
