@@ -14,6 +14,7 @@ skip_unless("paligemma", hasattr(modeling_gemma, "eager_attention_forward") and 
 
 from getlocal import get_local  # noqa: E402
 from getlocal.adapters import paligemma, tiny  # noqa: E402
+from getlocal.adapters.sources.transformers import eager_kernel  # noqa: E402
 
 TOL = 1e-6
 
@@ -171,7 +172,8 @@ def test_deactivate_restores_sdpa_and_the_original_functions():
     assert "eager" not in before
     code = modeling_gemma.eager_attention_forward.__code__
     paligemma.activate(model)
-    assert [c._attn_implementation for c in configs] == ["eager"] * 3
+    # eager weights under the masks sdpa would get (EAGER_AS_SDPA where transformers >= 4.53)
+    assert [c._attn_implementation for c in configs] == [eager_kernel("sdpa")] * 3
     assert modeling_gemma.eager_attention_forward.__code__ is not code
     paligemma.deactivate()
     assert [c._attn_implementation for c in configs] == before
@@ -189,7 +191,7 @@ def test_both_adapters_active_can_be_deactivated_in_either_order(first):
     openvla.activate()
     paligemma.activate()
     model = tiny.paligemma(attn_implementation=None)  # built while both are on
-    assert model.model.language_model.config._attn_implementation == "eager"
+    assert model.model.language_model.config._attn_implementation == eager_kernel("sdpa")
     adapters = [openvla, paligemma] if first == "openvla" else [paligemma, openvla]
     adapters[0].deactivate()
     assert get_local.is_active()

@@ -120,9 +120,8 @@ def set_eager(config, model_types: Sequence[str], undo: Undo, seen=None) -> None
     seen.add(id(config))
     if getattr(config, "model_type", None) in model_types and hasattr(config, "_attn_implementation_internal"):
         kernel = config._attn_implementation_internal
-        if kernel not in ("eager", EAGER_AS_SDPA):
-            undo.set(config, "_attn_implementation_internal",
-                     EAGER_AS_SDPA if kernel == "sdpa" and _register_eager_as_sdpa() else "eager")
+        if kernel != eager_kernel(kernel):
+            undo.set(config, "_attn_implementation_internal", eager_kernel(kernel))
     config_type = type(config).__mro__[-2]  # PretrainedConfig, whatever the version calls it
     for value in list(vars(config).values()):
         if isinstance(value, config_type):
@@ -131,6 +130,17 @@ def set_eager(config, model_types: Sequence[str], undo: Undo, seen=None) -> None
 
 #: The kernel name eager mode gives a model that ran sdpa: sdpa's masks, the model's own eager kernel.
 EAGER_AS_SDPA = "getlocal_eager_as_sdpa"
+
+
+def eager_kernel(kernel: Optional[str]) -> str:
+    """The kernel name mode='eager' gives a config that runs ``kernel``.
+
+    ``EAGER_AS_SDPA`` for sdpa where transformers builds masks per kernel
+    (>= 4.53), else ``"eager"``.
+    """
+    if kernel in ("eager", EAGER_AS_SDPA):
+        return kernel
+    return EAGER_AS_SDPA if kernel == "sdpa" and _register_eager_as_sdpa() else "eager"
 
 
 def _register_eager_as_sdpa() -> bool:
