@@ -4,9 +4,10 @@ mode='eager' switches every config whose ``model_type`` is ours to eager attenti
 (read at call time from 4.48 on) and captures ``eager_attention_forward``'s
 ``attn_weights``. A model that ran sdpa keeps sdpa's masks (``EAGER_AS_SDPA``):
 transformers builds a different visibility for each kernel in places (5.24's
-PaliGemma without ``token_type_ids``: sdpa's skipped causal mask and the
-Gemma layers' ``is_causal=False`` make the prefill bidirectional, eager's
-materialised mask makes it causal), and eager mode must change nothing but rounding. mode='fast' keeps the model's kernel and reads the arguments
+PaliGemma without ``token_type_ids``: sdpa's skipped causal mask and the Gemma
+layers' ``is_causal=False`` make the prefill bidirectional, eager's
+materialised mask makes it causal), and eager mode must change nothing but
+rounding. mode='fast' keeps the model's kernel and reads the arguments
 of ``sdpa_attention_forward``: ``query`` (after the rotary embedding), ``key``
 (the whole cache), the mask and ``scaling``; ``softmax_rows`` rebuilds eager's
 weights from them (``repeat_kv``, ``q k^T * scaling + mask`` in the query's
@@ -154,19 +155,19 @@ def _register_eager_as_sdpa() -> bool:
         return False
     # A name only configs switched by us carry: registering it changes nothing for any other model.
     ALL_MASK_ATTENTION_FUNCTIONS.register(EAGER_AS_SDPA, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
-    ALL_ATTENTION_FUNCTIONS.register(EAGER_AS_SDPA, eager_as_sdpa)
+    ALL_ATTENTION_FUNCTIONS.register(EAGER_AS_SDPA, _eager_as_sdpa)
     return True
 
 
-def eager_as_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None,
+def _eager_as_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None,
                   **kwargs):
     """The module's own ``eager_attention_forward`` on the keys sdpa would let each query see.
 
     ``attention_mask`` is sdpa's (None, boolean, or a 4-D float mask passed in);
     None means ``is_causal`` (else the module's) decides, as in
     ``sdpa_attention_forward``; a query that sees no key gets sdpa's 0
-    output (its weights stay eager's). A module whose modeling file has no eager kernel
-    runs sdpa as before (nothing captured, the forward unchanged).
+    output (its weights stay eager's). A module whose modeling file has no
+    eager kernel runs sdpa as before (nothing captured, the forward unchanged).
     """
     import torch
 
@@ -178,7 +179,7 @@ def eager_as_sdpa(module, query, key, value, attention_mask, dropout: float = 0.
                                       is_causal=is_causal, **kwargs)
     causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     causal = bool(causal) and attention_mask is None and query.shape[2] > 1
-    mask = additive_mask(attention_mask, causal, query.shape[2], key.shape[2], query.dtype, query.device)
+    mask = _additive_mask(attention_mask, causal, query.shape[2], key.shape[2], query.dtype, query.device)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling  # sdpa's default; eager needs one
     out, weights = eager(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
     if attention_mask is not None and attention_mask.dtype == torch.bool and out.shape[1] == query.shape[2]:
@@ -198,7 +199,7 @@ def _eager_kernel(module_type) -> Optional[Callable]:
     return None
 
 
-def additive_mask(mask, causal: bool, q_len: int, k_len: int, dtype, device):
+def _additive_mask(mask, causal: bool, q_len: int, k_len: int, dtype, device):
     """sdpa's visibility as the additive mask eager adds to its scores (None: every key seen).
 
     ``causal`` (sdpa's ``is_causal``) is aligned to the top left; a boolean mask
@@ -243,7 +244,7 @@ def softmax_rows(query, key, mask, scaling, causal: bool, kv_length: int):
         scaling = query.shape[-1] ** -0.5
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     k_len = key.shape[2]
-    mask = additive_mask(mask, causal, q_len, k_len, scores.dtype, query.device)
+    mask = _additive_mask(mask, causal, q_len, k_len, scores.dtype, query.device)
     if mask is not None:
         scores = scores + mask[..., :k_len]
     weights = torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
