@@ -67,6 +67,20 @@ def _paligemma(text="gemma", token_type_ids=True, padded=False, **options):
     return paligemma, model, lambda m: m(**inputs).logits, {}
 
 
+def _paligemma_generate(token_type_ids=True):
+    """Greedy generate's logits of every step: the prefill and the decode steps over the cache."""
+    _, model, _, _ = _paligemma(token_type_ids=token_type_ids)
+    inputs = tiny.paligemma_inputs(model, batch=2)
+    if not token_type_ids:
+        del inputs["token_type_ids"]
+
+    def run(m):
+        out = m.generate(**inputs, do_sample=False, max_new_tokens=3, min_new_tokens=3, output_logits=True,
+                         return_dict_in_generate=True)
+        return torch.stack(out.logits)
+    return paligemma, model, run, {}
+
+
 def _pi0(pi05=False):
     model = tiny.pi0(attn_implementation=None, pi05=pi05)
     images, ids, state = tiny.pi0_inputs(model, batch=2, lengths=[4, 2])
@@ -82,6 +96,8 @@ MODELS = {
     "paligemma": _paligemma,
     "paligemma-without-token-type-ids": lambda: _paligemma(token_type_ids=False),
     "paligemma-left-padded-without-token-type-ids": lambda: _paligemma(token_type_ids=False, padded=True),
+    "paligemma-generate": _paligemma_generate,
+    "paligemma-generate-without-token-type-ids": lambda: _paligemma_generate(token_type_ids=False),
     "paligemma-gemma2": lambda: _paligemma("gemma2", softcapping=None),
     "paligemma-gemma2-without-token-type-ids": lambda: _paligemma("gemma2", token_type_ids=False, softcapping=None),
     "paligemma-gemma3": lambda: _paligemma("gemma3"),
