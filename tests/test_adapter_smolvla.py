@@ -117,6 +117,14 @@ def test_self_and_cross_attention_layers_follow_self_attn_every_n_layers(tmp_pat
         assert m.queries.indices("action").tolist() == list(range(CHUNK))
 
 
+def test_the_action_queries_of_a_cross_attention_layer_stay_actions_in_its_kind_shares(policy):
+    maps, _ = _capture(policy, _batch(words=3))  # padded language tokens sit right before the state token
+    for m in maps.select(tower="expert"):
+        shares = m.kind_shares()
+        assert list(shares.query_kinds) == ["action"], (m.layer, shares.query_kinds)
+        assert shares.share("action", "padding").max() == 0
+
+
 def test_fast_mode_leaves_the_actions_bit_identical_and_its_maps_are_lerobots_own_probs(policy):
     batch = _batch(words=3)
     func = expert_module.SmolVLMWithExpertModel.eager_attention_forward
