@@ -8,6 +8,8 @@ order, ``make_att_2d_masks``, the layer structure (``get_model_layers``,
 and 0.5+; skips where lerobot is not installed (and fails in the lerobot leg
 of tests/matrix.sh, which requires it).
 """
+import sys
+
 import pytest
 import torch
 
@@ -16,17 +18,21 @@ from getlocal import GetLocalError, get_local
 from getlocal.adapters import smolvla
 from required import import_or_skip
 
-modeling = import_or_skip("smolvla", "lerobot.policies.smolvla.modeling_smolvla")
-expert_module = import_or_skip("smolvla", "lerobot.policies.smolvla.smolvlm_with_expert")
-
-from getlocal.cli.models import tiny_smolvla  # noqa: E402  (after the skip: it needs lerobot to build)
+from getlocal.cli.models import tiny_smolvla
 
 LAYERS, STEPS, CHUNK, TEXT = 4, 3, 5, 6
 CAMERAS = ("observation.images.top", "observation.images.wrist")
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory):
+def lerobot():
+    """LeRobot's SmolVLA modules (skips the test without lerobot, fails it in the lerobot leg)."""
+    return (import_or_skip("smolvla", "lerobot.policies.smolvla.modeling_smolvla"),
+            import_or_skip("smolvla", "lerobot.policies.smolvla.smolvlm_with_expert"))
+
+
+@pytest.fixture(scope="module")
+def policy(lerobot, tmp_path_factory):
     return tiny_smolvla(tmp_path_factory.mktemp("smolvlm"), CAMERAS, layers=LAYERS, every=2, steps=STEPS,
                         chunk=CHUNK, text=TEXT)
 
@@ -57,6 +63,7 @@ def _lerobot_prefix(policy, batch):
     state = policy.prepare_state(batch)
     _, pad, att = policy.model.embed_prefix(images, img_masks, batch["observation.language.tokens"],
                                              batch["observation.language.attention_mask"], state=state)
+    modeling = sys.modules["lerobot.policies.smolvla.modeling_smolvla"]  # imported by the policy fixture
     return pad[0], modeling.make_att_2d_masks(pad, att)[0]
 
 
@@ -104,7 +111,7 @@ def test_every_denoise_step_is_labelled_with_its_index_after_the_prefix(policy):
 
 
 @pytest.mark.parametrize("every", [2, 3])
-def test_self_and_cross_attention_layers_follow_self_attn_every_n_layers(tmp_path, every):
+def test_self_and_cross_attention_layers_follow_self_attn_every_n_layers(lerobot, tmp_path, every):
     policy = tiny_smolvla(tmp_path, CAMERAS, layers=LAYERS, every=every, steps=1, chunk=CHUNK, text=TEXT)
     maps, _ = _capture(policy, _batch())
     prefix = len(maps.select(tower="language")[0].keys)
@@ -125,9 +132,9 @@ def test_the_action_queries_of_a_cross_attention_layer_stay_actions_in_its_kind_
         assert shares.share("action", "padding").max() == 0
 
 
-def test_fast_mode_leaves_the_actions_bit_identical_and_its_maps_are_lerobots_own_probs(policy):
+def test_fast_mode_leaves_the_actions_bit_identical_and_its_maps_are_lerobots_own_probs(lerobot, policy):
     batch = _batch(words=3)
-    func = expert_module.SmolVLMWithExpertModel.eager_attention_forward
+    func = lerobot[1].SmolVLMWithExpertModel.eager_attention_forward
     get_local("probs")(func)
     try:
         with get_local.capture(convert="cpu") as cache, torch.no_grad():
@@ -162,7 +169,7 @@ def test_eager_mode_changes_the_actions_by_rounding_only_and_its_maps_equal_fast
         torch.testing.assert_close(torch.as_tensor(a.array), torch.as_tensor(b.array), rtol=0, atol=1e-6)
 
 
-def test_activated_before_the_policy_is_built_it_captures_and_labels_the_same(tmp_path):
+def test_activated_before_the_policy_is_built_it_captures_and_labels_the_same(lerobot, tmp_path):
     smolvla.activate()
     policy = tiny_smolvla(tmp_path, CAMERAS, layers=LAYERS, every=2, steps=STEPS, chunk=CHUNK, text=TEXT)
     policy.predict_action_chunk(_batch(), noise=_noise())
@@ -205,3 +212,38 @@ def test_record_over_select_action_writes_the_model_runs_only_labelled(policy, t
         assert sorted({(m.step, m.phase) for m in maps}) == [(0, "prefix")] + [(s, "denoise")
                                                                               for s in range(1, STEPS + 1)]
         assert maps.select(tower="language")[0].keys.image(CAMERAS[1]) == slice(4, 8)
+
+
+def test_each_function_is_the_registered_adapters_own_method():
+    for function in ("activate", "capture", "collect", "deactivate", "is_active"):
+        bound = getattr(smolvla, function)
+        assert bound.__self__ is smolvla._ADAPTER and bound.__doc__
+    with pytest.raises(TypeError, match="unexpected keyword argument 'state_tokens'"):
+        smolvla.collect(state_tokens=1)  # SmolVLA's state token is in the prefix, labelled without being told
+
+
+def test_without_lerobot_activate_and_the_demo_say_to_install_it(monkeypatch, tmp_path, capsys):
+    # lerobot made unimportable in this process: what a user without it meets
+    monkeypatch.setitem(sys.modules, "lerobot", None)
+    for name in [n for n in sys.modules if n.startswith("lerobot.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(GetLocalError, match="pip install lerobot"):
+        smolvla.activate()
+    assert not smolvla.is_active()
+    from getlocal.cli import main
+
+    assert main(["demo", "--model", "smolvla-tiny", "--out", str(tmp_path / "demo"), "--quiet"]) == 2
+    assert "pip install lerobot" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
+def test_the_smolvla_demo_writes_labelled_figures_and_a_capture_of_lerobots_policy(lerobot, tmp_path, capsys):
+    from getlocal.cli import main
+
+    assert main(["demo", "--model", "smolvla-tiny", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
+    maps = getlocal.load(tmp_path / "demo" / "capture")
+    assert sorted({(m.step, m.phase) for m in maps}) == [(0, "prefix")] + [(s, "denoise") for s in range(1, 4)]
+    assert [m.camera for m in maps.select(tower="vision")] == ["observation.images.top", "observation.images.wrist"]
+    figures = {p.relative_to(tmp_path / "demo").as_posix() for p in (tmp_path / "demo").rglob("*.png")}
+    assert {"expert/denoise_Lall_attn_vis_image-share.png", "language/prefix_L0_attn_vis_text-to-image.png"} <= figures
+    assert (tmp_path / "demo" / "capture.html").exists()
