@@ -27,7 +27,8 @@ maps are ``attn_weights`` of ``modeling_smolvlm.eager_attention_forward``.
 
 Token kinds of the prefix, in LeRobot's order (``embed_prefix``): per camera
 its image tokens (``'image'``, after the connector's pixel shuffle; with
-``add_image_special_tokens`` ``'image_special'`` tokens around them), the
+``add_image_special_tokens`` the tokens LeRobot puts around them,
+``'context'``: SmolVLM's image markers, neither image nor language), the
 language tokens (``'text'``; ``'padding'`` where the pad mask hides them in
 every batch item), the ``'state'`` token; the denoising steps add
 ``'action'`` tokens. Only ``sample_actions``' passes are labelled (what
@@ -206,7 +207,7 @@ def _prompt_layout(length, vision, batch, options) -> TokenLayout:
     grid = (grid[0] // scale, grid[1] // scale) if grid and grid[0] * grid[1] // (scale * scale) == per else square(per)
     segments, at = [], 0
     for name in camera_names(images, options):
-        for kind, size in (("image_special", 2 * facts["special"]), ("image", per), ("image_special", facts["special"])):
+        for kind, size in (("context", 2 * facts["special"]), ("image", per), ("context", facts["special"])):
             if size:
                 segments.append(Segment(kind, at, at + size, camera=name, grid=grid if kind == "image" else None))
                 at += size
@@ -236,7 +237,7 @@ _ADAPTER = register(Spec(
     vision_towers=("vision",),
     language_towers=("language",),
     expert_towers=("expert",),
-    kinds=("image", "image_special", "text", "state"),
+    kinds=("image", "text", "state"),
     sources=[_VISION, _LEROBOT],
     tower=_tower,
     prompt_layout=_prompt_layout,

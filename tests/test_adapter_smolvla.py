@@ -247,3 +247,27 @@ def test_the_smolvla_demo_writes_labelled_figures_and_a_capture_of_lerobots_poli
     figures = {p.relative_to(tmp_path / "demo").as_posix() for p in (tmp_path / "demo").rglob("*.png")}
     assert {"expert/denoise_Lall_attn_vis_image-share.png", "language/prefix_L0_attn_vis_text-to-image.png"} <= figures
     assert (tmp_path / "demo" / "capture.html").exists()
+
+
+def test_with_image_special_tokens_each_cameras_image_sits_between_them_as_lerobot_puts_it(lerobot, tmp_path):
+    policy = tiny_smolvla(tmp_path, CAMERAS, layers=2, every=2, steps=1, chunk=CHUNK, text=TEXT)
+    policy.config.add_image_special_tokens = policy.model.add_image_special_tokens = True
+    batch = _batch(words=3)
+    maps, _ = _capture(policy, batch)
+    pad, _ = _lerobot_prefix(policy, batch)
+    keys = maps.select(tower="language")[0].keys
+    assert len(keys) == len(pad) == 2 * (2 + 4 + 1) + TEXT + 1  # per camera: fake+global image tokens, 4, fake
+    assert keys.indices("context").tolist() == [0, 1, 6, 7, 8, 13]  # SmolVLM's image markers
+    assert keys.image(CAMERAS[0]) == slice(2, 6) and keys.image(CAMERAS[1]) == slice(9, 13)
+    assert keys.indices("padding").tolist() == (~pad).nonzero()[:, 0].tolist()
+    assert keys.indices("state").tolist() == [len(pad) - 1]
+
+
+def test_activated_after_the_policy_is_built_without_it_labels_the_same(policy):
+    smolvla.activate()
+    policy.predict_action_chunk(_batch(), noise=_noise())
+    maps = smolvla.collect()
+    assert [(m.tower, m.layer, m.step) for m in maps if m.tower != "vision"] == \
+        [("language", i, 0) for i in range(LAYERS)] + [("expert", i, s) for s in range(1, STEPS + 1)
+                                                       for i in range(LAYERS)]
+    assert [m.camera for m in maps.select(tower="vision")] == list(CAMERAS)
