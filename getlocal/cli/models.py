@@ -1,4 +1,4 @@
-"""The demo's models: built (timm ViT, tiny OpenVLA, tiny Pi0, LeRobot's SmolVLA), given weights, run with every map captured.
+"""The demo's models: built (timm ViT, tiny OpenVLA, tiny Pi0, tiny SmolVLA), given weights, run with maps captured.
 
 >>> maps, images, info = capture("vit_small_patch16_224", False, picture)   # doctest: +SKIP
 >>> info["weights"]                                                         # doctest: +SKIP
