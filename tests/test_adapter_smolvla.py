@@ -8,6 +8,7 @@ order, ``make_att_2d_masks``, the layer structure (``get_model_layers``,
 and 0.5+; skips where lerobot is not installed (and fails in the lerobot leg
 of tests/matrix.sh, which requires it).
 """
+import dataclasses
 import sys
 
 import pytest
@@ -110,13 +111,17 @@ def test_every_denoise_step_is_labelled_with_its_index_after_the_prefix(policy):
         f"model.vlm_with_expert.vlm.model.text_model.layers.{i}.self_attn" for i in range(LAYERS)]
 
 
-@pytest.mark.parametrize("every", [2, 3])
-def test_self_and_cross_attention_layers_follow_self_attn_every_n_layers(lerobot, tmp_path, every):
+@pytest.mark.parametrize("mode,every", [("cross_attn", 2), ("cross_attn", 3), ("self_attn", 2)])
+def test_self_and_cross_attention_layers_follow_attention_mode_and_self_attn_every_n_layers(lerobot, tmp_path, mode,
+                                                                                            every):
     policy = tiny_smolvla(tmp_path, CAMERAS, layers=LAYERS, every=every, steps=1, chunk=CHUNK, text=TEXT)
+    if mode != "cross_attn":
+        policy = lerobot[0].SmolVLAPolicy(dataclasses.replace(policy.config, attention_mode=mode)).eval()
     maps, _ = _capture(policy, _batch())
     prefix = len(maps.select(tower="language")[0].keys)
+    assert len(maps.select(tower="expert")) == LAYERS
     for m in maps.select(tower="expert"):
-        self_layer = m.layer % every == 0
+        self_layer = mode == "self_attn" or m.layer % every == 0
         assert m.array.shape[-1] == (prefix + CHUNK if self_layer else prefix), (m.layer, m.array.shape)
         assert len(m.keys) == m.array.shape[-1]
         # a cross-attention layer sees the prefix only: no action token among its keys
