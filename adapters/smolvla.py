@@ -39,8 +39,8 @@ the training forward, whose calls it cannot place.
 read at call time); LeRobot's own attention is eager already.
 ``mode='fast'`` switches nothing: the vision maps are rebuilt from the sdpa
 kernel's inputs and LeRobot's ``probs`` are read as computed, so the actions
-are those of the untouched policy and the VLM and expert maps are the eager
-mode's, bit for bit. A ``towers=``/``layers=`` selection is applied to LeRobot's
+and the VLM and expert maps are the untouched policy's, bit for bit (eager
+mode's differ from them by the vision kernel's float32 rounding). A ``towers=``/``layers=`` selection is applied to LeRobot's
 calls when they are labelled, not as they return (one module makes them all).
 """
 from typing import Any, Dict, List, Optional
