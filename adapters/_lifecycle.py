@@ -205,8 +205,9 @@ class Adapter:
                         source.check_fast(module, path)
                     else:
                         source.prepare(module, self._undo, built)
-                if placing and self.spec.owns(module):
-                    self._places[module] = (self.spec.tower(module, path, modules), layer_of(module, path))
+                tower = self.spec.tower(module, path, modules) if placing and self.spec.owns(module) else None
+                if tower is not None:  # None: one module computes several layers; collect() places its calls
+                    self._places[module] = (tower, layer_of(module, path))
                 self._prepared.add(module)
         if placing:
             counts: Dict[str, int] = {}
@@ -377,6 +378,8 @@ class Adapter:
             e.tower = self.spec.tower(e.owner, e.path, modules)
             if e.tower in self.spec.vision_towers:
                 e.layout = self.spec.vision_layout(e.path, modules, e.keys)
+        if self.spec.calls is not None:
+            options = self.spec.calls(entries, names, options)
         maps = label(entries, self.spec, options)
         c = self.choice
         if c["towers"] is not None or c["layers"] is not None or isinstance(c["queries"], str):
