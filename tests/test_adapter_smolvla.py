@@ -1,6 +1,6 @@
 """getlocal.adapters.smolvla on LeRobot's own SmolVLA code: a tiny random ``SmolVLAPolicy``, built offline.
 
-The policy is ``getlocal.cli.models.tiny_smolvla`` (LeRobot's ``SmolVLAPolicy``
+The policy is ``getlocal.adapters.tiny.smolvla`` (LeRobot's ``SmolVLAPolicy``
 from a local SmolVLM config directory, random weights). Labels are checked
 against what LeRobot itself builds: ``embed_prefix``'s pad mask and token
 order, ``make_att_2d_masks``, the layer structure (``get_model_layers``,
@@ -16,10 +16,9 @@ import torch
 
 import getlocal
 from getlocal import GetLocalError, get_local
-from getlocal.adapters import smolvla
+from getlocal.adapters import smolvla, tiny
 from required import import_or_skip
 
-from getlocal.cli.models import tiny_smolvla
 
 LAYERS, STEPS, CHUNK, TEXT = 4, 3, 5, 6
 CAMERAS = ("observation.images.top", "observation.images.wrist")
@@ -34,7 +33,7 @@ def lerobot():
 
 @pytest.fixture(scope="module")
 def policy(lerobot, tmp_path_factory):
-    return tiny_smolvla(tmp_path_factory.mktemp("smolvlm"), CAMERAS, layers=LAYERS, every=2, steps=STEPS,
+    return tiny.smolvla(tmp_path_factory.mktemp("smolvlm"), CAMERAS, layers=LAYERS, every=2, steps=STEPS,
                         chunk=CHUNK, text=TEXT)
 
 
@@ -114,7 +113,7 @@ def test_every_denoise_step_is_labelled_with_its_index_after_the_prefix(policy):
 @pytest.mark.parametrize("mode,every", [("cross_attn", 2), ("cross_attn", 3), ("self_attn", 2)])
 def test_self_and_cross_attention_layers_follow_attention_mode_and_self_attn_every_n_layers(lerobot, tmp_path, mode,
                                                                                             every):
-    policy = tiny_smolvla(tmp_path, CAMERAS, layers=LAYERS, every=every, steps=1, chunk=CHUNK, text=TEXT)
+    policy = tiny.smolvla(tmp_path, CAMERAS, layers=LAYERS, every=every, steps=1, chunk=CHUNK, text=TEXT)
     if mode != "cross_attn":
         policy = lerobot[0].SmolVLAPolicy(dataclasses.replace(policy.config, attention_mode=mode)).eval()
     maps, _ = _capture(policy, _batch())
@@ -176,7 +175,7 @@ def test_eager_mode_changes_the_actions_by_rounding_only_and_its_maps_equal_fast
 
 def test_activated_before_the_policy_is_built_it_captures_and_labels_the_same(lerobot, tmp_path):
     smolvla.activate()
-    policy = tiny_smolvla(tmp_path, CAMERAS, layers=LAYERS, every=2, steps=STEPS, chunk=CHUNK, text=TEXT)
+    policy = tiny.smolvla(tmp_path, CAMERAS, layers=LAYERS, every=2, steps=STEPS, chunk=CHUNK, text=TEXT)
     policy.predict_action_chunk(_batch(), noise=_noise())
     maps = smolvla.collect()
     smolvla.deactivate()
@@ -255,7 +254,7 @@ def test_the_smolvla_demo_writes_labelled_figures_and_a_capture_of_lerobots_poli
 
 
 def test_with_image_special_tokens_each_cameras_image_sits_between_them_as_lerobot_puts_it(lerobot, tmp_path):
-    policy = tiny_smolvla(tmp_path, CAMERAS, layers=2, every=2, steps=1, chunk=CHUNK, text=TEXT)
+    policy = tiny.smolvla(tmp_path, CAMERAS, layers=2, every=2, steps=1, chunk=CHUNK, text=TEXT)
     policy.config.add_image_special_tokens = policy.model.add_image_special_tokens = True
     batch = _batch(words=3)
     maps, _ = _capture(policy, batch)

@@ -269,62 +269,6 @@ def _pi0_demo(name: str, pretrained: bool, picture, weights: Optional[str], mode
                  {"cameras": ["exterior", "wrist"], "state_tokens": 1})
 
 
-def tiny_smolvla(directory, cameras=("observation.images.top", "observation.images.wrist"), *, layers: int = 4,
-                 every: int = 2, steps: int = 3, chunk: int = 5, text: int = 6, image: int = 32, patch: int = 8):
-    """LeRobot's ``SmolVLAPolicy``, tiny and random, built offline: no hub, no weights.
-
-    LeRobot builds SmolVLA's VLM from ``vlm_model_name``; a local directory
-    holding a SmolVLM config, tokenizer and processors (written to
-    ``directory`` here: a word-level tokenizer of 46 words) stands in for
-    the hub's, with ``load_vlm_weights=False``. ``layers`` VLM and expert
-    layers, cross-attention with a self-attention layer every ``every``;
-    ``steps`` denoising steps of ``chunk`` actions; language padded to
-    ``text`` tokens; ``image`` px square images of ``patch`` px patches
-    (16 patches, 4 tokens after the connector's pixel shuffle, by default).
-    Needs lerobot: the error says how to install it.
-    """
-    try:
-        from lerobot.configs.types import FeatureType, PolicyFeature
-        from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
-        from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
-    except ImportError as exc:
-        raise CommandError(f"the SmolVLA demo runs LeRobot's own SmolVLA code, which does not import here ({exc}); "
-                           "pip install lerobot (0.4.x on Python 3.10/3.11, 0.5 and later on Python 3.12)") from None
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor
-    from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
-
-    special = ["<pad>", "<unk>", "<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]
-    vocab = {t: i for i, t in enumerate(special + [f"w{i}" for i in range(40)])}
-    words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    words.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=words, pad_token="<pad>", unk_token="<unk>", additional_special_tokens=special[2:],
-        extra_special_tokens={"fake_image_token": special[2], "image_token": special[3],
-                              "global_image_token": special[4], "end_of_utterance_token": special[5]})
-    processor = SmolVLMImageProcessor(size={"longest_edge": image}, max_image_size={"longest_edge": image},
-                                      do_image_splitting=False)
-    SmolVLMProcessor(image_processor=processor, tokenizer=tokenizer, video_processor=SmolVLMVideoProcessor(),
-                     image_seq_len=4).save_pretrained(directory)
-    SmolVLMConfig(
-        text_config=dict(model_type="llama", vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                         max_position_embeddings=256),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=image, patch_size=patch),
-        scale_factor=2, image_token_id=vocab["<image>"]).save_pretrained(directory)
-    config = SmolVLAConfig(
-        vlm_model_name=str(directory), load_vlm_weights=False, num_vlm_layers=layers, attention_mode="cross_attn",
-        self_attn_every_n_layers=every, chunk_size=chunk, n_action_steps=chunk, num_steps=steps,
-        tokenizer_max_length=text, max_state_dim=8, max_action_dim=8, resize_imgs_with_padding=(image, image),
-        input_features={**{c: PolicyFeature(FeatureType.VISUAL, (3, image, image)) for c in cameras},
-                        "observation.state": PolicyFeature(FeatureType.STATE, (4,))},
-        output_features={"action": PolicyFeature(FeatureType.ACTION, (3,))})
-    torch.manual_seed(0)
-    return SmolVLAPolicy(config).eval()
-
-
 #: The cameras of the SmolVLA demo: LeRobot's image keys, as a LeRobot dataset names them.
 _SMOLVLA_CAMERAS = ("observation.images.top", "observation.images.wrist")
 
@@ -336,10 +280,10 @@ def _smolvla_demo(name: str, pretrained: bool, picture, weights: Optional[str], 
     import torch
     from PIL import Image
 
-    from getlocal.adapters import smolvla
+    from getlocal.adapters import smolvla, tiny
 
     with tempfile.TemporaryDirectory() as config_dir:  # read while the policy is built, not after
-        policy = tiny_smolvla(config_dir, _SMOLVLA_CAMERAS, layers=4, every=2, steps=3, chunk=5, text=8,
+        policy = tiny.smolvla(config_dir, _SMOLVLA_CAMERAS, layers=4, every=2, steps=3, chunk=5, text=8,
                               image=TINY_IMAGE, patch=14)
     if weights:
         load_weights(policy, weights, name)
