@@ -7,7 +7,8 @@
 ...     action = model.predict_action(**inputs)   # maps is filled when the block ends
 
 ``openvla``: OpenVLA / Prismatic (timm DINOv2 + SigLIP, Llama-2). ``paligemma``:
-PaliGemma and Pi0 / Pi0.5 (SigLIP, Gemma, an action expert). ``tiny``: small
+PaliGemma and Pi0 / Pi0.5 (SigLIP, Gemma, an action expert). ``smolvla``: LeRobot's
+SmolVLA (SmolVLM vision, its VLM and action expert, self- and cross-attention layers). ``tiny``: small
 random-init models of both shapes, for tests and the demo. Each adapter imports
 timm / transformers only when activated.
 
@@ -27,7 +28,7 @@ Every adapter's ``activate`` and ``capture`` take the same mode and selection:
   ``AttentionMap.queries`` lays them out and ``AttentionMap.rows`` gives their
   key positions.
 
-Inside, each adapter module (``vit``, ``openvla``, ``paligemma``) is one
+Inside, each adapter module (``vit``, ``openvla``, ``paligemma``, ``smolvla``) is one
 registration, read from the bottom up:
 
 * ``_spec``: the ``Spec`` an adapter declares, as data: its towers by role

@@ -22,13 +22,18 @@ PromptLayout = Callable[[int, List["Entry"], int, Dict[str, Any]], TokenLayout]
 
 
 class Entry:
-    """One captured call, with its labels as they are worked out."""
+    """One captured call, with its labels as they are worked out.
 
-    __slots__ = ("index", "owner", "array", "tower", "layer", "path", "layout", "camera")
+    ``cross``: a cross-attention call, whose keys are the prompt only and whose
+    queries are the tokens right after it (SmolVLA's expert layers over the prefix).
+    """
+
+    __slots__ = ("index", "owner", "array", "tower", "layer", "path", "layout", "camera", "cross")
 
     def __init__(self, index, owner, array):
         self.index, self.owner, self.array = index, owner, array
         self.tower, self.layer, self.path, self.layout, self.camera = "", -1, "", None, None
+        self.cross = False
 
     @property
     def batch(self) -> int:
@@ -88,9 +93,13 @@ def label(entries: List[Entry], spec, options: Dict[str, Any]) -> AttentionMaps:
         for e in language:
             seen[e.tower] = max(seen.get(e.tower, 0), e.keys)
         for e in step:
-            start = 0
+            start, first = 0, e.keys - e.queries  # first: the key position of query row 0
             if e.tower in vision_towers:
                 queries = keys = e.layout
+            elif e.cross:  # the keys are the prompt; the queries come after it and are none of the keys
+                names = denoise if phase == denoise.step else generate
+                whole = _extend(prompt, e.keys + e.queries, names, options.get("state_tokens", 0) if names.state else 0)
+                keys, queries, first = whole.window(0, e.keys), whole.window(e.keys, e.keys + e.queries), e.keys
             else:
                 names = denoise if phase == denoise.step else generate
                 total = seen[e.tower] if phase in (generate.step, denoise.step) else e.keys
@@ -100,10 +109,11 @@ def label(entries: List[Entry], spec, options: Dict[str, Any]) -> AttentionMaps:
                 queries = keys.window(e.keys - e.queries, e.keys)
             rows = None
             if isinstance(e.array, Rows):  # the capture kept some rows: say which
-                rows = np.asarray(e.array.rows, dtype=np.int64) + (e.keys - e.queries)
+                rows = np.asarray(e.array.rows, dtype=np.int64) + first
                 queries = queries.take(e.array.rows)
+                rows = None if e.cross else rows  # key positions, and a cross call's queries are no keys
             pad = None if e.tower in vision_towers else _pad_for(padding, e.batch, e.keys, start)
-            array = e.array if pad is None else _blank_padding_rows(e.array, pad, e.keys - e.queries, rows)
+            array = e.array if pad is None else _blank_padding_rows(e.array, pad, first, rows)
             maps.append(AttentionMap(array, e.tower, e.layer, e.path, number, phase, e.index,
                                      queries, keys, e.camera, pad, rows))
             if e.tower not in layouts or len(keys) > len(layouts[e.tower]):

@@ -225,8 +225,9 @@ class Adapter:
         wanted = {id(m) for m in modules}
         placed = 0
         for path, module in every.items():
-            if id(module) in wanted and self.spec.owns(module):
-                self._places[module] = (self.spec.tower(module, path, every), layer_of(module, path))
+            tower = self.spec.tower(module, path, every) if id(module) in wanted and self.spec.owns(module) else None
+            if tower is not None:  # None: one module computes several layers; collect() places its calls
+                self._places[module] = (tower, layer_of(module, path))
                 placed += 1
         counts: Dict[str, int] = {}
         for tower, layer in list(self._places.values()):
@@ -397,19 +398,17 @@ class Adapter:
         names = self._names(model, [e.owner for e in entries])
         if model is not None:  # other models' maps of the same classes (another timm ViT) stay out
             entries = [e for e in entries if id(e.owner) in names]
-        told: Optional[Dict[str, Any]] = None  # what the model says of its labels, read once
         for e in entries:
             e.path, modules = names.get(id(e.owner), ("", {}))
-            if modules and told is None and options:
-                told = self.spec.model_options(modules)
             if not e.path:
                 e.path = f"<{type(e.owner).__name__}>"
             e.layer = layer_of(e.owner, e.path)
             e.tower = self.spec.tower(e.owner, e.path, modules)
             if e.tower in self.spec.vision_towers:
                 e.layout = self.spec.vision_layout(e.path, modules, e.keys)
-        given = {k: v for k, v in options.items() if v is not None}
-        maps = label(entries, self.spec, {**{k: v for k, v in (told or {}).items() if k in options}, **given})
+        if self.spec.calls is not None:
+            options = self.spec.calls(entries, names, options)
+        maps = label(entries, self.spec, {k: v for k, v in options.items() if v is not None})
         c = self.choice
         if c["towers"] is not None or c["layers"] is not None or isinstance(c["queries"], str):
             counts: Dict[str, int] = {}  # layers per tower, from the labels of every call (left-out ones too)

@@ -48,23 +48,26 @@ class Spec:
     ``options``: the labelling options ``collect`` takes (``'cameras'``, ``'state_tokens'``);
     ``refuses(owned)``: given ``{path: module}`` of the model's modules that the
     sources own, why the model is not one this adapter labels (a sentence naming
-    the way out), or None; the default accepts any model that holds one;
-    ``model_options(modules)``: given ``{path: module}`` of the model, the labelling
-    options the model itself tells (LeRobot's camera keys, Pi0's state token),
-    used where ``collect`` was not given them; the default tells nothing.
+    the way out), or None; the default accepts any model that holds one.
+    ``calls(entries, names, options)``: for attention that one owner computes for
+    every layer (SmolVLA's one function), where ``tower`` returns None: sets those
+    entries' tower, layer, path and ``cross`` from their order and shapes
+    (``names``: ``{id(module): (path, {path: module} of its root)}``); and, for
+    every adapter that has it, returns the labelling options with what the model
+    says added where ``collect`` was not given them (None): camera names, Pi0's
+    state token, what ``prompt_layout`` reads.
     """
 
     def __init__(self, name: str, *, vision_towers: Sequence[str], sources: Sequence[Any],
-                 tower: Callable[[Any, str, Dict[str, Any]], str], kinds: Sequence[str],
+                 tower: Callable[[Any, str, Dict[str, Any]], Optional[str]], kinds: Sequence[str],
                  vision_layout: Callable[[str, Dict[str, Any], int], TokenLayout] = image_layout,
                  prompt_layout: Optional[PromptLayout] = None, language_towers: Sequence[str] = (),
                  expert_towers: Sequence[str] = (), options: Sequence[str] = (),
                  steps: Steps = GENERATE, expert_steps: Steps = DENOISE,
                  refuses: Optional[Callable[[Dict[str, Any]], Optional[str]]] = None,
-                 model_options: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None):
-        self.name, self.sources, self.tower = name, tuple(sources), tower
+                 calls: Optional[Callable[[list, Dict[int, Any], Dict[str, Any]], Dict[str, Any]]] = None):
+        self.name, self.sources, self.tower, self.calls = name, tuple(sources), tower, calls
         self.refuses = refuses or (lambda owned: None)
-        self.model_options = model_options or (lambda modules: {})
         self.vision_towers, self.language_towers = tuple(vision_towers), tuple(language_towers)
         self.expert_towers = tuple(expert_towers)
         self.vision_layout, self.prompt_layout, self.options = vision_layout, prompt_layout, tuple(options)

@@ -79,7 +79,14 @@ def _holders(path, modules) -> list:
     return [m for m in found if m is not None]
 
 
-def _model_options(modules) -> dict:
+def _calls(entries, names, options) -> dict:
+    """``options`` with what the model says added where ``collect()`` was not given it (``Spec.calls``)."""
+    modules = next((names[id(e.owner)][1] for e in entries if id(e.owner) in names), None)
+    told = _told(modules) if modules else {}
+    return {**options, **{k: v for k, v in told.items() if k in options and options[k] is None}}
+
+
+def _told(modules) -> dict:
     """Pi0's labels that its model says: LeRobot's camera keys (its config's ``image_features``, in the order
     its ``_preprocess_images`` stacks them when every camera is in the batch) and one state token when the
     module around the PaliGemma and its expert projects the state into the suffix (Pi0's ``state_proj``;
@@ -142,7 +149,7 @@ _ADAPTER = register(Spec(
     tower=_tower,
     prompt_layout=_prompt_layout,
     options=("cameras", "state_tokens"),
-    model_options=_model_options,
+    calls=_calls,
 ))
 activate, capture, collect = _ADAPTER.activate, _ADAPTER.capture, _ADAPTER.collect
 deactivate, is_active = _ADAPTER.deactivate, _ADAPTER.is_active

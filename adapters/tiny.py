@@ -1,4 +1,4 @@
-"""Small random-init models shaped like OpenVLA, PaliGemma and Pi0, built from the real library classes.
+"""Small random-init models shaped like OpenVLA, PaliGemma, Pi0 and SmolVLA, built from the real library classes.
 
 >>> import torch
 >>> from getlocal.adapters import tiny
@@ -7,7 +7,8 @@
 >>> tiny.generate(model, pixels, ids, max_new_tokens=7).shape   # doctest: +SKIP
 torch.Size([1, 7])
 
-Used by the adapter tests and by ``python -m getlocal demo --model openvla-tiny|paligemma-tiny``.
+Used by the adapter tests and by ``python -m getlocal demo --model openvla-tiny|paligemma-tiny|smolvla-tiny``
+(``smolvla`` builds LeRobot's own ``SmolVLAPolicy``: lerobot must be installed).
 Nothing is downloaded: timm models come from ``timm.create_model(name, pretrained=False, ...)``
 with small overrides, transformers models from their config classes. Module names mirror the
 real models (``vision_backbone.featurizer.blocks.N.attn``, ``language_model.model.layers.N.self_attn``,
@@ -17,6 +18,8 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
+
+from getlocal import GetLocalError
 
 IMAGE_SIZE = 28  # 2x2 patches of 14 px: enough to check every grid and shape
 
@@ -153,8 +156,11 @@ def paligemma(*, text: str = "gemma", dim: int = 32, layers: int = 2, heads: int
 
 
 def paligemma_inputs(model, *, images: int = 1, batch: int = 1, text_tokens: int = 4, seed: int = 0):
-    """``(input_ids, pixel_values)`` as the processor lays them out: [image tokens per image, BOS, text].
+    """What PaliGemma's processor gives for a prompt without a suffix, as a dict for ``model(**inputs)``.
 
+    ``input_ids`` [image tokens per image, BOS, text], ``pixel_values``,
+    ``attention_mask`` (all ones) and ``token_type_ids`` (0: the whole sequence
+    is the image+prompt prefix, which PaliGemma lets attend bidirectionally).
     With several images (cameras) per sequence, ``pixel_values`` holds them
     sample-major: sample 0 camera 0, sample 0 camera 1, ...
     """
@@ -166,7 +172,8 @@ def paligemma_inputs(model, *, images: int = 1, batch: int = 1, text_tokens: int
     text = torch.randint(3, config.image_token_index, (batch, text_tokens), generator=generator)
     ids = torch.cat([torch.full((batch, images * per_image), config.image_token_index),
                      torch.full((batch, 1), config.text_config.bos_token_id), text], dim=1)
-    return ids, pixels
+    return {"input_ids": ids, "pixel_values": pixels, "attention_mask": torch.ones_like(ids),
+            "token_type_ids": torch.zeros_like(ids)}
 
 
 # -- Pi0: PaliGemma with an action expert ------------------------------------------
@@ -338,3 +345,61 @@ def pi0_inputs(model: TinyPi0, *, cameras: int = 2, batch: int = 1, text_tokens:
         ids[b, n:] = config.text_config.pad_token_id
     state = torch.randn(batch, model.action_out_proj.out_features, generator=generator)
     return images, ids, state
+
+
+# -- LeRobot's SmolVLA ----------------------------------------------------------
+
+
+def smolvla(directory, cameras=("observation.images.top", "observation.images.wrist"), *, layers: int = 4,
+                 every: int = 2, steps: int = 3, chunk: int = 5, text: int = 6, image: int = 32, patch: int = 8):
+    """LeRobot's ``SmolVLAPolicy``, tiny and random, built offline: no hub, no weights.
+
+    LeRobot builds SmolVLA's VLM from ``vlm_model_name``; a local directory
+    holding a SmolVLM config, tokenizer and processors (written to
+    ``directory`` here: a word-level tokenizer of 46 words) stands in for
+    the hub's, with ``load_vlm_weights=False``. ``layers`` VLM and expert
+    layers, cross-attention with a self-attention layer every ``every``;
+    ``steps`` denoising steps of ``chunk`` actions; language padded to
+    ``text`` tokens; ``image`` px square images of ``patch`` px patches
+    (16 patches, 4 tokens after the connector's pixel shuffle, by default).
+    Needs lerobot: the error says how to install it.
+    """
+    try:
+        from lerobot.configs.types import FeatureType, PolicyFeature
+        from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+        from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+    except ImportError as exc:
+        raise GetLocalError(f"tiny.smolvla builds LeRobot's own SmolVLAPolicy, which does not import here ({exc}); "
+                            "pip install lerobot (0.4.x on Python 3.10/3.11, 0.5 and later on Python 3.12)") from None
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor
+    from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
+
+    special = ["<pad>", "<unk>", "<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]
+    vocab = {t: i for i, t in enumerate(special + [f"w{i}" for i in range(40)])}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=words, pad_token="<pad>", unk_token="<unk>", additional_special_tokens=special[2:],
+        extra_special_tokens={"fake_image_token": special[2], "image_token": special[3],
+                              "global_image_token": special[4], "end_of_utterance_token": special[5]})
+    processor = SmolVLMImageProcessor(size={"longest_edge": image}, max_image_size={"longest_edge": image},
+                                      do_image_splitting=False)
+    SmolVLMProcessor(image_processor=processor, tokenizer=tokenizer, video_processor=SmolVLMVideoProcessor(),
+                     image_seq_len=4).save_pretrained(directory)
+    SmolVLMConfig(
+        text_config=dict(model_type="llama", vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                         max_position_embeddings=256),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=image, patch_size=patch),
+        scale_factor=2, image_token_id=vocab["<image>"]).save_pretrained(directory)
+    config = SmolVLAConfig(
+        vlm_model_name=str(directory), load_vlm_weights=False, num_vlm_layers=layers, attention_mode="cross_attn",
+        self_attn_every_n_layers=every, chunk_size=chunk, n_action_steps=chunk, num_steps=steps,
+        tokenizer_max_length=text, max_state_dim=8, max_action_dim=8, resize_imgs_with_padding=(image, image),
+        input_features={**{c: PolicyFeature(FeatureType.VISUAL, (3, image, image)) for c in cameras},
+                        "observation.state": PolicyFeature(FeatureType.STATE, (4,))},
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (3,))})
+    torch.manual_seed(0)
+    return SmolVLAPolicy(config).eval()

@@ -375,8 +375,12 @@ def kind_shares(attn, queries, keys, *, padding=None) -> KindShares:
             raise _check.ArgumentError(
                 f"padding must be a [K] or [B, K] bool mask with K = {k}, B = {nb}; got shape {tuple(pad.shape)}")
         pad = np.broadcast_to(pad.reshape(-1, k), (nb, k))
+        # a query row is the key position k - q + i only where the two layouts agree there: a cross-attention
+        # map's queries (SmolVLA's actions over the prefix) follow its keys and are none of them
+        same = np.array([x.split(":")[0] == y.split(":")[0] for x, y in zip(qn[0], kn[0][k - q:])], dtype=bool) \
+            if q <= k else np.zeros(q, dtype=bool)
         kn[pad] = "padding"
-        qn[pad[:, k - q :]] = "padding"
+        qn[pad[:, k - q :] & same] = "padding"
     vis = np.arange(k) <= visible_until(a)[..., None]   # [B, Q, K]
     if padding is not None:
         vis &= ~pad[:, None, :]

@@ -145,8 +145,8 @@ def test_capture_passes_cameras_and_state_tokens_to_the_labels_on_tiny_pi0():
 def test_capture_works_on_tiny_paligemma_generate():
     _needs_paligemma()
     model = tiny.paligemma()
-    ids, pixels = tiny.paligemma_inputs(model)
+    inputs = tiny.paligemma_inputs(model)
     with paligemma.capture(model) as maps, torch.no_grad():
-        model(input_ids=ids, pixel_values=pixels)
+        model(**inputs)
     assert maps.steps == [(0, "prefill")]
     assert set(maps.towers) == {"vision", "language"}

@@ -135,11 +135,9 @@ def test_fast_paligemma_language_and_siglip_maps_equal_eager_and_outputs_unchang
     fast = tiny.paligemma(attn_implementation=None)
     eager = tiny.paligemma()
     eager.load_state_dict(fast.state_dict())
-    ids, pixels = tiny.paligemma_inputs(fast, batch=2)
-    # token_type_ids as the processor gives them: without, transformers 5 runs this sdpa model's prefix
-    # bidirectionally (no mask, module.is_causal False) and the eager one causally; mode='fast' shows sdpa's
-    kwargs = dict(input_ids=ids, pixel_values=pixels, token_type_ids=torch.zeros_like(ids), do_sample=False,
-                  max_new_tokens=3, min_new_tokens=3)
+    # token_type_ids as the processor gives them (paligemma_inputs): the eager twin is a model of its own,
+    # which without them would run causally where this sdpa one runs bidirectionally (test_eager_unchanged)
+    kwargs = dict(tiny.paligemma_inputs(fast, batch=2), do_sample=False, max_new_tokens=3, min_new_tokens=3)
     chosen = fast.config.text_config._attn_implementation  # sdpa; transformers 4.53 picks eager for this config
     reference = fast.generate(**kwargs)
     with paligemma.capture(fast, mode="fast") as fm:

@@ -75,14 +75,12 @@ def _pair(text, dtype=torch.float32):
 
 def _padded_inputs(model, images, dtype=torch.float32):
     """Batch 2, item 0 left-padded by PAD tokens (its prompt is PAD text tokens shorter), as generate() wants."""
-    ids, pixels = tiny.paligemma_inputs(model, images=images, batch=2, text_tokens=4)
-    mask = torch.ones_like(ids)
+    inputs = tiny.paligemma_inputs(model, images=images, batch=2, text_tokens=4)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
     ids[0] = torch.cat([torch.zeros(PAD, dtype=ids.dtype), ids[0, :-PAD]])
     mask[0, :PAD] = 0
-    # token_type_ids as the processor gives them (0: the prefix, seen bidirectionally by the prefix)
-    return dict(input_ids=ids, attention_mask=mask, pixel_values=pixels.to(dtype),
-                token_type_ids=torch.zeros_like(ids), do_sample=False,
-                max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    return dict(inputs, do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
 
 
 def _kernel_calls(run):

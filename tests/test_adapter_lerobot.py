@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from getlocal import get_local
+from getlocal.adapters import tiny
 from required import import_or_skip
 
 smolvla = import_or_skip("lerobot", "lerobot.policies.smolvla.modeling_smolvla")
@@ -23,49 +24,11 @@ CAMERAS = ("observation.images.top", "observation.images.wrist")
 TEXT = 6  # tokenizer_max_length: the language tokens, padded
 
 
-def _smolvlm_dir(path):
-    """A local SmolVLM config directory (config, tokenizer, processors) for ``vlm_model_name``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor
-    from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
-
-    special = ["<pad>", "<unk>", "<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]
-    vocab = {t: i for i, t in enumerate(special + [f"w{i}" for i in range(40)])}
-    words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    words.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=words, pad_token="<pad>", unk_token="<unk>", additional_special_tokens=special[2:],
-        extra_special_tokens={"fake_image_token": special[2], "image_token": special[3],
-                              "global_image_token": special[4], "end_of_utterance_token": special[5]})
-    images = SmolVLMImageProcessor(size={"longest_edge": 32}, max_image_size={"longest_edge": 32},
-                                   do_image_splitting=False)
-    SmolVLMProcessor(image_processor=images, tokenizer=tokenizer, video_processor=SmolVLMVideoProcessor(),
-                     image_seq_len=4).save_pretrained(path)
-    SmolVLMConfig(
-        text_config=dict(model_type="llama", vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                         max_position_embeddings=256),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        scale_factor=2, image_token_id=vocab["<image>"]).save_pretrained(path)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory):
-    from lerobot.configs.types import FeatureType, PolicyFeature
-    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
-
-    config = SmolVLAConfig(
-        vlm_model_name=_smolvlm_dir(tmp_path_factory.mktemp("smolvlm")), load_vlm_weights=False,
-        num_vlm_layers=LAYERS, attention_mode="cross_attn", self_attn_every_n_layers=EVERY,
-        chunk_size=CHUNK, n_action_steps=CHUNK, num_steps=STEPS, tokenizer_max_length=TEXT,
-        max_state_dim=8, max_action_dim=8, resize_imgs_with_padding=(32, 32),
-        input_features={**{c: PolicyFeature(FeatureType.VISUAL, (3, 32, 32)) for c in CAMERAS},
-                        "observation.state": PolicyFeature(FeatureType.STATE, (4,))},
-        output_features={"action": PolicyFeature(FeatureType.ACTION, (3,))})
-    torch.manual_seed(0)
-    return smolvla.SmolVLAPolicy(config).eval()
+    """LeRobot's SmolVLAPolicy, tiny and random, from a local SmolVLM config directory (``tiny.smolvla``)."""
+    return tiny.smolvla(tmp_path_factory.mktemp("smolvlm"), CAMERAS, layers=LAYERS, every=EVERY, steps=STEPS,
+                        chunk=CHUNK, text=TEXT)
 
 
 def _batch(seed=0, words=4):

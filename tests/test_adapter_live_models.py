@@ -13,6 +13,7 @@ transformers = import_or_skip("openvla", "transformers")
 
 from getlocal import get_local  # noqa: E402
 from getlocal.adapters import openvla, paligemma, tiny, vit  # noqa: E402
+from getlocal.adapters.sources.transformers import eager_kernel  # noqa: E402
 
 
 class _Gone:
@@ -83,9 +84,9 @@ def test_a_model_loaded_before_activate_is_switched_at_its_first_call():
     openvla.activate()
     with torch.no_grad():
         model(pixels, ids)
-    assert block.fused_attn is False and llm.config._attn_implementation == "eager"
+    assert block.fused_attn is False and llm.config._attn_implementation == eager_kernel("sdpa")
     openvla.deactivate()
-    assert llm.config._attn_implementation != "eager"
+    assert llm.config._attn_implementation not in ("eager", eager_kernel("sdpa"))
     assert not torch.nn.modules.module._global_forward_pre_hooks  # nothing left on every module's call
 
 

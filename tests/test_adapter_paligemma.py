@@ -14,6 +14,7 @@ skip_unless("paligemma", hasattr(modeling_gemma, "eager_attention_forward") and 
 
 from getlocal import get_local  # noqa: E402
 from getlocal.adapters import paligemma, tiny  # noqa: E402
+from getlocal.adapters.sources.transformers import eager_kernel  # noqa: E402
 
 TOL = 1e-6
 
@@ -40,15 +41,16 @@ def _eager_twin(model):
 
 def test_one_image_maps_equal_output_attentions_of_the_eager_model():
     model = tiny.paligemma(attn_implementation=None)  # sdpa: the adapter must switch it
-    ids, pixels = tiny.paligemma_inputs(model)
+    inputs = tiny.paligemma_inputs(model)
+    ids, pixels = inputs["input_ids"], inputs["pixel_values"]
     reference = _eager_twin(model)
     with torch.no_grad():
-        want_language = reference(input_ids=ids, pixel_values=pixels, output_attentions=True).attentions
+        want_language = reference(**inputs, output_attentions=True).attentions
         want_vision = reference.model.vision_tower(pixels, output_attentions=True).attentions
 
     paligemma.activate(model)
     with torch.no_grad():
-        model(input_ids=ids, pixel_values=pixels)
+        model(**inputs)
     maps = paligemma.collect(model)
     assert maps.steps == [(0, "prefill")]
     for tower, want in (("language", want_language), ("vision", want_vision)):
@@ -64,10 +66,9 @@ def test_one_image_maps_equal_output_attentions_of_the_eager_model():
 
 def test_two_cameras_get_their_own_image_segments_and_grids():
     model = tiny.paligemma()
-    ids, pixels = tiny.paligemma_inputs(model, images=2)
     paligemma.activate(model)
     with torch.no_grad():
-        model(input_ids=ids, pixel_values=pixels)
+        model(**tiny.paligemma_inputs(model, images=2))
     maps = paligemma.collect(model, cameras=["base", "wrist"])
     vision = maps.select(tower="vision")[0]
     assert vision.shape == (2, 2, 4, 4)  # sample-major: sample 0 base, sample 0 wrist
@@ -82,11 +83,11 @@ def test_two_cameras_get_their_own_image_segments_and_grids():
 
 def test_generate_gives_a_prefill_step_then_decode_steps():
     model = tiny.paligemma()
-    ids, pixels = tiny.paligemma_inputs(model)
+    inputs = tiny.paligemma_inputs(model)
+    ids = inputs["input_ids"]
     paligemma.activate(model)
     with torch.no_grad():
-        out = model.generate(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids),
-                             max_new_tokens=4, min_new_tokens=4, do_sample=False, output_attentions=True,
+        out = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False, output_attentions=True,
                              return_dict_in_generate=True)
     maps = paligemma.collect(model)
     assert maps.steps == [(0, "prefill"), (1, "decode"), (2, "decode"), (3, "decode")]
@@ -105,8 +106,7 @@ def test_soft_capped_gemma_maps_equal_output_attentions(text):
         pytest.skip(f"transformers {transformers.__version__} has no Gemma3")
     if text == "gemma2":
         model = tiny.paligemma(text="gemma2", attn_implementation=None)
-        ids, pixels = tiny.paligemma_inputs(model)
-        kwargs = dict(input_ids=ids, pixel_values=pixels)
+        kwargs = tiny.paligemma_inputs(model)
     else:
         config = transformers.Gemma3TextConfig(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
@@ -172,7 +172,8 @@ def test_deactivate_restores_sdpa_and_the_original_functions():
     assert "eager" not in before
     code = modeling_gemma.eager_attention_forward.__code__
     paligemma.activate(model)
-    assert [c._attn_implementation for c in configs] == ["eager"] * 3
+    # eager weights under the masks sdpa would get (EAGER_AS_SDPA where transformers >= 4.53)
+    assert [c._attn_implementation for c in configs] == [eager_kernel("sdpa")] * 3
     assert modeling_gemma.eager_attention_forward.__code__ is not code
     paligemma.deactivate()
     assert [c._attn_implementation for c in configs] == before
@@ -190,7 +191,7 @@ def test_both_adapters_active_can_be_deactivated_in_either_order(first):
     openvla.activate()
     paligemma.activate()
     model = tiny.paligemma(attn_implementation=None)  # built while both are on
-    assert model.model.language_model.config._attn_implementation == "eager"
+    assert model.model.language_model.config._attn_implementation == eager_kernel("sdpa")
     adapters = [openvla, paligemma] if first == "openvla" else [paligemma, openvla]
     adapters[0].deactivate()
     assert get_local.is_active()
@@ -210,9 +211,8 @@ def test_collect_keeps_to_its_own_models_when_a_cache_key_was_reused():
         vla(pixels, ids)
     openvla.deactivate()  # frees the key of Llama's eager_attention_forward; the cache keeps its maps
     model = tiny.paligemma()
-    ids, pixels = tiny.paligemma_inputs(model)
     paligemma.activate(model)
     with torch.no_grad():
-        model(input_ids=ids, pixel_values=pixels)
+        model(**tiny.paligemma_inputs(model))
     assert paligemma.collect(model).towers == ["vision", "language"]
     assert openvla.collect(vla).towers == ["dinov2", "siglip", "llm"]

@@ -1,8 +1,13 @@
 """transformers' attention-interface functions (>= 4.48): targets, the eager switch, the sdpa kernel's rebuild.
 
-mode='eager' switches every config whose ``model_type`` is ours to ``"eager"``
+mode='eager' switches every config whose ``model_type`` is ours to eager attention
 (read at call time from 4.48 on) and captures ``eager_attention_forward``'s
-``attn_weights``. mode='fast' keeps the model's kernel and reads the arguments
+``attn_weights``. A model that ran sdpa keeps sdpa's masks (``EAGER_AS_SDPA``):
+transformers builds a different visibility for each kernel in places (5.24's
+PaliGemma without ``token_type_ids``: sdpa's skipped causal mask and the Gemma
+layers' ``is_causal=False`` make the prefill bidirectional, eager's
+materialised mask makes it causal), and eager mode must change nothing but
+rounding. mode='fast' keeps the model's kernel and reads the arguments
 of ``sdpa_attention_forward``: ``query`` (after the rotary embedding), ``key``
 (the whole cache), the mask and ``scaling``; ``softmax_rows`` rebuilds eager's
 weights from them (``repeat_kv``, ``q k^T * scaling + mask`` in the query's
@@ -115,12 +120,99 @@ def set_eager(config, model_types: Sequence[str], undo: Undo, seen=None) -> None
         return
     seen.add(id(config))
     if getattr(config, "model_type", None) in model_types and hasattr(config, "_attn_implementation_internal"):
-        if config._attn_implementation_internal != "eager":
-            undo.set(config, "_attn_implementation_internal", "eager")
+        kernel = config._attn_implementation_internal
+        if kernel != eager_kernel(kernel):
+            undo.set(config, "_attn_implementation_internal", eager_kernel(kernel))
     config_type = type(config).__mro__[-2]  # PretrainedConfig, whatever the version calls it
     for value in list(vars(config).values()):
         if isinstance(value, config_type):
             set_eager(value, model_types, undo, seen)
+
+
+#: The kernel name eager mode gives a model that ran sdpa: sdpa's masks, the model's own eager kernel.
+EAGER_AS_SDPA = "getlocal_eager_as_sdpa"
+
+
+def eager_kernel(kernel: Optional[str]) -> str:
+    """The kernel name mode='eager' gives a config that runs ``kernel``.
+
+    ``EAGER_AS_SDPA`` for sdpa where transformers builds masks per kernel
+    (>= 4.53), else ``"eager"``.
+    """
+    if kernel in ("eager", EAGER_AS_SDPA):
+        return kernel
+    return EAGER_AS_SDPA if kernel == "sdpa" and _register_eager_as_sdpa() else "eager"
+
+
+def _register_eager_as_sdpa() -> bool:
+    """Register ``EAGER_AS_SDPA`` with transformers (>= 4.53: a mask interface per kernel); False before."""
+    try:
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    except ImportError:
+        return False
+    if "sdpa" not in ALL_MASK_ATTENTION_FUNCTIONS:
+        return False
+    # A name only configs switched by us carry: registering it changes nothing for any other model.
+    ALL_MASK_ATTENTION_FUNCTIONS.register(EAGER_AS_SDPA, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    ALL_ATTENTION_FUNCTIONS.register(EAGER_AS_SDPA, _eager_as_sdpa)
+    return True
+
+
+def _eager_as_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None,
+                  **kwargs):
+    """The module's own ``eager_attention_forward`` on the keys sdpa would let each query see.
+
+    ``attention_mask`` is sdpa's (None, boolean, or a 4-D float mask passed in);
+    None means ``is_causal`` (else the module's) decides, as in
+    ``sdpa_attention_forward``; a query that sees no key gets sdpa's 0
+    output (its weights stay eager's). A module whose modeling file has no
+    eager kernel runs sdpa as before (nothing captured, the forward unchanged).
+    """
+    import torch
+
+    eager = _eager_kernel(type(module))
+    if eager is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    causal = bool(causal) and attention_mask is None and query.shape[2] > 1
+    mask = _additive_mask(attention_mask, causal, query.shape[2], key.shape[2], query.dtype, query.device)
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling  # sdpa's default; eager needs one
+    out, weights = eager(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
+    if attention_mask is not None and attention_mask.dtype == torch.bool and out.shape[1] == query.shape[2]:
+        # A query that sees no key (left padding): sdpa gives it 0, eager's softmax the mean of every value.
+        blind = ~attention_mask[..., :key.shape[2]].any(-1)  # [B, 1 or H, Q]
+        if bool(blind.any()):
+            out = out.masked_fill(blind.transpose(1, 2)[..., None], 0)  # out: [B, Q, H, D]
+    return out, weights
+
+
+def _eager_kernel(module_type) -> Optional[Callable]:
+    # The function the module's forward calls when its config says "eager": its modeling file's (or a base class's).
+    for cls in module_type.__mro__:
+        kernel = getattr(sys.modules.get(cls.__module__), "eager_attention_forward", None)
+        if kernel is not None:
+            return kernel
+    return None
+
+
+def _additive_mask(mask, causal: bool, q_len: int, k_len: int, dtype, device):
+    """sdpa's visibility as the additive mask eager adds to its scores (None: every key seen).
+
+    ``causal`` (sdpa's ``is_causal``) is aligned to the top left; a boolean mask
+    becomes 0 where seen and the dtype's minimum elsewhere, as transformers'
+    eager mask; a float mask is already additive.
+    """
+    import torch
+
+    if mask is None and causal:
+        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril()[None, None]
+    if mask is not None and mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return mask
 
 
 def keep_sdpa(keeper: Keep, owner, values: Dict[str, Any]):
@@ -152,12 +244,8 @@ def softmax_rows(query, key, mask, scaling, causal: bool, kv_length: int):
         scaling = query.shape[-1] ** -0.5
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     k_len = key.shape[2]
-    if mask is None and causal:  # sdpa's is_causal: aligned to the top left
-        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril()[None, None]
+    mask = _additive_mask(mask, causal, q_len, k_len, scores.dtype, query.device)
     if mask is not None:
-        if mask.dtype == torch.bool:  # as transformers' eager mask: 0 where seen, the dtype's minimum elsewhere
-            mask = torch.zeros(mask.shape, dtype=scores.dtype, device=mask.device).masked_fill(
-                ~mask, torch.finfo(scores.dtype).min)
         scores = scores + mask[..., :k_len]
     weights = torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     if kv_length > k_len:  # sdpa cut the keys no query could see (prefill into a longer static cache)

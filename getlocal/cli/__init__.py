@@ -58,6 +58,7 @@ _EPILOG_DEMO = f"""examples:
   python -m getlocal demo --model openvla-tiny         # DINOv2 + SigLIP + Llama: 7 generated tokens, the prefill
                                                        # gives the first, 6 decode steps the rest
   python -m getlocal demo --model paligemma-tiny       # Pi0 shape: SigLIP + Gemma + action expert, 2 cameras
+  python -m getlocal demo --model smolvla-tiny         # LeRobot's own SmolVLAPolicy, tiny (needs lerobot)
   python -m getlocal demo --model openvla-tiny --mode fast  # the models keep their kernels (sdpa, timm fused)
 
 {_WRITES}"""
@@ -102,8 +103,8 @@ def _parser() -> argparse.ArgumentParser:
             "the per-layer table. No network unless --pretrained asks for it."),
         epilog=_EPILOG_DEMO, formatter_class=raw)
     demo.add_argument("--model", default=DEMO_MODEL, metavar="NAME",
-                      help=f"a timm ViT name (default {DEMO_MODEL}), or openvla-tiny / paligemma-tiny "
-                           "(small random-init VLA models; need transformers)")
+                      help=f"a timm ViT name (default {DEMO_MODEL}), or openvla-tiny / paligemma-tiny / "
+                           "smolvla-tiny (small random-init VLA models; need transformers, smolvla-tiny lerobot)")
     demo.add_argument("--image", metavar="PATH",
                       help="the picture (default: matplotlib's sample photo grace_hopper.jpg, shipped offline)")
     demo.add_argument("--out", metavar="DIR",

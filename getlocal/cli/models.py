@@ -1,4 +1,4 @@
-"""The demo's models: built (timm ViT, tiny OpenVLA, tiny Pi0), given their weights, run once with every map captured.
+"""The demo's models: built (timm ViT, tiny OpenVLA, tiny Pi0, tiny SmolVLA), given weights, run with maps captured.
 
 >>> maps, images, info = capture("vit_small_patch16_224", False, picture)   # doctest: +SKIP
 >>> info["weights"]                                                         # doctest: +SKIP
@@ -16,7 +16,7 @@ from getlocal import get_local
 from .inputs import CommandError
 
 DEMO_MODEL = "vit_small_patch16_224"
-TINY_MODELS = ("openvla-tiny", "paligemma-tiny")
+TINY_MODELS = ("openvla-tiny", "paligemma-tiny", "smolvla-tiny")
 TINY_IMAGE = 112  # the tiny models see 8 x 8 patches of 14 px
 _GENERATED = 7  # openvla-tiny's action tokens, as OpenVLA predicts 7 (one per degree of freedom)
 HUB_TIMEOUT = 3.0  # seconds to reach the hub before --pretrained gives up
@@ -33,13 +33,21 @@ def check_model(name: str) -> None:
             import transformers  # noqa: F401  (a broken install too: find_spec would not see it)
         except ImportError:
             raise CommandError(f"--model {name} needs transformers: python -m pip install -e \".[adapters]\"") from None
+        if name == "smolvla-tiny":
+            try:
+                import lerobot.policies.smolvla.modeling_smolvla  # noqa: F401
+            except ImportError as exc:
+                raise CommandError(f"--model smolvla-tiny runs LeRobot's own SmolVLA code, which does not import "
+                                   f"here ({exc}); pip install lerobot (0.4.x on Python 3.10/3.11, 0.5 and later "
+                                   "on Python 3.12)") from None
         return
     import timm
 
     if not timm.is_model(name):
         raise CommandError(
             f"unknown model {name!r}; use {DEMO_MODEL} (the default), openvla-tiny, paligemma-tiny, or another "
-            "timm ViT name (python -c \"import timm; print(timm.list_models('vit_*'))\")")
+            "smolvla-tiny (needs lerobot), or another timm ViT name "
+            "(python -c \"import timm; print(timm.list_models('vit_*'))\")")
 
 
 def square(picture, size: int):
@@ -167,7 +175,8 @@ class _Demo(NamedTuple):
 
 def capture(name: str, pretrained: bool, picture, weights: Optional[str] = None, mode: str = "eager"):
     """``(maps, images, info)``: the demo model ``name`` run once on ``picture`` with every map captured."""
-    build = {"openvla-tiny": _openvla_demo, "paligemma-tiny": _pi0_demo}.get(name, _vit_demo)
+    build = {"openvla-tiny": _openvla_demo, "paligemma-tiny": _pi0_demo,
+             "smolvla-tiny": _smolvla_demo}.get(name, _vit_demo)
     demo = build(name, pretrained, picture, weights, mode)
     demo.info["mode"] = mode
     get_local.clear()
@@ -258,3 +267,44 @@ def _pi0_demo(name: str, pretrained: bool, picture, weights: Optional[str], mode
                                                      horizon=4, steps=3),
                  paligemma, {"exterior": exterior, "wrist": wrist}, info,
                  {"cameras": ["exterior", "wrist"], "state_tokens": 1})
+
+
+#: The cameras of the SmolVLA demo: LeRobot's image keys, as a LeRobot dataset names them.
+_SMOLVLA_CAMERAS = ("observation.images.top", "observation.images.wrist")
+
+
+def _smolvla_demo(name: str, pretrained: bool, picture, weights: Optional[str], mode: str = "eager") -> _Demo:
+    import tempfile
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from getlocal.adapters import smolvla, tiny
+
+    with tempfile.TemporaryDirectory() as config_dir:  # read while the policy is built, not after
+        policy = tiny.smolvla(config_dir, _SMOLVLA_CAMERAS, layers=4, every=2, steps=3, chunk=5, text=8,
+                              image=TINY_IMAGE, patch=14)
+    if weights:
+        load_weights(policy, weights, name)
+    top = square(picture, TINY_IMAGE)
+    w, h = picture.size
+    wrist = np.asarray(picture.crop((w // 4, h // 2, 3 * w // 4, h)).resize((TINY_IMAGE, TINY_IMAGE), Image.BICUBIC))
+    words = 5
+    batch = {key: torch.from_numpy(frame / 255.0).float().permute(2, 0, 1)[None]  # LeRobot's [0, 1] frames
+             for key, frame in zip(_SMOLVLA_CAMERAS, (top, wrist))}
+    batch["observation.state"] = torch.zeros(1, 4)
+    batch["observation.language.tokens"] = torch.tensor([[6 + i for i in range(words)] + [0] * (8 - words)])
+    batch["observation.language.attention_mask"] = torch.tensor([[True] * words + [False] * (8 - words)])
+    noise = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(0))
+    info = {"weights": f"weights from {weights}" if weights else
+                       "random init (LeRobot's own SmolVLAPolicy at a tiny size: a SmolVLM with a 1-layer vision "
+                       "encoder and 4 text layers beside a 4-layer action expert, cross-attention with a "
+                       "self-attention layer every 2nd; no trained weights exist for it)",
+            "random_weights": not weights,
+            "patch_size": {"vision": 14},
+            "preprocessing": (f"two cameras ({', '.join(_SMOLVLA_CAMERAS)}): top = centre square, wrist = a crop "
+                              f"of the lower half, both resized to {TINY_IMAGE}x{TINY_IMAGE}; {words} language "
+                              "tokens padded to 8, 1 state token, 5 action tokens, 3 denoising steps")}
+    return _Demo(policy, lambda: policy.predict_action_chunk(batch, noise=noise), smolvla,
+                 dict(zip(_SMOLVLA_CAMERAS, (top, wrist))), info)
