@@ -47,7 +47,7 @@ for pins in .ci/pins/*.txt; do
       { "$py" -m venv "$venv" && "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$pins" >/dev/null \
         && cp "$pins" "$venv/pins.txt"; } || { echo "could not install the $name pins"; failed=1; continue; }
     fi
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e . >/dev/null \
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . >/dev/null \
       || { echo "could not install getlocal into the $name venv"; failed=1; continue; }
     run=("$venv/bin/python") layer=""
   else
