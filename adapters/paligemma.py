@@ -17,7 +17,8 @@ instrumented, calls that bypass the attention module are captured too: Pi0's
 joint prefix/suffix attention calls ``modeling_gemma.eager_attention_forward``
 directly and throws the weights away. For LeRobot's ``PI0Policy`` and
 ``PI05Policy``, ``collect()`` names the cameras by the policy's image keys
-(``observation.images.top``, ...) and counts Pi0's state token by itself.
+(``observation.images.top``, ...) and counts Pi0's state token by itself;
+it refuses the maps of their training forward (``policy.forward``).
 
 Every model seen is switched to eager attention through its config (read at
 call time, so models already loaded switch in place); transformers >= 4.48 is
@@ -82,37 +83,51 @@ def _holders(path, modules) -> list:
 def _calls(entries, names, options) -> dict:
     """``options`` with what the model says added where ``collect()`` was not given it (``Spec.calls``)."""
     modules = next((names[id(e.owner)][1] for e in entries if id(e.owner) in names), None)
-    told = _told(modules) if modules else {}
+    around = _around_pi0(modules) if modules else []
+    told = {}
+    # Pi0 projects the state into one suffix token (``state_proj``); Pi0.5 writes it into the prompt and has
+    # none (openpi's Pi0.5 keeps ``pi05`` set)
+    if around and any(isinstance(getattr(h, "state_proj", None), _module_type()) and not getattr(h, "pi05", False)
+                      for h in around):
+        told["state_tokens"] = 1
+    config = next((h.config for h in around if isinstance(getattr(getattr(h, "config", None), "image_features",
+                                                                   None), dict)), None)
+    if config is not None:
+        # LeRobot's image keys, in the order its _preprocess_images stacks them when every camera is in the batch
+        told["cameras"] = [str(k) for k in config.image_features] or None
+        _refuse_training_forward(entries, config)
     return {**options, **{k: v for k, v in told.items() if k in options and options[k] is None}}
 
 
-def _told(modules) -> dict:
-    """Pi0's labels that its model says: LeRobot's camera keys (its config's ``image_features``, in the order
-    its ``_preprocess_images`` stacks them when every camera is in the batch) and one state token when the
-    module around the PaliGemma and its expert projects the state into the suffix (Pi0's ``state_proj``;
-    Pi0.5, which writes the state into the prompt, has none; openpi's Pi0.5 keeps ``pi05`` set)."""
+def _around_pi0(modules) -> list:
+    """The Pi0 model (the nearest holder of a PaliGemma that also holds a Gemma of its own, the expert) and
+    the modules that hold it, nearest first; empty for a model without an expert."""
     paligemma = next((p for p, m in modules.items() if _is_paligemma(m)), None)
     if paligemma is None:
-        return {}
+        return []
     holders = _holders(paligemma, modules)[1:]
     inner = {id(m) for m in modules[paligemma].modules()}
-    # the Pi0 model: the nearest holder of the PaliGemma that also holds a Gemma of its own (the expert)
     for i, holder in enumerate(holders):
         if any(_is_gemma(m) and id(m) not in inner for m in holder.modules()):
-            break
-    else:
-        return {}
-    told = {}
-    around = holders[i:]
-    if any(isinstance(getattr(h, "state_proj", None), _module_type()) and not getattr(h, "pi05", False)
-           for h in around):
-        told["state_tokens"] = 1
-    for h in around:
-        features = getattr(getattr(h, "config", None), "image_features", None)
-        if isinstance(features, dict) and features:
-            told["cameras"] = [str(k) for k in features]
-            break
-    return told
+            return holders[i:]
+    return []
+
+
+def _refuse_training_forward(entries, config) -> None:
+    """LeRobot's training forward runs prefix and suffix as one call of the PaliGemma's layers: its keys are
+    more than the prefix holds (the images and ``tokenizer_max_length`` language tokens); refuse to label it."""
+    text = getattr(config, "tokenizer_max_length", None)
+    vision = [e for e in entries if e.tower == "vision"]
+    language = [e for e in entries if e.tower == "language"]
+    if not isinstance(text, int) or not vision or not language:
+        return
+    images, per_image = image_count(vision, language[0].batch)
+    if any(e.keys > images * per_image + text for e in language):
+        raise GetLocalError(
+            f"paligemma.collect(): these maps come from the training forward of LeRobot's "
+            f"{type(config).__name__} policy (policy.forward), which runs the prefix and the action expert as "
+            "one attention call; only the inference passes are labelled: capture policy.select_action, "
+            "predict_action_chunk or model.sample_actions")
 
 
 def _is_gemma(module) -> bool:

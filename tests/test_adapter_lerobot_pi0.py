@@ -311,3 +311,19 @@ def test_the_readmes_lerobot_pi0_lines_run_as_written(policy):
     assert maps.steps == [(0, "prefix")] + [(s, "denoise") for s in range(1, STEPS + 1)]
     assert [m.camera for m in maps.select(tower="vision", layer=0)] == list(CAMERAS)
     assert _kinds(maps.layouts["expert"]) == _lerobots_kinds(policy, _batch())
+
+
+def test_collect_refuses_the_training_forward_naming_the_inference_calls_and_the_loss_is_unchanged(policy):
+    batch = _batch()
+    batch["action"] = torch.randn(1, CHUNK, 3, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(4)
+    plain, _ = policy.forward(batch)
+    paligemma.activate(policy, mode="fast")
+    try:
+        torch.manual_seed(4)
+        loss, _ = policy.forward(batch)  # the capture does not break the forward pass
+        with pytest.raises(GetLocalError, match="training forward of LeRobot's PI05?Config policy.*select_action"):
+            paligemma.collect()
+    finally:
+        paligemma.deactivate()
+    assert torch.equal(loss, plain)
