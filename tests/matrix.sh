@@ -4,7 +4,7 @@
 #  2. the adapter tests against the library versions VLA code pins (.ci/pins/*.txt),
 #     layered with --target over the default environment so torch is installed once;
 #     a pins file with a "# python: 3.X" line gets its own venv of that Python instead
-#     (the pins installed with their dependencies, kept in .ci/envs/NAME-venv while the file is unchanged);
+#     (the pins installed with their dependencies, kept in .ci/envs/NAME-venv while its pins are unchanged);
 #     the adapters a pins file names on its "# adapters:" line must run there: a skip fails the leg.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,10 +42,10 @@ for pins in .ci/pins/*.txt; do
   if [ -n "$version" ]; then  # a venv of its own: no default environment of this Python to layer over
     venv="$envs/$name-venv"
     py=$(find_python "$version") || { echo "no Python $version for the $name pins"; failed=1; continue; }
-    if ! cmp -s "$pins" "$venv/pins.txt"; then
+    if [ "$(grep -v '^#' "$pins")" != "$(cat "$venv/pins.txt" 2>/dev/null)" ]; then  # the pins, comments aside
       rm -rf "$venv"
       { "$py" -m venv "$venv" && "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$pins" >/dev/null \
-        && cp "$pins" "$venv/pins.txt"; } || { echo "could not install the $name pins"; failed=1; continue; }
+        && grep -v '^#' "$pins" > "$venv/pins.txt"; } || { echo "could not install the $name pins"; failed=1; continue; }
     fi
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . >/dev/null \
       || { echo "could not install getlocal into the $name venv"; failed=1; continue; }
