@@ -87,3 +87,65 @@ def test_episode_figures_of_a_raw_cache_say_how_to_record_labelled_maps(tmp_path
         rec.step({"f": [np.zeros((2, 2))]})
     with pytest.raises(ValueError, match="holds a raw cache.*collect=lambda: adapter.collect"):
         plot.episode_gif(getlocal.load(tmp_path / "run"), tmp_path / "x.gif")
+
+
+TWO = TokenLayout([Segment("cls", 0, 1), Segment("image", 1, 17, grid=(4, 4), camera="base"),
+                   Segment("image", 17, 33, grid=(4, 4), camera="wrist")])
+
+
+def explained_episode(tmp_path, steps=4, explain_step=None):
+    """[CLS] of a 2-camera ViT-shaped model attends to base patch ``t`` and wrist patch 5; only the rollout is kept."""
+    from getlocal import explain
+
+    def maps(t):
+        out = []
+        for layer in range(2):
+            a = np.full((1, 2, 33, 33), 0.2)
+            a[..., 0, 1 + t] = 20.0
+            a[..., 0, 17 + 5] = 10.0
+            out.append(AttentionMap(a / a.sum(-1, keepdims=True), "vit", layer, f"blocks.{layer}", 0, "encode",
+                                    layer, TWO, TWO))
+        return AttentionMaps(out, {"vit": TWO})
+
+    def why(m):
+        return explain.rollout(m, rows="cls", exclude="cls")
+
+    run = tmp_path / "explained"
+    with getlocal.record(run, explain=explain_step or why, maps=False, durable=False) as rec:
+        for t in range(steps):
+            frame = np.full((24, 40, 3), 90, np.uint8)
+            rec.step(maps(t), images={"base": frame, "wrist": frame})
+    return run, [why(maps(t)) for t in range(steps)]
+
+
+def test_the_explanation_grid_draws_each_stored_explanation_per_camera_on_a_bar_marked_at_the_even_share(tmp_path):
+    run, want = explained_episode(tmp_path)
+    fig = plot.episode_grid(getlocal.load(run), explanation=True, pad_to_square=True)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 2 * 4  # base and wrist, four steps
+    for i, ax in enumerate(panels):
+        camera, t = ("base", "wrist")[i // 4], i % 4
+        assert np.array_equal(ax.images[-1].get_array().filled(np.nan), want[t].grid(camera, relative=True),
+                              equal_nan=True)
+        share, even = want[t].share("image", camera), 16 * float(want[t].even[0].mean())
+        assert ax.get_xlabel() == f"{share:.0%} of the rows (even: {even:.0%})"
+        assert ax.images[-1].get_extent() == [0.0, 40.0, 32.0, -8.0]  # the letterbox undone: a 40x40 square
+    bar = [ax for ax in fig.axes if not ax.images][-1]
+    assert "1 = even over the 32 keys" in bar.get_ylabel()
+    assert [line.get_ydata()[0] for line in bar.lines] == [1.0]  # the even share, marked
+
+
+def test_the_explanation_grid_needs_a_run_with_explanations_and_names_the_stored_ones(tmp_path):
+    with pytest.raises(getlocal.GetLocalError, match=r"no explanation .*record\(path, explain=...\)"):
+        plot.episode_grid(getlocal.load(episode(tmp_path)), explanation=True)
+    from getlocal import explain
+
+    def two(m):
+        return {"a": explain.rollout(m, rows="cls"), "b": explain.rollout(m, rows="image")}
+
+    run, _ = explained_episode(tmp_path, steps=1, explain_step=two)
+    with pytest.raises(getlocal.GetLocalError, match=r"holds the explanations \['a', 'b'\]; pick one: explanation='a'"):
+        plot.episode_grid(getlocal.load(run), explanation=True)
+    assert len([ax for ax in plot.episode_grid(getlocal.load(run), explanation="b").axes if ax.images]) == 2
+    with pytest.raises(getlocal.GetLocalError, match="explanation must be True or the name"):
+        plot.episode_grid(getlocal.load(run), explanation=3)
