@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from getlocal import saved
+from getlocal import GetLocalError, saved
 from getlocal.viewer import MAX_PAGE_MB, page_size
 from getlocal.viewer import view as view_page
 
@@ -61,6 +61,8 @@ def demo(args) -> int:
             print(f"saved the capture to {saved_to}/ ({len(maps)} maps, {size / 2**20:.1f} MB); "
                   f"`python -m getlocal plot {saved_to} --out DIR` redraws everything below without the model")
             report(maps, images, info, out, quiet=args.quiet)
+            for line in _explain_figures(maps, images, info, out):
+                print(line)
             size = page_size(maps, images=images)
             if size <= PAGE_MB * 2**20:
                 view_page(saved_to, out=out / PAGE, max_mb=PAGE_MB)
@@ -130,6 +132,8 @@ def plot(args) -> int:
     try:
         with made(out):
             report(found.data, found.images, info, out, quiet=args.quiet)
+            for line in _explain_figures(found.data, found.images, found.info, out):
+                print(line)
     except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as exc:
         # load() checked every label getlocal relies on; this is a capture no getlocal wrote
         raise CommandError(f"cannot draw {args.capture}: {type(exc).__name__}: {exc}; its maps are not what "
@@ -137,6 +141,68 @@ def plot(args) -> int:
     if random_weights(info):
         print(f"\nnote: {RANDOM_NOTE}")
     return 0
+
+
+#: Where ``demo`` and ``plot`` write the explanation figures, inside their output directory.
+EXPLAIN_DIR = "explain"
+
+
+def _explained(maps):
+    """``(maps of one pass, rows, exclude, what the rows are)``: what the demo's model is explained by.
+
+    Pi0: its action queries through the prefix and the last denoise step; a
+    model that generates: its generated rows through the prefill and decode
+    steps, its BOS (a sink) left out; a ViT: its [CLS] row.
+    """
+    towers = maps.towers
+    if "language" in towers and "expert" in towers:
+        steps = [step for step, _ in maps.steps]
+        return maps.select(tower=["language", "expert"], step=[steps[0], steps[-1]]), "action", None, \
+            f"the {len(maps.layouts['expert'].indices('action'))} action queries of denoise step {steps[-1]}"
+    tower = towers[-1]
+    kinds = {s.kind for s in maps.layouts[tower].segments}
+    if "generated" in kinds:
+        return maps.select(tower=tower), "generated", "bos" if "bos" in kinds else None, \
+            f"the {len(maps.layouts[tower].indices('generated'))} generated tokens' rows (BOS left out)"
+    if "cls" in kinds:
+        return maps.select(tower=tower, step=maps.steps[0][0]), "cls", None, "the [CLS] row"
+    raise GetLocalError(f"the {tower} tower has no [CLS], generated or action rows to explain")
+
+
+def _explain_figures(maps, images, info, out: Path):
+    """``explain/rollout*.png``: per camera, the last layer beside the attention rollout; the lines to print.
+
+    A capture that cannot be rolled out (a map that keeps only some rows) gets
+    a line saying why, never an error: the rest of the demo is written.
+    """
+    import matplotlib.pyplot as plt
+
+    from getlocal import explain, plot
+    from getlocal._files import write_atomic
+
+    try:
+        chain, rows, exclude, what = _explained(maps)
+        result = explain.rollout(chain, rows=rows, exclude=exclude)
+    except GetLocalError as exc:
+        return [f"no explanation figure: {exc}"]
+    pad = info.get("pad_to_square", False)
+    cameras = result.keys.cameras
+    written = []
+    (out / EXPLAIN_DIR).mkdir(exist_ok=True)
+    for camera in cameras:
+        picture = images.get(camera) if camera is not None else None
+        if picture is None:
+            picture = images.get("image", next(iter(images.values()), None))
+        if picture is None:
+            return [f"no explanation figure: the capture has no picture of {camera or 'the image'}"]
+        one = camera if len(cameras) > 1 else None
+        fig = plot.relevance_figure(result, picture, camera=one, pad_to_square=pad is True)
+        name = f"{EXPLAIN_DIR}/rollout{'_' + camera if one else ''}.png"
+        write_atomic(out / name, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+        plt.close(fig)
+        written.append(name)
+    return [f"explanation: {result.method} of {result.tower} from {what}, through {len(result.layers)} layers, "
+            f"beside the last layer's map -> {', '.join(str(out / n) for n in written)}"]
 
 
 def _plot_run(args, run) -> int:
