@@ -108,3 +108,12 @@ def test_a_run_without_explanations_is_refused_saying_how_to_record_them(tmp_pat
 def test_an_episode_page_over_max_mb_is_refused_naming_a_selection(episode):
     with pytest.raises(GetLocalError, match=r"passes max_mb=0.0001 at step 0 .*view\(run.select\(step=range"):
         view(getlocal.load(episode), max_mb=0.0001)
+
+
+def test_the_command_line_writes_the_episode_page_beside_the_run(episode, capsys):
+    from getlocal.cli import main
+
+    assert main(["view", str(episode)]) == 0
+    page = episode.parent / "run.html"
+    assert f"wrote {page}" in capsys.readouterr().out
+    assert "getlocal episode" in page.read_text(encoding="utf-8").split("</title>")[0]
