@@ -724,6 +724,11 @@ function render() {
   }
   $("status").textContent = `${e.method} of ${e.tower}: ${e.rows} row${e.rows === 1 ? "" : "s"}, layers ` +
     `${e.layers.join(", ")}${e.excluded.length ? `, keys ${e.excluded.join(", ")} excluded` : ""}`;
+  if (!Object.keys(e.cameras).length) {
+    $("missing").hidden = false;
+    $("missing").textContent = `Step ${step.step}'s explanation has no image tokens (no key layout with a camera's ` +
+      "patches): nothing to draw over the frames.";
+  }
   for (const [camera, c] of Object.entries(e.cameras)) {
     const pi = step.pictures[camera], p = pi === undefined ? null : D.pictures[pi];
     const [g, sq] = square(p, c.grid), scale = Math.min(480, Math.max(320, g.w)) / g.w;

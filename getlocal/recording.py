@@ -144,6 +144,9 @@ class Recorder:
                 f"{_check.show(explain)}")
         self.explain = explain
         self.maps = _check.flag("maps", maps)
+        if not maps and select is not None:
+            raise _check.ArgumentError(f"select={_check.show(select)} picks the maps to write and maps=False writes "
+                                       f"none: give one of them")
         self.every = _check.integer("every", every, low=1)
         self.select = _select_option(select)
         self.durable = _check.flag("durable", durable)

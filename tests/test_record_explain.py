@@ -142,10 +142,11 @@ def test_an_explanation_that_fails_is_warned_and_recorded_and_the_step_is_writte
     ("explain", explain.rollout([np.eye(2)[None, None]]), "explain must be a function"),
     ("maps", "no", "maps"),
     ("maps", None, "maps"),
+    ("select", {"tower": "llm"}, "picks the maps to write and maps=False writes none"),
 ])
 def test_bad_explain_or_maps_arguments_are_refused_naming_them(tmp_path, keyword, value, words):
     with pytest.raises(GetLocalError, match=words):
-        getlocal.record(tmp_path / "run", **{keyword: value})
+        getlocal.record(tmp_path / "run", **{keyword: value}, **({"maps": False} if keyword == "select" else {}))
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
