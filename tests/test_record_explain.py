@@ -170,3 +170,29 @@ def test_a_damaged_explanation_record_is_named(tmp_path):
     with pytest.raises(GetLocalError, match=r"step 0 does not parse .*explanation .*for 2 rows"):
         getlocal.load(tmp_path / "run")[0].explanation
     assert os.path.exists(log)
+
+
+def test_a_fast_mode_episode_records_the_explanation_of_eager_mode(tmp_path, adapters_off):
+    from getlocal.adapters import openvla
+
+    vla = tiny.openvla()
+    pixels, ids = tiny.openvla_inputs(vla)
+
+    def why(maps):
+        return explain.rollout(maps.select(tower="llm"), rows="generated", exclude="bos")
+
+    got = {}
+    for mode in ("eager", "fast"):  # fast: the model keeps its kernel, each map is rebuilt when rollout reads it
+        openvla.activate(vla, mode=mode)
+        try:
+            with getlocal.record(tmp_path / mode, collect=lambda: openvla.collect(vla), explain=why, maps=False,
+                                 durable=False) as rec:
+                for t in range(2):
+                    tiny.generate(vla, pixels + 0.5 * t, ids, max_new_tokens=4)
+                    rec.step()
+        finally:
+            openvla.deactivate()
+        got[mode] = [s.explanation for s in getlocal.load(tmp_path / mode)]
+    for eager, fast in zip(got["eager"], got["fast"]):
+        assert (fast.tower, fast.phase, fast.excluded) == ("llm", "prefill+decode", (0,))
+        assert np.abs(eager.values - fast.values).max() < 1e-6
