@@ -149,3 +149,13 @@ def test_the_explanation_grid_needs_a_run_with_explanations_and_names_the_stored
     assert len([ax for ax in plot.episode_grid(getlocal.load(run), explanation="b").axes if ax.images]) == 2
     with pytest.raises(getlocal.GetLocalError, match="explanation must be True or the name"):
         plot.episode_grid(getlocal.load(run), explanation=3)
+
+
+def test_python_m_getlocal_plot_draws_the_explanations_of_a_run_recorded_without_maps(tmp_path, capsys):
+    run, _ = explained_episode(tmp_path)
+    assert main(["plot", str(run), "--out", str(tmp_path / "figs")]) == 0
+    printed = capsys.readouterr().out
+    assert f"rank-00000 (rank 0): 4 steps' explanations -> {tmp_path / 'figs' / 'episode-explanation.png'}" in printed
+    assert "no attention figures: the steps hold no maps (recorded with maps=False)" in printed
+    with Image.open(tmp_path / "figs" / "episode-explanation.png") as im:
+        assert im.size[0] > 2 * im.size[1]  # four steps across, two cameras down

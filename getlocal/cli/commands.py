@@ -216,9 +216,43 @@ def _plot_run(args, run) -> int:
     from .report import report_run
 
     with made(out):
-        for line in report_run(run, out):
+        lines = _plot_explanations(run, out)
+        try:
+            if lines and not any(len(step.maps) for step in run):  # labels only: no array is read
+                raise GetLocalError("the steps hold no maps (recorded with maps=False)")
+            lines += report_run(run, out)
+        except GetLocalError as exc:  # a run of explanations alone (record(maps=False)) has no maps to draw
+            if not lines:
+                raise
+            lines.append(f"no attention figures: {exc}")
+        for line in lines:
             print(line)
     return 0
+
+
+def _plot_explanations(run, out: Path):
+    """``episode-explanation*.png`` for each part whose steps hold explanations (``record(explain=...)``)."""
+    import matplotlib.pyplot as plt
+
+    from getlocal import plot
+    from getlocal._files import safe_name, write_atomic
+
+    lines = []
+    for part, meta in run.parts.items():
+        steps = run.select(part=part)
+        found = next((s.explanation for s in steps if s.explanation is not None), None)
+        if found is None:
+            continue
+        pad = (meta.get("info") or {}).get("pad_to_square", False)
+        folder = out / safe_name(part) if len(run.parts) > 1 else out
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in (sorted(found) if isinstance(found, dict) else [True]):
+            fig = plot.episode_grid(steps, explanation=name, pad_to_square=pad if isinstance(pad, (bool, dict)) else False)
+            file = folder / ("episode-explanation.png" if name is True else f"episode-explanation-{safe_name(name)}.png")
+            write_atomic(file, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+            plt.close(fig)
+            lines.append(f"{part} (rank {meta.get('rank')}): {len(steps)} steps' explanations -> {file}")
+    return lines
 
 
 def _known_info(info):
