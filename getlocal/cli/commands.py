@@ -157,13 +157,16 @@ def _explained(maps):
     towers = maps.towers
     if "language" in towers and "expert" in towers:
         steps = [step for step, _ in maps.steps]
-        return maps.select(tower=["language", "expert"], step=[steps[0], steps[-1]]), "action", None, \
-            f"the {len(maps.layouts['expert'].indices('action'))} action queries of denoise step {steps[-1]}"
+        chain = maps.select(tower=["language", "expert"], step=[steps[0], steps[-1]])
+        return chain, "action", None, \
+            f"the {len(chain[len(chain) - 1].keys.indices('action'))} action queries of denoise step {steps[-1]}"
     tower = towers[-1]
-    kinds = {s.kind for s in maps.layouts[tower].segments}
+    chain = maps.select(tower=tower)
+    layout = chain[len(chain) - 1].keys  # the longest: a decode step's keys hold every generated token
+    kinds = {s.kind for s in layout.segments}
     if "generated" in kinds:
-        return maps.select(tower=tower), "generated", "bos" if "bos" in kinds else None, \
-            f"the {len(maps.layouts[tower].indices('generated'))} generated tokens' rows (BOS left out)"
+        return chain, "generated", "bos" if "bos" in kinds else None, \
+            f"the {len(layout.indices('generated'))} generated tokens' rows" + (" (BOS left out)" if "bos" in kinds else "")
     if "cls" in kinds:
         return maps.select(tower=tower, step=maps.steps[0][0]), "cls", None, "the [CLS] row"
     raise GetLocalError(f"the {tower} tower has no [CLS], generated or action rows to explain")
@@ -183,10 +186,12 @@ def _explain_figures(maps, images, info, out: Path):
     try:
         chain, rows, exclude, what = _explained(maps)
         result = explain.rollout(chain, rows=rows, exclude=exclude)
-    except GetLocalError as exc:
+    except (GetLocalError, LookupError, ValueError) as exc:  # the figures are extra: the demo goes on without them
         return [f"no explanation figure: {exc}"]
     pad = info.get("pad_to_square", False)
     cameras = result.keys.cameras
+    if not cameras:
+        return [f"no explanation figure: {result.tower}'s keys hold no image tokens to draw the rollout over"]
     written = []
     (out / EXPLAIN_DIR).mkdir(exist_ok=True)
     for camera in cameras:
