@@ -36,6 +36,13 @@ unrelated runs pointed at the same directory, never write into one folder.
 Reading (``getlocal.load(RUN)``) opens the logs only; arrays are read, and
 checked against their sha256, when they are touched.
 
+With ``record(path, explain=...)`` a step's line also holds an explanation's
+labels (method, rows, excluded keys, layers, the keys' layout) and its file
+three small arrays (the rows' shares, the last layer's, the keys each row
+reaches); ``maps=False`` leaves the maps out. Older readers ignore the field,
+and runs written before it load with ``Step.explanation`` None, so the run
+format keeps its number.
+
 The values, labels and array bytes are those of a saved capture, written and read
 by :mod:`getlocal._codec`. The cache written (without ``collect``) and emptied
 every step is the ``get_local`` the front door hands to :mod:`getlocal._live`.
