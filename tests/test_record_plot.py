@@ -155,7 +155,29 @@ def test_python_m_getlocal_plot_draws_the_explanations_of_a_run_recorded_without
     run, _ = explained_episode(tmp_path)
     assert main(["plot", str(run), "--out", str(tmp_path / "figs")]) == 0
     printed = capsys.readouterr().out
-    assert f"rank-00000 (rank 0): 4 steps' explanations -> {tmp_path / 'figs' / 'episode-explanation.png'}" in printed
+    figs = tmp_path / "figs"
+    assert f"rank-00000 (rank 0): 4 steps' explanations -> {figs / 'episode-explanation.gif'}, " \
+        f"{figs / 'episode-explanation.png'}" in printed
     assert "no attention figures: the steps hold no maps (recorded with maps=False)" in printed
     with Image.open(tmp_path / "figs" / "episode-explanation.png") as im:
         assert im.size[0] > 2 * im.size[1]  # four steps across, two cameras down
+    with Image.open(figs / "episode-explanation.gif") as gif:
+        assert gif.n_frames == 4
+
+
+def test_the_gif_of_explanations_has_a_frame_per_explained_step_with_the_hot_patch_red(tmp_path):
+    run, _ = explained_episode(tmp_path)
+    path = plot.episode_gif(getlocal.load(run), tmp_path / "explained.gif", explanation=True, height=80,
+                           pad_to_square=True)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 4
+        gif.seek(2)
+        frame = np.asarray(gif.convert("RGB"), dtype=float)
+    # the wrist camera, second panel (24x40 shown 80 high, 133 wide): patch 5 (row 1, column 1) is hot; in the
+    # 40x40 letterboxed square it spans x 10-20, y 10-20, i.e. y 2-12 of the 24-row frame
+    panel = frame[30:30 + 80, 6 + 133 + 6:6 + 133 + 6 + 133]
+    red = np.clip(panel[..., 0] - panel[..., 2], 0, None)
+    red[red < 0.5 * red.max()] = 0
+    rows, cols = np.indices(red.shape)
+    y, x = (rows * red).sum() / red.sum() / 80, (cols * red).sum() / red.sum() / 133
+    assert abs(y - 7 / 24) < 0.06 and abs(x - 15 / 40) < 0.06, (y, x)

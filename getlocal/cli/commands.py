@@ -236,7 +236,7 @@ def _plot_run(args, run) -> int:
 
 
 def _plot_explanations(run, out: Path):
-    """``episode-explanation*.png`` for each part whose steps hold explanations (``record(explain=...)``)."""
+    """``episode-explanation*.gif`` and ``.png`` for each part whose steps hold explanations (``record(explain=...)``)."""
     import matplotlib.pyplot as plt
 
     from getlocal import plot
@@ -251,12 +251,15 @@ def _plot_explanations(run, out: Path):
         pad = (meta.get("info") or {}).get("pad_to_square", False)
         folder = out / safe_name(part) if len(run.parts) > 1 else out
         folder.mkdir(parents=True, exist_ok=True)
+        pad = pad if isinstance(pad, (bool, dict)) else False
         for name in (sorted(found) if isinstance(found, dict) else [True]):
-            fig = plot.episode_grid(steps, explanation=name, pad_to_square=pad if isinstance(pad, (bool, dict)) else False)
-            file = folder / ("episode-explanation.png" if name is True else f"episode-explanation-{safe_name(name)}.png")
-            write_atomic(file, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+            stem = folder / ("episode-explanation" if name is True else f"episode-explanation-{safe_name(name)}")
+            gif = plot.episode_gif(steps, stem.with_suffix(".gif"), explanation=name, pad_to_square=pad)
+            fig = plot.episode_grid(steps, explanation=name, pad_to_square=pad)
+            write_atomic(stem.with_suffix(".png"), lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
             plt.close(fig)
-            lines.append(f"{part} (rank {meta.get('rank')}): {len(steps)} steps' explanations -> {file}")
+            lines.append(f"{part} (rank {meta.get('rank')}): {len(steps)} steps' explanations -> {gif}, "
+                         f"{stem.with_suffix('.png')}")
     return lines
 
 

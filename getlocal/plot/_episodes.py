@@ -129,7 +129,8 @@ def _stored_explanation(step, name):
     return found
 
 
-def _explanation_grid(run, name, pad_to_square, max_steps, alpha, panel_size, kwargs):
+def _explained_steps(run, name, max_steps):
+    """``([{"step", "rank", "source", "explanation", "heats": {camera: grid x even}}], top of the log scale)``."""
     if not issubclass(type(run), Recording):
         raise _check.ArgumentTypeError(f"run must be a Recording (getlocal.load of a recorded run); got {_check.show(run)}")
     if name is not True and not isinstance(name, str):
@@ -142,17 +143,26 @@ def _explanation_grid(run, name, pad_to_square, max_steps, alpha, panel_size, kw
         why = f"; its first failure: {errors[0]}" if errors else ""
         raise _check.ArgumentError(f"this run holds no explanation ({len(run)} steps): record with "
                                    f"getlocal.record(path, explain=...){why}")
-    picks = sorted(set(np.linspace(0, len(found) - 1, min(max_steps, len(found))).round().astype(int)))
-    shown = [found[i] for i in picks]
-    for step, e in shown:
+    if max_steps is not None:
+        picks = sorted(set(np.linspace(0, len(found) - 1, min(max_steps, len(found))).round().astype(int)))
+        found = [found[i] for i in picks]
+    data = []
+    for step, e in found:
         if e.keys is None or not e.keys.find("image"):
             raise _check.ArgumentError(f"the explanation of step {step.step} has no image tokens to draw "
                                        f"({e!r}); explain maps whose keys hold a camera's patches")
-    cameras = list(dict.fromkeys(c for _, e in shown for c in e.keys.cameras))
-    heats = [{c: e.grid(c if len(e.keys.cameras) > 1 else None, relative=True) for c in e.keys.cameras}
-             for _, e in shown]
-    finite = np.concatenate([h[np.isfinite(h) & (h > 0)] for d in heats for h in d.values()] + [np.ones(1)])
-    top = max(2.0, float(finite.max()), 1.0 / float(finite.min()))
+        heats = {c: e.grid(c if len(e.keys.cameras) > 1 else None, relative=True) for c in e.keys.cameras}
+        data.append({"step": step.step, "rank": step.rank, "source": step, "explanation": e, "heats": heats})
+    finite = np.concatenate([h[np.isfinite(h) & (h > 0)] for d in data for h in d["heats"].values()] + [np.ones(1)])
+    return data, max(2.0, float(finite.max()), 1.0 / float(finite.min()))
+
+
+def _explanation_grid(run, name, pad_to_square, max_steps, alpha, panel_size, kwargs):
+    data, top = _explained_steps(run, name, max_steps)
+    shown = [(d["source"], d["explanation"]) for d in data]
+    heats = [d["heats"] for d in data]
+    cameras = list(dict.fromkeys(c for d in heats for c in d))
+    explained = sum(1 for s in run if s.explanation is not None)
     kwargs.setdefault("vmax", top)
     kwargs.setdefault("vmin", 1.0 / top)
     first = _episode_picture(shown[0][0].images, cameras[0])
@@ -182,7 +192,7 @@ def _explanation_grid(run, name, pad_to_square, max_steps, alpha, panel_size, kw
                    share_label(shown[0][1], 0), None, ax=axes.ravel().tolist(), shrink=0.9)
     bar.ax.axhline(1.0, color="black", linewidth=1.5)  # the even spread: the baseline every colour is read against
     e = shown[0][1]
-    left_out = f"; {len(run) - len(found)} steps without one left out" if len(found) < len(run) else ""
+    left_out = f"; {len(run) - explained} steps without one left out" if explained < len(run) else ""
     fig.suptitle(f"{e.method} of {e.tower}'s {len(e.rows)} explained row{'s' if len(e.rows) != 1 else ''}: each patch's share / an even spread's"
                  f"\n(below each panel: the camera's total share, and an even spread's){left_out}", fontsize=9)
     return fig
@@ -226,7 +236,7 @@ def episode_image_share(run, *, layers=None, ax=None, **kwargs):
 
 
 def episode_gif(run, path, *, layers=None, pad_to_square=False, height: int = 192, alpha: float = 0.5,
-                duration: int = 200, cmap: str = NEUTRAL_CMAP) -> Path:
+                duration: int = 200, cmap: str = NEUTRAL_CMAP, explanation=False) -> Path:
     """An animated GIF, one frame per recorded step: each camera's frame with the attention on top.
 
     The overlay is the attention of the action (or generated) tokens to that
@@ -238,6 +248,11 @@ def episode_gif(run, path, *, layers=None, pad_to_square=False, height: int = 19
     Each frame: a 30-pixel title band, then the cameras ``height`` pixels high,
     6 pixels apart from x=6, shown ``duration`` ms. Written with Pillow (no ffmpeg), through
     a temporary file. Returns the path.
+
+    ``explanation=True`` (or a stored name, as in :func:`episode_grid`): each
+    frame shows instead the step's stored explanation, x the even share
+    (1, white, an even spread), on one log scale for the episode; steps
+    without one are left out.
     """
     from PIL import Image, ImageDraw, ImageFont
 
@@ -248,9 +263,14 @@ def episode_gif(run, path, *, layers=None, pad_to_square=False, height: int = 19
         raise _check.ArgumentTypeError(f"path must be a file name ending in .gif (str or Path); got {_check.show(path)}")
     if not isinstance(cmap, str) or cmap not in plt.colormaps():
         raise _check.ArgumentError(f"cmap={_check.show(cmap)} is not a matplotlib colour map; try 'jet' or 'viridis'")
-    data, kind = _episode(run, layers)
+    if explanation is not False:
+        data, top = _explained_steps(run, explanation, None)
+        e = data[0]["explanation"]
+        what, unit, vmax = f"{e.method} of {e.tower} -> image", "x even (white: 1)", top
+    else:
+        data, kind = _episode(run, layers)
+        what, unit, vmax = f"{kind} tokens -> image", "x uniform (white: 1)", episode_top(data)
     cameras = list(dict.fromkeys(c for d in data for c in d["heats"]))
-    vmax = episode_top(data)
     vmin = 1.0 / vmax
     norm = LogNorm(vmin, vmax, clip=True)
     colormap = plt.get_cmap(cmap)
@@ -276,7 +296,7 @@ def episode_gif(run, path, *, layers=None, pad_to_square=False, height: int = 19
         total = sum(p.shape[1] for _, p in panels) + gap * (len(panels) + 1)
         canvas = Image.new("RGB", (max(total, 260), top + height + bottom), "white")
         draw = ImageDraw.Draw(canvas)
-        draw.text((gap, 2), f"step {d['step']} (rank {d['rank']}): {kind} tokens -> image", fill="black", font=font)
+        draw.text((gap, 2), f"step {d['step']} (rank {d['rank']}): {what}", fill="black", font=font)
         x = gap
         for camera, panel in panels:
             draw.text((x, 16), camera or "image", fill="black", font=font)
@@ -287,7 +307,7 @@ def episode_gif(run, path, *, layers=None, pad_to_square=False, height: int = 19
         bar_w = min(bar_w, canvas.width - 150)
         draw.text((gap, top + height + 2), f"{vmin:.3g}", fill="black", font=font)
         canvas.paste(Image.fromarray(bar[:, :bar_w]), (gap + 44, top + height + 4))
-        draw.text((gap + 48 + bar_w, top + height + 2), f"{vmax:.3g} x uniform (white: 1)", fill="black", font=font)
+        draw.text((gap + 48 + bar_w, top + height + 2), f"{vmax:.3g} {unit}", fill="black", font=font)
         frames.append(canvas)
     path = Path(path)
     write_atomic(path, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
