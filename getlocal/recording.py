@@ -251,7 +251,7 @@ def _explain(function, capture):
             raise _check.ArgumentError("it returned an empty dict; return an Explanation or a dict of them")
         return result
     except Exception as exc:  # noqa: BLE001 (the step is written whatever the explanation does)
-        reason = f"record(explain=...) failed: {type(exc).__name__}: {exc}"
+        reason = f"record(explain=...) failed: {type(exc).__name__}: {str(exc)[:2000]}"  # one log line, kept short
         warnings.warn(f"getlocal: {reason}; the step is written without its explanation (Step.explanation_error "
                       f"gives the reason)", RuntimeWarning, stacklevel=3)
         return reason
