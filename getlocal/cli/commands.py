@@ -183,6 +183,8 @@ def _explain_figures(maps, images, info, out: Path):
     from getlocal import explain, plot
     from getlocal._files import write_atomic
 
+    from .report import random_weights
+
     try:
         chain, rows, exclude, what = _explained(maps)
         result = explain.rollout(chain, rows=rows, exclude=exclude)
@@ -202,6 +204,10 @@ def _explain_figures(maps, images, info, out: Path):
             return [f"no explanation figure: the capture has no picture of {camera or 'the image'}"]
         one = camera if len(cameras) > 1 else None
         fig = plot.relevance_figure(result, picture, camera=one, pad_to_square=pad is True)
+        title = f"{result.tower}{' ' + camera if one else ''}: attention rollout from {what}"
+        if random_weights(info):  # as on every other demo figure: say that nothing here was learned
+            title += "\nRANDOM WEIGHTS: shares near the even share are noise, not a learned pattern"
+        fig.suptitle(title, fontsize=10, y=1.0, va="bottom")
         name = f"{EXPLAIN_DIR}/rollout{'_' + camera if one else ''}.png"
         write_atomic(out / name, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
         plt.close(fig)
