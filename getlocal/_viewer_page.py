@@ -642,3 +642,181 @@ def render(data: Dict[str, Any]) -> str:
     # replace the data last: it is the only part that could hold the other placeholders' names
     page = _HTML.replace("__TITLE__", html.escape(str(data["title"]))).replace("__CSS__", _CSS).replace("__JS__", _JS)
     return page.replace("__DATA__", data_json(data))
+
+
+# --------------------------------------------------------------------------- a recorded episode's explanations
+
+_EPISODE_HTML = r"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<title>__TITLE__ - getlocal episode</title>
+<style>__CSS__
+#step { width: 320px; vertical-align: middle; }
+</style>
+</head>
+<body>
+<header>
+  <h1 id="title"></h1>
+  <p id="info" class="muted"></p>
+</header>
+<nav aria-label="what to show">
+  <label>step <input type="range" id="step" min="0" value="0"> <span id="step-number"></span></label>
+  <label id="name-label">explanation <select id="name"></select></label>
+  <span class="muted"><kbd>&larr;</kbd> <kbd>&rarr;</kbd> step through the episode</span>
+</nav>
+<p id="status" role="status" aria-live="polite"></p>
+<p id="hover" class="muted" aria-live="off">Hover over a camera image to read a patch's value.</p>
+<section aria-label="the explanation over the camera images">
+  <h2>Where the explained rows' mass lands, per patch</h2>
+  <p id="missing" class="note" hidden></p>
+  <div id="cameras"></div>
+  <div class="legend" id="legend"></div>
+  <p class="muted">Each patch: its share of the explained rows' mass divided by the share an even spread over the
+    keys they reach would give it (<code>Explanation.grid(camera, relative=True)</code>); 1 (white) is even, red
+    more, blue less, on the viewer's fixed log range; grey: excluded keys. Under each picture: the camera's total
+    share beside an even spread's.</p>
+</section>
+<script type="application/json" id="data">__DATA__</script>
+<script>__JS__</script>
+</body>
+</html>
+"""
+
+_EPISODE_JS = r"""
+"use strict";
+(function () {
+const D = JSON.parse(document.getElementById("data").textContent);
+const $ = (id) => document.getElementById(id);
+const LUT = D.uniform.colors, RANGE = D.uniform.range, LOG_RANGE = Math.log(RANGE), GREY = [217, 217, 217];
+function uniformColor(ratio) {  // the figures' LogNorm(1/range, range), then their colour table
+  const t = (Math.log(ratio) + LOG_RANGE) / (2 * LOG_RANGE);
+  return LUT[Math.min(LUT.length - 1, Math.max(0, Math.floor(t * LUT.length)))];
+}
+const css = (c) => `rgb(${c[0] | 0},${c[1] | 0},${c[2] | 0})`;
+const pct = (x) => `${(100 * x).toFixed(0)}%`;
+const names = [...new Set(D.steps.flatMap((s) => Object.keys(s.explained)))];
+const S = { index: 0, name: names[0] ?? null };
+const pictures = new Map();  // index in D.pictures -> loaded Image
+const shown = {};
+
+function square(p, grid) {  // the picture's size and the rectangle the patch grid covers (letterbox undone)
+  const g = p ? { w: p.w, h: p.h, pad: p.pad } : { w: grid[1] * 24, h: grid[0] * 24, pad: false };
+  if (!g.pad) return [g, { x: 0, y: 0, w: g.w, h: g.h }];
+  const side = Math.max(g.w, g.h);
+  return [g, { x: -Math.floor((side - g.w) / 2), y: -Math.floor((side - g.h) / 2), w: side, h: side }];
+}
+
+function render() {
+  const step = D.steps[S.index], e = S.name === null ? undefined : step.explained[S.name], box = $("cameras");
+  $("step").value = String(S.index);
+  $("step-number").textContent = `${step.step} (rank ${step.rank}; ${S.index + 1} of ${D.steps.length})`;
+  box.innerHTML = "";
+  for (const key of Object.keys(shown)) delete shown[key];
+  $("missing").hidden = Boolean(e);
+  if (!e) {
+    $("missing").textContent = step.error ? `Step ${step.step} has no explanation: ${step.error}`
+      : `Step ${step.step} has no explanation${S.name ? ` named ${S.name}` : ""} (recorded without explain=).`;
+    $("status").textContent = "";
+    return;
+  }
+  $("status").textContent = `${e.method} of ${e.tower}: ${e.rows} row${e.rows === 1 ? "" : "s"}, layers ` +
+    `${e.layers.join(", ")}${e.excluded.length ? `, keys ${e.excluded.join(", ")} excluded` : ""}`;
+  if (!Object.keys(e.cameras).length) {
+    $("missing").hidden = false;
+    $("missing").textContent = `Step ${step.step}'s explanation has no image tokens (no key layout with a camera's ` +
+      "patches): nothing to draw over the frames.";
+  }
+  for (const [camera, c] of Object.entries(e.cameras)) {
+    const pi = step.pictures[camera], p = pi === undefined ? null : D.pictures[pi];
+    const [g, sq] = square(p, c.grid), scale = Math.min(480, Math.max(320, g.w)) / g.w;
+    const fig = document.createElement("figure"), canvas = document.createElement("canvas");
+    canvas.width = Math.round(g.w * scale); canvas.height = Math.round(g.h * scale);
+    canvas.dataset.camera = camera;
+    const ctx = canvas.getContext("2d"), pic = pi === undefined ? null : pictures.get(pi);
+    if (pic) ctx.drawImage(pic, 0, 0, canvas.width, canvas.height);
+    const heat = document.createElement("canvas");
+    heat.width = c.grid[1]; heat.height = c.grid[0];
+    const hctx = heat.getContext("2d"), img = hctx.createImageData(heat.width, heat.height);
+    c.relative.forEach((x, i) => img.data.set([...(x === null ? GREY : uniformColor(x)), 255 * (pic ? 0.6 : 1)], 4 * i));
+    hctx.putImageData(img, 0, 0);
+    ctx.imageSmoothingEnabled = false;  // one block of colour per patch, as the figures draw it
+    ctx.drawImage(heat, sq.x * scale, sq.y * scale, sq.w * scale, sq.h * scale);
+    shown[camera] = { relative: c.relative, share: c.share, grid: c.grid, geometry: g, square: sq };
+    canvas.addEventListener("mousemove", (ev) => {
+      const rect = canvas.getBoundingClientRect();
+      const u = ((ev.clientX - rect.left) / rect.width) * g.w - sq.x, v = ((ev.clientY - rect.top) / rect.height) * g.h - sq.y;
+      const col = Math.floor((u / sq.w) * c.grid[1]), r = Math.floor((v / sq.h) * c.grid[0]);
+      if (col < 0 || r < 0 || col >= c.grid[1] || r >= c.grid[0]) return;
+      const i = r * c.grid[1] + col, x = c.relative[i];
+      const text = `${camera || "image"} patch row ${r}, column ${col}: ` + (x === null ? "excluded"
+        : `${x.toPrecision(3)}x an even spread (a share of ${c.share[i].toPrecision(3)} of the rows' mass)`);
+      canvas.title = text; $("hover").textContent = text;
+    });
+    const cap = document.createElement("figcaption");
+    cap.textContent = `${camera || "image"}: ${pct(c.total)} of the rows' mass (an even spread: ${pct(c.even)})` +
+      (g.pad ? ", letterbox undone" : "") + (pic ? "" : " (no picture recorded)");
+    fig.append(canvas, cap); box.appendChild(fig);
+  }
+}
+
+function legend() {
+  const stops = [...Array(17).keys()].map((i) => `${css(LUT[Math.min(LUT.length - 1, Math.floor((i / 16) * LUT.length))])} ${(100 * i) / 16}%`).join(",");
+  $("legend").innerHTML = `<span>share x keys reached (1 = an even spread):</span>` +
+    `<span><span class="bar" style="display:block;background:linear-gradient(90deg,${stops})"></span>` +
+    `<span class="ticks"><span>1/${RANGE}x</span><span>1x even</span><span>${RANGE}x</span></span></span>`;
+}
+
+$("title").textContent = D.title;
+$("info").textContent = Object.entries(D.info).map(([k, v]) => `${k}: ${v}`).concat(
+  [`${D.steps.length} recorded steps`]).join(" \u00b7 ");
+$("step").max = String(D.steps.length - 1);
+$("step").addEventListener("input", (ev) => { S.index = Number(ev.target.value); render(); });
+const select = $("name");
+for (const n of names) {
+  const o = document.createElement("option");
+  o.value = n; o.textContent = n || "(the only one)"; select.appendChild(o);
+}
+$("name-label").hidden = names.length < 2;
+select.addEventListener("change", (ev) => { S.name = ev.target.value; render(); });
+document.addEventListener("keydown", (ev) => {
+  const move = { ArrowLeft: -1, ArrowRight: 1 }[ev.key];
+  if (!move || ev.target.tagName === "SELECT" || ev.target.tagName === "INPUT") return;
+  ev.preventDefault();
+  S.index = Math.min(D.steps.length - 1, Math.max(0, S.index + move));
+  render();
+});
+legend();
+render();
+let pending = D.pictures.length;
+D.pictures.forEach((p, i) => {
+  const img = new Image();
+  img.onload = img.onerror = () => { pictures.set(i, img); if (--pending === 0) { render(); document.body.dataset.ready = "1"; } };
+  img.src = p.src;
+});
+if (pending === 0) document.body.dataset.ready = "1";
+
+window.getlocalView = {
+  state: () => ({ index: S.index, step: D.steps[S.index].step, name: S.name, names }),
+  cameras: () => Object.keys(shown),
+  relative: (camera) => shown[camera].relative,
+  status: () => $("status").textContent,
+  missing: () => ($("missing").hidden ? "" : $("missing").textContent),
+  captions: () => [...document.querySelectorAll("#cameras figcaption")].map((x) => x.textContent),
+  patchPixel(camera, r, c) {  // the canvas pixel at the centre of patch (r, c): [x, y] on the canvas
+    const s = shown[camera], canvas = document.querySelector(`#cameras canvas[data-camera="${camera}"]`);
+    const scale = canvas.width / s.geometry.w;
+    return [Math.floor((s.square.x + ((c + 0.5) / s.grid[1]) * s.square.w) * scale),
+            Math.floor((s.square.y + ((r + 0.5) / s.grid[0]) * s.square.h) * scale)];
+  },
+};
+})();
+"""
+
+
+def render_episode(data: Dict[str, Any]) -> str:
+    """The page of a recorded episode's explanations: the steps, their pictures, what :func:`getlocal.viewer.view` gathers."""
+    page = _EPISODE_HTML.replace("__TITLE__", html.escape(str(data["title"]))).replace("__CSS__", _CSS)
+    return page.replace("__JS__", _EPISODE_JS).replace("__DATA__", data_json(data))

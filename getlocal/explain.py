@@ -176,6 +176,12 @@ def rollout(maps, *, head_fusion: str = "mean", residual: bool = True, discard: 
     (``'bos'``, ``['register', 0]``) set to 0 in the result before each row
     is rescaled to 1. ``keys``: the layout of bare arrays.
 
+    The layers are read and multiplied in one at a time: besides the maps
+    given, only one layer's maps (as float64) and the ``[B, N, N]`` running
+    products live, so a fast-mode map (``.array`` rebuilt when read) is
+    rebuilt in its turn (12 layers of 4 x 256 x 256: a peak of 4 MB, where
+    keeping every layer's float64 heads took 42 MB, measured in the tests).
+
     >>> import numpy as np
     >>> rollout([np.eye(3)[None, None]] * 2).values[0].tolist()
     [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
@@ -185,10 +191,21 @@ def rollout(maps, *, head_fusion: str = "mean", residual: bool = True, discard: 
     discard = _check.number("discard", discard, low=0.0, high=1.0)
     if discard >= 1.0:
         raise ArgumentError(f"discard must be below 1 (a fraction of each row to drop); got {discard}")
-    arrays, plan, labels = _layers(maps, keys)
-    attn = [as_attention(a, f"maps[{i}]").astype(np.float64) for i, a in enumerate(arrays)]
-    fused = _assemble([_fuse(a, head_fusion) for a in attn], plan)
-    return _result(_chain(fused, residual, discard), attn, plan, labels, rows, exclude, f"rollout ({head_fusion})")
+    sources, plan, labels = _layers(maps, keys)
+    chain = reach = last = None
+    for number, group in enumerate(plan):  # layer by layer: only this layer's maps and the running products live
+        attn = {i: as_attention(_array(sources[i]), f"maps[{i}]").astype(np.float64) for i in group}
+        layer = _layer([_fuse(attn[i], head_fusion) for i in group])
+        support = _layer([(attn[i] > 0).any(axis=1).astype(np.float64) for i in group])
+        if chain is not None and layer.shape != chain.shape:
+            raise ArgumentError(f"the layers' maps have shapes {sorted({layer.shape, chain.shape})}: one batch and one "
+                                f"sequence, please")
+        if number == len(plan) - 1:
+            last = _layer([attn[i].mean(axis=1) for i in group])
+        del attn
+        chain = _chain([layer], residual, discard, chain)
+        reach = _reach([support], reach)
+    return _result(chain, reach, last, labels, rows, exclude, f"rollout ({head_fusion})")
 
 
 def relevance(target, maps, *, method: str = "chefer", rows=None, exclude=None, residual: bool = True,
@@ -230,10 +247,10 @@ def relevance(target, maps, *, method: str = "chefer", rows=None, exclude=None, 
         raise ArgumentError("maps is an empty dict; give {name: maps of one pass, ...}")
     flat, plans = [], {}
     for name, part in parts.items():
-        arrays, plan, labels = _layers(part, keys)
-        plans[name] = (len(flat), len(arrays), plan, labels)
-        flat.extend(arrays)
-    del arrays
+        sources, plan, labels = _layers(part, keys)
+        plans[name] = (len(flat), len(sources), plan, labels)
+        flat.extend(_array(x) for x in sources)
+    del sources
     grads = _gradients(target, flat)  # one call for every part: the graph is freed once, afterwards
     attn = [as_attention(a.detach(), f"maps[{i}]").astype(np.float64) for i, a in enumerate(flat)]
     del flat  # the captured tensors stay the caller's; nothing here holds them past this point
@@ -249,7 +266,9 @@ def relevance(target, maps, *, method: str = "chefer", rows=None, exclude=None, 
             for w in weighted:
                 chain = chain + w @ chain
             title = "relevance (Chefer)"
-        out[name] = _result(chain, a, plan, labels, rows.get(name) if isinstance(rows, dict) else rows,
+        reach = _reach(_assemble([(x > 0).any(axis=1).astype(np.float64) for x in a], plan))
+        last = _assemble([x.mean(axis=1) for x in a], plan[-1:])[0]
+        out[name] = _result(chain, reach, last, labels, rows.get(name) if isinstance(rows, dict) else rows,
                             exclude.get(name) if isinstance(exclude, dict) else exclude, title)
     return out if isinstance(maps, dict) else out[None]
 
@@ -373,28 +392,34 @@ def _layers(maps, keys) -> Tuple[list, List[List[int]], Dict[str, Any]]:
         size = covered
         plan.append(group)
     last = maps[plan[-1][-1]]
-    return list(m.array for m in maps), plan, {
+    return list(maps), plan, {
         "keys": keys if keys is not None else last.keys, "layers": sorted(by_layer), "tower": "+".join(towers),
         "step": last.step, "phase": "+".join(dict.fromkeys(maps[i].phase for i in plan[-1]))}
 
 
+def _array(source):
+    """The array of a map (read now: a fast-mode map is rebuilt here) or a bare array as it is."""
+    return source.array if isinstance(source, AttentionMap) else source
+
+
+def _layer(blocks: List[np.ndarray]) -> np.ndarray:
+    """One layer's maps' ``[B, Q, K]`` rows stacked into one ``[B, N, N]`` map, the keys a row lacks at 0."""
+    batch = {b.shape[0] for b in blocks}
+    if len(batch) > 1:
+        raise ArgumentError(f"the maps of one layer have batch sizes {sorted(batch)}; one batch, please")
+    if len(blocks) == 1:
+        return blocks[0]
+    n = blocks[-1].shape[-1]
+    layer = np.zeros((blocks[0].shape[0], n, n))
+    for b in blocks:
+        q, k = b.shape[-2:]
+        layer[:, k - q:k, :k] = b
+    return layer
+
+
 def _assemble(parts: List[np.ndarray], plan: List[List[int]]) -> List[np.ndarray]:
-    """Per layer, its maps' ``[B, Q, K]`` rows stacked into one ``[B, N, N]`` map, the keys a row lacks at 0."""
-    out = []
-    for group in plan:
-        blocks = [parts[i] for i in group]
-        batch = {b.shape[0] for b in blocks}
-        if len(batch) > 1:
-            raise ArgumentError(f"the maps of one layer have batch sizes {sorted(batch)}; one batch, please")
-        n = blocks[-1].shape[-1]
-        if len(blocks) == 1:
-            out.append(blocks[0])
-            continue
-        layer = np.zeros((blocks[0].shape[0], n, n))
-        for b in blocks:
-            q, k = b.shape[-2:]
-            layer[:, k - q:k, :k] = b
-        out.append(layer)
+    """Per layer, its maps stacked by :func:`_layer`; every layer the same shape."""
+    out = [_layer([parts[i] for i in group]) for group in plan]
     if len({a.shape for a in out}) > 1:
         raise ArgumentError(f"the layers' maps have shapes {sorted({a.shape for a in out})}: one batch and one "
                             f"sequence, please")
@@ -405,11 +430,14 @@ def _fuse(a: np.ndarray, how: str) -> np.ndarray:
     return {"mean": np.mean, "max": np.max, "min": np.min}[how](a, axis=1)
 
 
-def _chain(fused: List[np.ndarray], residual: bool, discard: float) -> np.ndarray:
-    """``A'_L ... A'_1`` over ``[B, N, N]`` fused maps, with the discard, the residual term and row rescaling."""
+def _chain(fused: List[np.ndarray], residual: bool, discard: float, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """``A'_L ... A'_1`` over ``[B, N, N]`` fused maps, with the discard, the residual term and row rescaling.
+
+    ``out``: the product of the layers before (None: start from the identity).
+    """
     n = fused[0].shape[-1]
     eye = np.eye(n)
-    out = np.broadcast_to(eye, fused[0].shape).copy()
+    out = np.broadcast_to(eye, fused[0].shape).copy() if out is None else out
     for a in fused:
         a = _discard(a, discard) if discard else a
         if residual:
@@ -438,11 +466,14 @@ def _rows_to_one(a: np.ndarray) -> np.ndarray:
     return np.divide(a, total, out=np.zeros_like(a), where=total > 0)
 
 
-def _reach(support: List[np.ndarray]) -> np.ndarray:
-    """``[B, N, N]`` bool: which keys each row can reach through the layers (``support``: ``[B, N, N]`` each)."""
+def _reach(support: List[np.ndarray], before: Optional[np.ndarray] = None) -> np.ndarray:
+    """``[B, N, N]`` bool: which keys each row can reach through the layers (``support``: ``[B, N, N]`` each).
+
+    ``before``: what the layers before reach (None: each row itself).
+    """
     n = support[0].shape[-1]
     eye = np.eye(n, dtype=bool)
-    out = np.broadcast_to(eye, support[0].shape).astype(np.float64)
+    out = np.broadcast_to(eye, support[0].shape).astype(np.float64) if before is None else before.astype(np.float64)
     for a in support:
         out = (((a > 0) | eye).astype(np.float64) @ out > 0).astype(np.float64)
     return out > 0
@@ -469,7 +500,9 @@ def _positions(name: str, value, layout: Optional[TokenLayout], n: int) -> np.nd
     return np.asarray(out, dtype=np.int64)
 
 
-def _result(chain, attn, plan, labels, rows, exclude, method) -> Explanation:
+def _result(chain, reached, last, labels, rows, exclude, method) -> Explanation:
+    """The Explanation of ``chain``'s chosen rows; ``reached``: ``[B, N, N]`` bool, ``last``: the last layer, heads
+    averaged."""
     n = chain.shape[-1]
     layout = labels["keys"]
     if layout is not None and len(layout) != n:
@@ -487,9 +520,7 @@ def _result(chain, attn, plan, labels, rows, exclude, method) -> Explanation:
         out = matrix[:, picked, :] * kept
         return _rows_to_one(out)
 
-    support = _assemble([(a > 0).any(axis=1).astype(np.float64) for a in attn], plan)
-    reach = (_reach(support)[:, picked, :] & kept).sum(-1)
-    last = _assemble([a.mean(axis=1) for a in attn], plan[-1:])[0]
+    reach = (reached[:, picked, :] & kept).sum(-1)
     excluded = tuple(int(p) for p in np.unique(dropped))
     return Explanation(values=shares(chain), rows=picked, keys=layout, excluded=excluded,
                        reach=reach, last_layer=shares(last), method=method,

@@ -36,6 +36,13 @@ unrelated runs pointed at the same directory, never write into one folder.
 Reading (``getlocal.load(RUN)``) opens the logs only; arrays are read, and
 checked against their sha256, when they are touched.
 
+With ``record(path, explain=...)`` a step's line also holds an explanation's
+labels (method, rows, excluded keys, layers, the keys' layout) and its file
+three small arrays (the rows' shares, the last layer's, the keys each row
+reaches); ``maps=False`` leaves the maps out. Older readers ignore the field,
+and runs written before it load with ``Step.explanation`` None, so the run
+format keeps its number.
+
 The values, labels and array bytes are those of a saved capture, written and read
 by :mod:`getlocal._codec`. The cache written (without ``collect``) and emptied
 every step is the ``get_local`` the front door hands to :mod:`getlocal._live`.
@@ -48,6 +55,7 @@ import re
 import socket
 import sys
 import time
+import warnings
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,6 +69,7 @@ from ._codec import (CAPTURE_INDEX as INDEX, RUN_MARKER as RUN, DamagedRecord, D
                      open_plain, optional, plain_json, rows_and_padding, safetensors_head, to_numpy)
 from ._errors import GetLocalError
 from ._files import fsync_dir, write_atomic
+from .explain import Explanation
 from .maps import AttentionMap, AttentionMaps
 
 PART = "part.json"
@@ -78,7 +87,8 @@ _LABELS = ("tower", "layer", "phase", "path")  # what select= may filter maps by
 
 def record(path, *, collect: Optional[Callable[[], Any]] = None, every: int = 1,
            select: Optional[Dict[str, Any]] = None, info: Optional[Dict[str, Any]] = None,
-           rank: Optional[int] = None, durable: bool = True) -> "Recorder":
+           rank: Optional[int] = None, durable: bool = True, explain: Optional[Callable[[Any], Any]] = None,
+           maps: bool = True) -> "Recorder":
     """Start recording into the run directory ``path``; returns a :class:`Recorder` (a context manager).
 
     Call ``rec.step(images=..., info=...)`` after each model call (one control
@@ -97,13 +107,27 @@ def record(path, *, collect: Optional[Callable[[], Any]] = None, every: int = 1,
     else 0. ``durable``: fsync every step (False: safe against a killed
     process but not a power cut; about 8 ms a step less).
 
+    ``explain``: a function of the step's capture (what ``collect()`` gives,
+    before ``select``) returning an :class:`~getlocal.explain.Explanation` or
+    a dict ``{str: Explanation}``, e.g. ``lambda m: explain.rollout(m.select(tower="llm"),
+    rows="generated", exclude="bos")``; each step stores its result (the
+    explanation's arrays, ``[batch, rows, keys]``, and what it says: method,
+    rows, excluded keys, layers, the keys' layout, so ``grid(camera)`` and the
+    even share ``even`` come back), read back as ``Step.explanation``.
+    ``maps=False`` writes no maps (the explanation, images and info only:
+    kilobytes a step instead of megabytes). A function that raises, or
+    returns something else, never breaks the step: the step is written
+    without its explanation, ``Step.explanation_error`` says why and a
+    ``RuntimeWarning`` is issued.
+
     >>> import tempfile
     >>> rec = record(tempfile.mkdtemp() + "/run")
     >>> rec.part.name
     'rank-00000'
     >>> rec.close()
     """
-    return Recorder(path, collect=collect, every=every, select=select, info=info, rank=rank, durable=durable)
+    return Recorder(path, collect=collect, every=every, select=select, info=info, rank=rank, durable=durable,
+                    explain=explain, maps=maps)
 
 
 class Recorder:
@@ -113,12 +137,23 @@ class Recorder:
     ``rank`` / ``world_size``; ``steps``: steps seen so far; ``written``: steps written.
     """
 
-    def __init__(self, path, *, collect=None, every=1, select=None, info=None, rank=None, durable=True):
+    def __init__(self, path, *, collect=None, every=1, select=None, info=None, rank=None, durable=True, explain=None,
+                 maps=True):
         root = directory(path, "record")
         if collect is not None and not callable(collect):
             raise _check.ArgumentTypeError(
                 f"collect must be a function returning AttentionMaps or a cache dict (e.g. lambda: "
                 f"openvla.collect(model)) or None for get_local.cache; got {_check.show(collect)}")
+        if explain is not None and not callable(explain):
+            raise _check.ArgumentTypeError(
+                f"explain must be a function of the step's maps returning an Explanation (e.g. lambda m: "
+                f"getlocal.explain.rollout(m.select(tower='llm'), rows='generated')) or None; got "
+                f"{_check.show(explain)}")
+        self.explain = explain
+        self.maps = _check.flag("maps", maps)
+        if not maps and select is not None:
+            raise _check.ArgumentError(f"select={_check.show(select)} picks the maps to write and maps=False writes "
+                                       f"none: give one of them")
         self.every = _check.integer("every", every, low=1)
         self.select = _select_option(select)
         self.durable = _check.flag("durable", durable)
@@ -164,7 +199,9 @@ class Recorder:
                 return None
             if capture is None:
                 capture = self.collect() if self.collect is not None else live.cache
-            line, arrays = _encode_step(number, capture, images, info, self.select)
+            explained = _explain(self.explain, capture) if self.explain is not None else None
+            line, arrays = _encode_step(number, capture if self.maps else _nothing(capture), images, info,
+                                        self.select if self.maps else None, explained)
             if arrays:
                 _write_step_file(self.part / _step_file(number), arrays, self.durable)
                 if self.durable:
@@ -196,6 +233,35 @@ class Recorder:
 
     def __repr__(self):
         return f"Recorder({str(self.part)!r}, rank {self.rank}, {self.written} of {self.steps} steps written)"
+
+
+def _explain(function, capture):
+    """``function(capture)`` checked, or the reason it failed (a str): a failed explanation never breaks the step."""
+    try:
+        result = function(capture)
+        parts = result.items() if isinstance(result, dict) else [(None, result)]
+        for name, value in parts:
+            if name is not None and not isinstance(name, str):
+                raise _check.ArgumentTypeError(f"its dict has the key {name!r}; name each explanation with a str")
+            if not isinstance(value, Explanation):
+                raise _check.ArgumentTypeError(
+                    f"it returned {_check.show(value)}; return an Explanation (explain.rollout(...) or "
+                    f"relevance(...)) or a dict of them")
+        if isinstance(result, dict) and not result:
+            raise _check.ArgumentError("it returned an empty dict; return an Explanation or a dict of them")
+        return result
+    except Exception as exc:  # noqa: BLE001 (the step is written whatever the explanation does)
+        reason = f"record(explain=...) failed: {type(exc).__name__}: {str(exc)[:2000]}"  # one log line, kept short
+        warnings.warn(f"getlocal: {reason}; the step is written without its explanation (Step.explanation_error "
+                      f"gives the reason)", RuntimeWarning, stacklevel=3)
+        return reason
+
+
+def _nothing(capture):
+    """What ``maps=False`` writes of a capture: its kind, without its maps or entries."""
+    if isinstance(capture, AttentionMaps):
+        return AttentionMaps([], {})
+    return {} if isinstance(capture, dict) else capture
 
 
 def _select_option(select):
@@ -253,10 +319,16 @@ def _step_file(number: int) -> str:
     return f"step-{number:08d}.safetensors"
 
 
-def _encode_step(number, capture, images, info, select):
+def _encode_step(number, capture, images, info, select, explained=None):
     """The log line of one step and the arrays its file holds."""
     plan = Plan()
     record: Dict[str, Any] = {"step": number}
+    if isinstance(explained, str):
+        record["explanation"] = {"error": explained}
+    elif explained is not None:
+        parts = explained.items() if isinstance(explained, dict) else [(None, explained)]
+        record["explanation"] = {"named": isinstance(explained, dict),
+                                 "parts": [_encode_explanation(name, e, plan) for name, e in parts]}
     if isinstance(capture, AttentionMaps):
         if select:
             if "key" in select:
@@ -323,6 +395,17 @@ def _encode_step(number, capture, images, info, select):
     return b"%d %s %s\n" % (number, digest, text), [a for a, _ in arrays]
 
 
+def _encode_explanation(name, e: Explanation, plan: Plan) -> Dict[str, Any]:
+    """One explanation as JSON labels and three arrays; ``values`` and ``last_layer`` stay float64 (exact)."""
+    where = f"explanation {name!r}" if name is not None else "explanation"
+    return {"name": name, "method": e.method, "tower": e.tower, "step": e.step, "phase": e.phase,
+            "layers": [int(x) for x in e.layers], "rows": [int(r) for r in e.rows],
+            "excluded": [int(x) for x in e.excluded], "keys": None if e.keys is None else e.keys.to_dict(),
+            "values": plan.array(np.ascontiguousarray(e.values), f"{where}.values"),
+            "last_layer": plan.array(np.ascontiguousarray(e.last_layer), f"{where}.last_layer"),
+            "reach": plan.array(np.ascontiguousarray(e.reach, dtype=np.int64), f"{where}.reach")}
+
+
 def _write_step_file(file: Path, arrays: List[np.ndarray], durable: bool) -> None:
     """The header and arrays, one after another; runs of zero bytes are skipped (the file stays sparse)."""
     fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
@@ -379,6 +462,17 @@ class Step:
     @property
     def info(self) -> Dict[str, Any]:
         return self._parse()["info"]()
+
+    @property
+    def explanation(self):
+        """What ``record(explain=...)`` stored for this step: an ``Explanation``, a dict of them, or None
+        (recorded without ``explain``, or it failed: :attr:`explanation_error`). Read when touched."""
+        return self._parse()["explanation"]()
+
+    @property
+    def explanation_error(self) -> Optional[str]:
+        """Why ``record(explain=...)`` gave this step no explanation (the exception, as a str), else None."""
+        return self._parse()["explanation_error"]
 
     @property
     def calls(self):
@@ -636,6 +730,7 @@ def _parse_step(part: _Part, number: int, text: bytes) -> Dict[str, Any]:
         out: Dict[str, Any] = {"kind": kind, "images": images, "calls": None, "owners": None}
         info = dict_field(rec, "info")
         out["info"] = lambda: {k: decode(v, array, f"info[{k!r}]", 2, 0) for k, v in info.items()}
+        out["explanation"], out["explanation_error"] = _explanation_reader(dict_field(rec, "explanation"), ref)
         if kind == "maps":
             table = [layout(t) for t in rec["token_layouts"]]
             maps = []
@@ -665,6 +760,46 @@ def _parse_step(part: _Part, number: int, text: bytes) -> Dict[str, Any]:
     except (KeyError, TypeError, ValueError, IndexError, OverflowError, RecursionError, UnicodeDecodeError) as exc:
         raise corrupt(where.parent, f"{LOG}: step {number} does not parse ({type(exc).__name__}: {str(exc)[:200]})") \
             from None
+
+
+def _explanation_reader(stored: Dict[str, Any], ref):
+    """``(function reading the step's explanation, its error or None)``, the labels checked now, the arrays later."""
+    error = optional(stored.get("error"), str)
+    if error is not None or not stored:
+        return (lambda: None), error
+    parts = stored["parts"]
+    if type(parts) is not list or not parts or type(stored["named"]) is not bool:
+        raise DamagedRecordType("explanation is not a list of parts")
+    checked = []
+    for part in parts:
+        if not isinstance(part, dict):
+            raise DamagedRecordType("an explanation part is not a dict")
+        labels = {k: optional(part[k], t) for k, t in (("name", str), ("method", str), ("tower", str),
+                                                          ("step", int), ("phase", str))}
+        lists = {k: part[k] for k in ("layers", "rows", "excluded")}
+        if not all(type(v) is list and all(type(x) is int for x in v) for v in lists.values()):
+            raise DamagedRecordType("an explanation's layers, rows or excluded are not lists of int")
+        keys = None if part["keys"] is None else layout(part["keys"])
+        refs = {k: ref(part[k]) for k in ("values", "last_layer", "reach")}
+        batch_rows = tuple(refs["values"].shape[:2])
+        if len(refs["values"].shape) != 3 or refs["last_layer"].shape != refs["values"].shape \
+                or refs["reach"].shape != batch_rows or batch_rows[1] != len(lists["rows"]) \
+                or (keys is not None and len(keys) != refs["values"].shape[2]):
+            raise DamagedRecord(f"explanation {labels['name']!r} has arrays of shapes "
+                                f"{[r.shape for r in refs.values()]} for {len(lists['rows'])} rows")
+        checked.append((labels, lists, keys, refs))
+
+    def read():
+        out = {}
+        for labels, lists, keys, refs in checked:
+            out[labels["name"]] = Explanation(
+                values=refs["values"].read(), rows=np.asarray(lists["rows"], dtype=np.int64), keys=keys,
+                excluded=tuple(lists["excluded"]), reach=refs["reach"].read(), last_layer=refs["last_layer"].read(),
+                method=labels["method"] or "", layers=list(lists["layers"]), tower=labels["tower"],
+                step=labels["step"], phase=labels["phase"])
+        return out if stored["named"] else out[None]
+
+    return read, None
 
 
 class _StoredMap(AttentionMap):

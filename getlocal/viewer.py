@@ -38,8 +38,9 @@ import numpy as np
 from . import patterns, saved
 from ._convert import converter
 from ._errors import GetLocalError
-from ._viewer_page import data_json, render  # noqa: F401 (data_json: re-exported, viewer.data_json as before)
+from ._viewer_page import data_json, render, render_episode  # noqa: F401 (data_json: re-exported as before)
 from .maps import AttentionMaps
+from .recording import Recording, is_run, read_run
 from .patterns.display import LABEL_COLORS, UNIFORM_RANGE, uniform_colors
 from .tokens import visible_until
 
@@ -120,12 +121,26 @@ def view(maps_or_path, *, out=None, images: Optional[Dict[str, Any]] = None, tok
     it (default ``MAX_PAGE_MB``, 100 MB) ``view`` refuses, naming the estimate
     and how to shrink it (``maps.select(tower=, step=, layer=)``).
 
+    A recorded run (a :class:`~getlocal.recording.Recording`, or its
+    directory) recorded with ``record(..., explain=...)`` gives the episode's
+    page instead: a step slider (and the arrow keys), a choice among the
+    stored explanations, and each camera's frame of that step under the
+    explanation of batch item ``batch`` (``grid(camera, relative=True)`` on
+    the same x-uniform colours: 1, white, is an even spread; excluded keys
+    grey), with each camera's total share beside an even spread's. Steps
+    without one say why (``Step.explanation_error``). ``max_mb`` is checked
+    as the frames are encoded; ``bits`` and ``tokens`` do not apply.
+
     >>> import tempfile
     >>> view(tempfile.mkdtemp())
     Traceback (most recent call last):
     ...
     getlocal._errors.GetLocalError: ... is not a getlocal capture: it has no capture.json; ...
     """
+    run = maps_or_path if isinstance(maps_or_path, Recording) else (
+        read_run(maps_or_path) if isinstance(maps_or_path, (str, Path)) and is_run(maps_or_path) else None)
+    if run is not None:
+        return _episode(run, out=out, pad_to_square=pad_to_square, info=info, batch=batch, title=title, max_mb=max_mb)
     maps, images, info = _source(maps_or_path, images, info)
     if bits not in (8, 16):
         raise GetLocalError(f"view(bits={bits!r}): give 8 (the default, about 1 byte per value) or 16")
@@ -254,6 +269,71 @@ def _page_data(maps: AttentionMaps, images, info, tokens, pad_to_square, bits, b
         "uniform": {"colors": (255 * uniform_colors(256)).astype(np.uint8).tolist(), "range": UNIFORM_RANGE},
         "label_colors": LABEL_COLORS,
     }
+
+
+def _episode(run: Recording, *, out, pad_to_square, info, batch, title, max_mb) -> View:
+    """The page of a recorded run's explanations (see :func:`view`)."""
+    if isinstance(max_mb, bool) or not isinstance(max_mb, (int, float)) or not max_mb > 0:
+        raise GetLocalError(f"view(max_mb={max_mb!r}): give the largest page to write, in MB (a positive number)")
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 0:
+        raise GetLocalError(f"view(batch={batch!r}): give the batch item to show, an int from 0")
+    if info is None:
+        info = next((part.get("info") or {} for part in run.parts.values()), {})
+    pad = pad_to_square if pad_to_square is not None else info.get("pad_to_square", False)
+    steps, pictures, size = [], [], 40_000
+    for step in run:
+        found = step.explanation
+        parts = found if isinstance(found, dict) else ({} if found is None else {"": found})
+        explained = {name: _explained(e, int(batch), step.step) for name, e in parts.items()}
+        cameras = list(dict.fromkeys(c for e in explained.values() for c in e["cameras"]))
+        refs = {}
+        for key, picture in _pictures([c or None for c in cameras], dict(step.images), pad).items():
+            size += len(picture["src"])
+            if size > max_mb * 2**20:
+                raise GetLocalError(
+                    f"this page passes max_mb={max_mb:g} at step {step.step} (of {len(run)} steps), mostly its "
+                    f"frames: show fewer steps, e.g. view(run.select(step=range({run[0].step}, {step.step}))), or "
+                    f"raise max_mb")
+            refs[key] = len(pictures)
+            pictures.append(picture)
+        steps.append({"step": step.step, "rank": step.rank, "error": step.explanation_error, "explained": explained,
+                      "pictures": refs})
+    if not any(s["explained"] for s in steps):
+        errors = [s["error"] for s in steps if s["error"]]
+        raise GetLocalError(
+            f"{run.path} holds no explanation in its {len(run)} steps"
+            + (f" (the first failure: {errors[0]})" if errors else "")
+            + ": record with getlocal.record(path, explain=...); for a step's maps, view(run[i].maps, images=run[i].images)")
+    data = {"title": title or str(info.get("model") or f"getlocal episode {Path(run.path).name}"),
+            "info": {k: str(info[k]) for k in ("model", "task", "weights") if info.get(k)},
+            "steps": steps, "pictures": pictures,
+            "uniform": {"colors": (255 * uniform_colors(256)).astype(np.uint8).tolist(), "range": UNIFORM_RANGE}}
+    page = View(render_episode(data))
+    if out is not None:
+        page.save(out)
+    return page
+
+
+def _explained(e, item: int, number: int) -> Dict[str, Any]:
+    """One explanation as the episode page draws it: per camera its grid, relative and as shares, and its totals."""
+    if item >= e.values.shape[0]:
+        raise GetLocalError(f"view(batch={item}): the explanation of step {number} has a batch of "
+                            f"{e.values.shape[0]}; give batch= between 0 and {e.values.shape[0] - 1}")
+    cameras = {}
+    several = e.keys is not None and len(e.keys.cameras) > 1
+    for camera in (e.keys.cameras if e.keys is not None else ()):
+        one = camera if several else None
+        relative, share = e.grid(one, item=item, relative=True), e.grid(one, item=item)
+        patches = len(e.keys.indices("image", one))
+        cameras[camera or ""] = {
+            "grid": list(relative.shape), "relative": _listed(relative), "share": _listed(share),
+            "total": e.share("image", one, item=item), "even": patches * float(e.even[item].mean())}
+    return {"method": e.method, "tower": e.tower, "layers": [int(x) for x in e.layers], "rows": len(e.rows),
+            "excluded": [int(x) for x in e.excluded], "cameras": cameras}
+
+
+def _listed(grid: np.ndarray) -> List[Optional[float]]:
+    return [float(x) if np.isfinite(x) else None for x in grid.ravel()]
 
 
 def _quantise(a: np.ndarray, bits: int):

@@ -388,3 +388,25 @@ def test_wrong_arguments_to_every_public_function_end_in_an_error_that_names_the
                     escaped.append(f"{name}({parameter}={wrong!r:.30}): {type(exc).__name__}: {exc}"[:250])
         plt.close("all")
     assert not escaped, f"{len(escaped)} escaped:\n" + "\n".join(escaped)
+
+
+def test_rollout_holds_one_layers_maps_at_a_time_and_the_running_product_not_every_layer():
+    import tracemalloc
+
+    layers, heads, n = 12, 4, 256
+    rng = np.random.default_rng(3)
+    maps = []
+    for _ in range(layers):
+        a = rng.random((1, heads, n, n), dtype=np.float32)
+        maps.append(a / a.sum(-1, keepdims=True))
+    one_layer = heads * n * n * 8  # one layer's heads as float64: 2 MB; all twelve: 24 MB
+    tracemalloc.start()
+    try:
+        r = explain.rollout(maps, rows=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"rollout's peak allocation: {peak / 2**20:.1f} MB; one layer's heads in float64: {one_layer / 2**20:.1f} MB, "
+          f"all {layers}: {layers * one_layer / 2**20:.1f} MB")
+    assert peak < 3 * one_layer
+    assert np.allclose(r.values.sum(-1), 1.0)

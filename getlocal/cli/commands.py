@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from getlocal import saved
+from getlocal import GetLocalError, saved
 from getlocal.viewer import MAX_PAGE_MB, page_size
 from getlocal.viewer import view as view_page
 
@@ -61,6 +61,8 @@ def demo(args) -> int:
             print(f"saved the capture to {saved_to}/ ({len(maps)} maps, {size / 2**20:.1f} MB); "
                   f"`python -m getlocal plot {saved_to} --out DIR` redraws everything below without the model")
             report(maps, images, info, out, quiet=args.quiet)
+            for line in _explain_figures(maps, images, info, out):
+                print(line)
             size = page_size(maps, images=images)
             if size <= PAGE_MB * 2**20:
                 view_page(saved_to, out=out / PAGE, max_mb=PAGE_MB)
@@ -130,6 +132,8 @@ def plot(args) -> int:
     try:
         with made(out):
             report(found.data, found.images, info, out, quiet=args.quiet)
+            for line in _explain_figures(found.data, found.images, found.info, out):
+                print(line)
     except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as exc:
         # load() checked every label getlocal relies on; this is a capture no getlocal wrote
         raise CommandError(f"cannot draw {args.capture}: {type(exc).__name__}: {exc}; its maps are not what "
@@ -137,6 +141,79 @@ def plot(args) -> int:
     if random_weights(info):
         print(f"\nnote: {RANDOM_NOTE}")
     return 0
+
+
+#: Where ``demo`` and ``plot`` write the explanation figures, inside their output directory.
+EXPLAIN_DIR = "explain"
+
+
+def _explained(maps):
+    """``(maps of one pass, rows, exclude, what the rows are)``: what the demo's model is explained by.
+
+    Pi0: its action queries through the prefix and the last denoise step; a
+    model that generates: its generated rows through the prefill and decode
+    steps, its BOS (a sink) left out; a ViT: its [CLS] row.
+    """
+    towers = maps.towers
+    if "language" in towers and "expert" in towers:
+        steps = [step for step, _ in maps.steps]
+        chain = maps.select(tower=["language", "expert"], step=[steps[0], steps[-1]])
+        return chain, "action", None, \
+            f"the {len(chain[len(chain) - 1].keys.indices('action'))} action queries of denoise step {steps[-1]}"
+    tower = towers[-1]
+    chain = maps.select(tower=tower)
+    layout = chain[len(chain) - 1].keys  # the longest: a decode step's keys hold every generated token
+    kinds = {s.kind for s in layout.segments}
+    if "generated" in kinds:
+        return chain, "generated", "bos" if "bos" in kinds else None, \
+            f"the {len(layout.indices('generated'))} generated tokens' rows" + (" (BOS left out)" if "bos" in kinds else "")
+    if "cls" in kinds:
+        return maps.select(tower=tower, step=maps.steps[0][0]), "cls", None, "the [CLS] row"
+    raise GetLocalError(f"the {tower} tower has no [CLS], generated or action rows to explain")
+
+
+def _explain_figures(maps, images, info, out: Path):
+    """``explain/rollout*.png``: per camera, the last layer beside the attention rollout; the lines to print.
+
+    A capture that cannot be rolled out (a map that keeps only some rows) gets
+    a line saying why, never an error: the rest of the demo is written.
+    """
+    import matplotlib.pyplot as plt
+
+    from getlocal import explain, plot
+    from getlocal._files import write_atomic
+
+    from .report import random_weights
+
+    try:
+        chain, rows, exclude, what = _explained(maps)
+        result = explain.rollout(chain, rows=rows, exclude=exclude)
+    except (GetLocalError, LookupError, ValueError) as exc:  # the figures are extra: the demo goes on without them
+        return [f"no explanation figure: {exc}"]
+    pad = info.get("pad_to_square", False)
+    cameras = result.keys.cameras
+    if not cameras:
+        return [f"no explanation figure: {result.tower}'s keys hold no image tokens to draw the rollout over"]
+    written = []
+    (out / EXPLAIN_DIR).mkdir(exist_ok=True)
+    for camera in cameras:
+        picture = images.get(camera) if camera is not None else None
+        if picture is None:
+            picture = images.get("image", next(iter(images.values()), None))
+        if picture is None:
+            return [f"no explanation figure: the capture has no picture of {camera or 'the image'}"]
+        one = camera if len(cameras) > 1 else None
+        fig = plot.relevance_figure(result, picture, camera=one, pad_to_square=pad is True)
+        title = f"{result.tower}{' ' + camera if one else ''}: attention rollout from {what}"
+        if random_weights(info):  # as on every other demo figure: say that nothing here was learned
+            title += "\nRANDOM WEIGHTS: shares near the even share are noise, not a learned pattern"
+        fig.suptitle(title, fontsize=10, y=1.0, va="bottom")
+        name = f"{EXPLAIN_DIR}/rollout{'_' + camera if one else ''}.png"
+        write_atomic(out / name, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+        plt.close(fig)
+        written.append(name)
+    return [f"explanation: {result.method} of {result.tower} from {what}, through {len(result.layers)} layers, "
+            f"beside the last layer's map -> {', '.join(str(out / n) for n in written)}"]
 
 
 def _plot_run(args, run) -> int:
@@ -150,9 +227,46 @@ def _plot_run(args, run) -> int:
     from .report import report_run
 
     with made(out):
-        for line in report_run(run, out):
+        lines = _plot_explanations(run, out)
+        try:
+            if lines and not any(len(step.maps) for step in run):  # labels only: no array is read
+                raise GetLocalError("the steps hold no maps (recorded with maps=False)")
+            lines += report_run(run, out)
+        except GetLocalError as exc:  # a run of explanations alone (record(maps=False)) has no maps to draw
+            if not lines:
+                raise
+            lines.append(f"no attention figures: {exc}")
+        for line in lines:
             print(line)
     return 0
+
+
+def _plot_explanations(run, out: Path):
+    """``episode-explanation*.gif`` and ``.png`` for each part whose steps hold explanations (``record(explain=...)``)."""
+    import matplotlib.pyplot as plt
+
+    from getlocal import plot
+    from getlocal._files import safe_name, write_atomic
+
+    lines = []
+    for part, meta in run.parts.items():
+        steps = run.select(part=part)
+        found = next((s.explanation for s in steps if s.explanation is not None), None)
+        if found is None:
+            continue
+        pad = (meta.get("info") or {}).get("pad_to_square", False)
+        folder = out / safe_name(part) if len(run.parts) > 1 else out
+        folder.mkdir(parents=True, exist_ok=True)
+        pad = pad if isinstance(pad, (bool, dict)) else False
+        for name in (sorted(found) if isinstance(found, dict) else [True]):
+            stem = folder / ("episode-explanation" if name is True else f"episode-explanation-{safe_name(name)}")
+            gif = plot.episode_gif(steps, stem.with_suffix(".gif"), explanation=name, pad_to_square=pad)
+            fig = plot.episode_grid(steps, explanation=name, pad_to_square=pad)
+            write_atomic(stem.with_suffix(".png"), lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+            plt.close(fig)
+            lines.append(f"{part} (rank {meta.get('rank')}): {len(steps)} steps' explanations -> {gif}, "
+                         f"{stem.with_suffix('.png')}")
+    return lines
 
 
 def _known_info(info):

@@ -12,7 +12,8 @@ from ._pictures import as_picture, overlay
 from ._scales import colorbar
 
 
-def _label(result: Explanation, item: int) -> str:
+def share_label(result: Explanation, item: int) -> str:
+    """The colour bar's label: the unit (share x keys reached) and what 1 means."""
     reach = np.unique(result.reach[item])
     if reach.size == 1:
         return f"share of the row's mass x {int(reach[0])}\n(1 = even over the {int(reach[0])} keys it reaches)"
@@ -65,7 +66,7 @@ def relevance_overlay(result: Explanation, image, *, camera: Optional[str] = Non
     img = _picture(image)
     ax = plt.gca() if ax is None else ax
     overlay(ax, img, heat, scale="uniform", pad_to_square=pad_to_square, alpha=alpha, cbar=cbar,
-            cbar_kws={"label": _label(result, item), **(cbar_kws or {})}, **kwargs)
+            cbar_kws={"label": share_label(result, item), **(cbar_kws or {})}, **kwargs)
     return ax
 
 
@@ -110,5 +111,5 @@ def relevance_figure(result: Explanation, image, *, camera: Optional[str] = None
         share = result.share("image", camera, item=item, last_layer=last)
         what = f"{camera} image" if camera else "image"
         ax.set_title(f"{name}:\n{what} {share:.0%} of the row (even: {even:.0%})", fontsize=9)
-    colorbar(fig, im, np.concatenate([h.ravel() for h in heats]), _label(result, item), None, ax=list(axes))
+    colorbar(fig, im, np.concatenate([h.ravel() for h in heats]), share_label(result, item), None, ax=list(axes))
     return fig

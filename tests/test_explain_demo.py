@@ -1,0 +1,52 @@
+"""`python -m getlocal demo` and `plot` write the rollout beside the last layer for the demo's models."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("transformers")
+pytest.importorskip("timm")
+
+from getlocal import cli, explain, plot, saved  # noqa: E402
+
+
+def _pixels(source):
+    with Image.open(source) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _drawn(result, picture, camera):
+    import matplotlib.pyplot as plt
+
+    fig = plot.relevance_figure(result, picture, camera=camera)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    buffer.seek(0)
+    return _pixels(buffer)
+
+
+def test_the_pi0_demo_writes_each_cameras_rollout_of_the_action_queries_and_plot_redraws_it(tmp_path, capsys):
+    assert cli.main(["demo", "--model", "paligemma-tiny", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "explanation: rollout (mean) of language+expert from the 4 action queries of denoise step 3" in printed
+    capture = saved.read(tmp_path / "demo" / "capture")
+    maps = capture.data
+    want = explain.rollout(maps.select(tower=["language", "expert"], step=[0, 3]), rows="action")
+    for camera in ("exterior", "wrist"):
+        written = _pixels(tmp_path / "demo" / "explain" / f"rollout_{camera}.png")
+        assert np.array_equal(written, _drawn(want, capture.images[camera], camera))
+    assert cli.main(["plot", str(tmp_path / "demo" / "capture"), "--out", str(tmp_path / "again")]) == 0
+    for camera in ("exterior", "wrist"):
+        name = f"explain/rollout_{camera}.png"
+        assert np.array_equal(_pixels(tmp_path / "again" / name), _pixels(tmp_path / "demo" / name))
+
+
+def test_the_openvla_demo_explains_its_generated_tokens_with_bos_left_out(tmp_path, capsys):
+    assert cli.main(["demo", "--model", "openvla-tiny", "--out", str(tmp_path), "--quiet"]) == 0
+    assert "rollout (mean) of llm from the 6 generated tokens' rows (BOS left out), through 2 layers" in \
+        capsys.readouterr().out
+    capture = saved.read(tmp_path / "capture")
+    want = explain.rollout(capture.data.select(tower="llm"), rows="generated", exclude="bos")
+    assert np.array_equal(_pixels(tmp_path / "explain" / "rollout.png"), _drawn(want, capture.images["image"], None))
