@@ -16,10 +16,15 @@ def _pixels(source):
         return np.asarray(im.convert("RGB"))
 
 
-def _drawn(result, picture, camera):
+#: The line every demo figure of random weights carries under its title.
+RANDOM = "\nRANDOM WEIGHTS: shares near the even share are noise, not a learned pattern"
+
+
+def _drawn(result, picture, camera, title):
     import matplotlib.pyplot as plt
 
     fig = plot.relevance_figure(result, picture, camera=camera)
+    fig.suptitle(title, fontsize=10, y=1.0, va="bottom")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -36,7 +41,8 @@ def test_the_pi0_demo_writes_each_cameras_rollout_of_the_action_queries_and_plot
     want = explain.rollout(maps.select(tower=["language", "expert"], step=[0, 3]), rows="action")
     for camera in ("exterior", "wrist"):
         written = _pixels(tmp_path / "demo" / "explain" / f"rollout_{camera}.png")
-        assert np.array_equal(written, _drawn(want, capture.images[camera], camera))
+        title = f"language+expert {camera}: attention rollout from the 4 action queries of denoise step 3" + RANDOM
+        assert np.array_equal(written, _drawn(want, capture.images[camera], camera, title))
     assert cli.main(["plot", str(tmp_path / "demo" / "capture"), "--out", str(tmp_path / "again")]) == 0
     for camera in ("exterior", "wrist"):
         name = f"explain/rollout_{camera}.png"
@@ -49,4 +55,5 @@ def test_the_openvla_demo_explains_its_generated_tokens_with_bos_left_out(tmp_pa
         capsys.readouterr().out
     capture = saved.read(tmp_path / "capture")
     want = explain.rollout(capture.data.select(tower="llm"), rows="generated", exclude="bos")
-    assert np.array_equal(_pixels(tmp_path / "explain" / "rollout.png"), _drawn(want, capture.images["image"], None))
+    assert np.array_equal(_pixels(tmp_path / "explain" / "rollout.png"), _drawn(
+        want, capture.images["image"], None, "llm: attention rollout from the 6 generated tokens' rows (BOS left out)" + RANDOM))
