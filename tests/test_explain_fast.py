@@ -86,6 +86,11 @@ def test_rollout_of_a_fast_vit_capture_equals_the_eager_one_and_leaves_the_captu
     assert after == before  # still query and key per layer: 12 x 2 x 3 x 401 x 64 x 4 bytes = 7.0 MiB
     assert before < maps / 3  # the maps would be 12 x 3 x 401 x 401 x 4 bytes = 22.1 MiB
     assert np.array_equal(explain.rollout(fast, rows="cls").values, got.values)  # read again, rebuilt again
+    first = fast[0]
+    once = first.compute()
+    assert _held_bytes(fast) == before and once.shape == first.shape
+    assert np.array_equal(first.array, once) and first.array is first.array  # .array computes once and keeps it
+    assert _held_bytes(fast) == before - 2 * 3 * 401 * 64 * 4 + once.nbytes  # that map in place of its inputs
 
 
 def test_rollout_of_a_fast_openvla_generation_equals_the_eager_one_and_keeps_no_map(adapters_off):
