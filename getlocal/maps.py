@@ -106,8 +106,8 @@ class AttentionMap:
         it computed (it is meant to be read again). A map already computed is
         given as it is, not copied.
         """
-        value = self.__dict__["_array"]
-        return value.compute() if isinstance(value, Lazy) else value
+        value = self.__dict__.get("_array")  # absent where a subclass reads its array its own way (a loaded run's)
+        return value.compute() if isinstance(value, Lazy) else self.array
 
     @property
     def shape(self) -> Tuple[int, ...]:
