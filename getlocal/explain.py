@@ -54,7 +54,9 @@ and one denoise step (``maps.select(tower=['language', 'expert'], step=[0, k])``
 the action queries attend to the prefix keys of the same layer, so the two
 towers chain as one transformer with a prefix mask). A list of square
 ``[B, H, N, N]`` arrays also works (``keys=`` gives their layout). Heads are
-fused map by map, so the towers may have different head counts.
+fused map by map, so the towers may have different head counts. Maps of the
+adapters' ``mode='fast'`` work as they are: each is rebuilt from its softmax
+inputs when its layer comes and let go, so the capture keeps only the inputs.
 
 Gradients need the maps captured with ``convert='raw'`` in ``mode='eager'``
 while autograd records (not under ``torch.no_grad()``), without the adapters'
