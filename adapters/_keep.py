@@ -20,7 +20,8 @@ other call keeps its map now if that is no larger than its query and key (a
 short prompt, a head-reduced map), else query, key (one copy per key head) and
 the mask (one copy per mask object, shared by the layers of a forward) as a
 ``Rebuild``, computed on the first read of ``AttentionMap.array``, which then
-replaces its inputs. torch is imported where a call is kept, not with the adapters.
+replaces its inputs (``AttentionMap.compute()`` computes it and keeps nothing).
+torch is imported where a call is kept, not with the adapters.
 """
 import math
 import weakref
@@ -85,13 +86,19 @@ class Rebuild(Lazy):
                 + (0 if self.padding is None else int(self.padding.nbytes)))
 
     def materialize(self):
-        import torch
-
         if self.inputs:  # computed once: the map replaces its inputs here too, so the cache holds one of them
-            with torch.no_grad():
-                self.result = self.finish(self.rows(*self.inputs))
+            self.result = self.compute()
             self.inputs = ()
         return self.result
+
+    def compute(self):
+        """The map computed from the inputs, which stay (a rollout reads each map once and lets it go)."""
+        import torch
+
+        if not self.inputs:
+            return self.result
+        with torch.no_grad():
+            return self.finish(self.rows(*self.inputs))
 
     def parts(self):
         return self.inputs + (self.padding, getattr(self, "result", None))

@@ -169,7 +169,9 @@ def _storage(value) -> Tuple[Any, int]:
 class Lazy:
     """A map not computed yet: ``shape`` is known, ``materialize()`` computes the array.
 
-    ``AttentionMap.array`` computes it on first access and keeps the result.
+    ``AttentionMap.array`` computes it on first access and keeps the result;
+    ``AttentionMap.compute()`` reads it through ``compute()``, which a Lazy
+    that holds more than the map's inputs overrides to leave itself as it is.
     The adapters' ``mode='fast'`` stores the softmax inputs (query, key, mask,
     scale) this way instead of the map.
     """
@@ -181,7 +183,12 @@ class Lazy:
         return len(self.shape)
 
     def materialize(self):
+        """The array, which this Lazy may keep in place of what it held (it is read again as the array)."""
         raise NotImplementedError
+
+    def compute(self):
+        """The array for one read, without keeping it: what it holds stays as it is (default: ``materialize()``)."""
+        return self.materialize()
 
     def parts(self) -> Tuple[Any, ...]:
         """The arrays and tensors it keeps alive (what ``max_bytes`` counts)."""

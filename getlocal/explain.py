@@ -54,7 +54,9 @@ and one denoise step (``maps.select(tower=['language', 'expert'], step=[0, k])``
 the action queries attend to the prefix keys of the same layer, so the two
 towers chain as one transformer with a prefix mask). A list of square
 ``[B, H, N, N]`` arrays also works (``keys=`` gives their layout). Heads are
-fused map by map, so the towers may have different head counts.
+fused map by map, so the towers may have different head counts. Maps of the
+adapters' ``mode='fast'`` work as they are: each is rebuilt from its softmax
+inputs when its layer comes and let go, so the capture keeps only the inputs.
 
 Gradients need the maps captured with ``convert='raw'`` in ``mode='eager'``
 while autograd records (not under ``torch.no_grad()``), without the adapters'
@@ -178,9 +180,11 @@ def rollout(maps, *, head_fusion: str = "mean", residual: bool = True, discard: 
 
     The layers are read and multiplied in one at a time: besides the maps
     given, only one layer's maps (as float64) and the ``[B, N, N]`` running
-    products live, so a fast-mode map (``.array`` rebuilt when read) is
-    rebuilt in its turn (12 layers of 4 x 256 x 256: a peak of 4 MB, where
-    keeping every layer's float64 heads took 42 MB, measured in the tests).
+    products live (12 layers of 4 x 256 x 256: a peak of 4 MB, where keeping
+    every layer's float64 heads took 42 MB, measured in the tests). Maps are
+    read with :meth:`AttentionMap.compute`, so a fast-mode map (its softmax
+    inputs) is rebuilt in its turn and let go: the capture keeps holding the
+    inputs, not the maps.
 
     >>> import numpy as np
     >>> rollout([np.eye(3)[None, None]] * 2).values[0].tolist()
@@ -398,8 +402,8 @@ def _layers(maps, keys) -> Tuple[list, List[List[int]], Dict[str, Any]]:
 
 
 def _array(source):
-    """The array of a map (read now: a fast-mode map is rebuilt here) or a bare array as it is."""
-    return source.array if isinstance(source, AttentionMap) else source
+    """The array of a map (a fast-mode map computed here and kept by nobody else) or a bare array as it is."""
+    return source.compute() if isinstance(source, AttentionMap) else source
 
 
 def _layer(blocks: List[np.ndarray]) -> np.ndarray:

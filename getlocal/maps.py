@@ -33,7 +33,8 @@ from .tokens import KINDS, Segment, TokenLayout, kind_shares, stack_kind_shares 
 
 
 class _ArrayField:
-    """``AttentionMap.array``: the stored value, a ``Lazy`` one computed (once) when first read."""
+    """``AttentionMap.array``: the stored value, a ``Lazy`` one computed (once) when first read and kept
+    (``AttentionMap.compute()`` reads without keeping)."""
 
     def __get__(self, obj, owner=None):
         if obj is None:
@@ -94,6 +95,19 @@ class AttentionMap:
         so that every function taking an array takes the map itself (``patterns.kind_shares(m, ...)``)."""
         arr = np.asarray(_to_numpy(self.array))
         return arr if dtype is None else arr.astype(dtype, copy=False)
+
+    def compute(self):
+        """The map's array for one read, kept by nobody but the caller.
+
+        A map not computed yet (the adapters' ``mode='fast'``) is computed from
+        its inputs, which the map goes on holding instead of the result. Read
+        each map this way when going over many once (``explain.rollout`` does):
+        memory then holds one map at a time, where ``.array`` keeps every map
+        it computed (it is meant to be read again). A map already computed is
+        given as it is, not copied.
+        """
+        value = self.__dict__.get("_array")  # absent where a subclass reads its array its own way (a loaded run's)
+        return value.compute() if isinstance(value, Lazy) else self.array
 
     @property
     def shape(self) -> Tuple[int, ...]:
