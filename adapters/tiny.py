@@ -217,7 +217,8 @@ class TinyPi0(nn.Module):
         self.gemma_expert = gemma_expert
         self.pi05 = pi05
         width = gemma_expert.config.hidden_size
-        self.state_proj = nn.Linear(action_dim, width)
+        # Pi0.5 has no state projection (LeRobot's and openpi's): the state is text in its prompt
+        self.state_proj = None if pi05 else nn.Linear(action_dim, width)
         self.action_in_proj = nn.Linear(action_dim + 1, width)
         self.action_out_proj = nn.Linear(width, action_dim)
 

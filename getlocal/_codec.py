@@ -359,8 +359,8 @@ def encode(value, key: str, plan: Plan, depth: int):
         return {"scalar": [value.dtype.name, _float(item) if isinstance(item, float) else item]}
     if is_array(value):
         return {"array": plan.array(value, key)}
-    if isinstance(value, Lazy):  # a map not computed yet (an adapter's mode='fast'): saved as what it stands for
-        return encode(value.materialize(), key, plan, depth)
+    if isinstance(value, Lazy):  # a map not computed yet (an adapter's mode='fast'): saved as what it stands for,
+        return encode(value.compute(), key, plan, depth)  # computed for the file, not kept in the capture
     if kind in (list, tuple, dict):
         if depth >= MAX_DEPTH:
             raise GetLocalError(f"cannot save {key}: nested more than {MAX_DEPTH} lists/tuples/dicts deep")

@@ -115,7 +115,7 @@ def save(path, capture, *, calls=None, images: Optional[Dict[str, Any]] = None,
                              "getlocal_version": _live.version()}
     if isinstance(capture, AttentionMaps):
         index["kind"] = "maps"
-        index["maps"] = [dict(m.meta(), array=plan.array(m.array, f"maps[{i}]")) for i, m in enumerate(capture)]
+        index["maps"] = [dict(m.meta(), array=plan.array(m.compute(), f"maps[{i}]")) for i, m in enumerate(capture)]
         index["layouts"] = {k: v.to_dict() for k, v in capture.layouts.items()}
     elif isinstance(capture, dict):
         index["kind"] = "cache"

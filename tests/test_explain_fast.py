@@ -1,8 +1,9 @@
-"""Rollout over a fast-mode capture: each layer's map rebuilt, folded into the product and let go.
+"""Reading a whole fast-mode capture (a rollout, a save): each layer's map rebuilt, used and let go.
 
 In ``mode='fast'`` a long map is held as its softmax inputs (query, key, mask)
-and rebuilt when read. A rollout reads every map once, so it must leave the
-capture as it found it: holding the inputs, not every layer's map.
+and rebuilt when read. A rollout reads every map once, and so does saving the
+capture, so both must leave the capture as they found it: holding the inputs,
+not every layer's map.
 """
 import gc
 import types
@@ -138,3 +139,14 @@ def test_a_fast_mode_recording_step_keeps_its_capture_at_its_inputs_size_through
         assert after == before and before < maps / 3
     run = getlocal.load(tmp_path / "run")
     assert [s.explanation.grid().shape for s in run] == [(20, 20), (20, 20)]
+
+
+def test_saving_a_fast_vit_capture_writes_its_maps_and_leaves_it_holding_its_inputs(tmp_path, adapters_off):
+    model, x = _vit()
+    with vit.capture(model, mode="fast") as fast, torch.no_grad():
+        model(x)
+    before = _held_bytes(fast)
+    path = getlocal.save(tmp_path / "capture", fast)
+    assert _held_bytes(fast) == before < _maps_bytes(fast) / 3
+    again = getlocal.load(path)
+    assert np.array_equal(again[5].array, fast[5].compute())
