@@ -28,7 +28,7 @@ OUT = ROOT / "docs" / "images" / "viewer.png"
 def main():
     with Image.open(get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
         picture = im.convert("RGB")
-    maps, images, info = models.capture("paligemma-tiny", False, picture)
+    maps, images, info, _ = models.capture("paligemma-tiny", False, picture)
     info["model"] = "paligemma-tiny (Pi0 shape)"
     page = view(maps, images=images, info=info, out=Path(tempfile.mkdtemp()) / "pi0.html")
     driver = browser.start()

@@ -1,4 +1,4 @@
-"""`python -m getlocal demo` and `plot` write the rollout beside the last layer for the demo's models."""
+"""`python -m getlocal demo` and `plot` write the rollout (and, for a ViT, its top class's relevance) beside the last layer."""
 import io
 
 import numpy as np
@@ -57,3 +57,25 @@ def test_the_openvla_demo_explains_its_generated_tokens_with_bos_left_out(tmp_pa
     want = explain.rollout(capture.data.select(tower="llm"), rows="generated", exclude="bos")
     assert np.array_equal(_pixels(tmp_path / "explain" / "rollout.png"), _drawn(
         want, capture.images["image"], None, "llm: attention rollout from the 6 generated tokens' rows (BOS left out)" + RANDOM))
+
+
+def test_the_vit_demo_draws_the_relevance_of_its_top_class_with_the_cls_key_left_out(tmp_path, capsys):
+    import timm
+    import torch
+
+    from getlocal.adapters import vit
+
+    assert cli.main(["demo", "--model", "vit_tiny_patch16_224", "--out", str(tmp_path), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    capture = saved.read(tmp_path / "capture")
+    torch.manual_seed(0)  # the demo's random weights, built again here
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
+    pixels = torch.from_numpy(((capture.images["image"] / 255.0 - 0.5) / 0.5).astype(np.float32)).permute(2, 0, 1)
+    with vit.capture(model, convert="raw") as raw:
+        logits = model(pixels[None])
+    top = int(logits[0].argmax())
+    want = explain.relevance(logits[0, top], raw, rows="cls", exclude="cls")
+    assert f"relevance of the top class's logit (class {top}) to vit's [CLS] row ([CLS] key left out)" in printed
+    title = f"vit: relevance of the top class's logit (class {top}) (Chefer et al. 2021)" + RANDOM
+    assert np.array_equal(_pixels(tmp_path / "explain" / "relevance.png"),
+                          _drawn(want, capture.images["image"], None, title))

@@ -46,7 +46,7 @@ def demo(args) -> int:
     stages = _progress(args.quiet, total=2, desc=args.model, unit="stage")
     stages.set_postfix_str("building and running the model")
     try:
-        maps, images, info = capture(args.model, args.pretrained, picture, weights, args.mode)
+        maps, images, info, relevance = capture(args.model, args.pretrained, picture, weights, args.mode)
         stages.update()
         stages.set_postfix_str("saving the capture")
         info.update(model=args.model, image=described)
@@ -61,7 +61,7 @@ def demo(args) -> int:
             print(f"saved the capture to {saved_to}/ ({len(maps)} maps, {size / 2**20:.1f} MB); "
                   f"`python -m getlocal plot {saved_to} --out DIR` redraws everything below without the model")
             report(maps, images, info, out, quiet=args.quiet)
-            for line in _explain_figures(maps, images, info, out):
+            for line in _explain_figures(maps, images, info, out, relevance):
                 print(line)
             size = page_size(maps, images=images)
             if size <= PAGE_MB * 2**20:
@@ -172,28 +172,45 @@ def _explained(maps):
     raise GetLocalError(f"the {tower} tower has no [CLS], generated or action rows to explain")
 
 
-def _explain_figures(maps, images, info, out: Path):
-    """``explain/rollout*.png``: per camera, the last layer beside the attention rollout; the lines to print.
+def _explain_figures(maps, images, info, out: Path, relevance=None):
+    """``explain/rollout*.png`` (and ``relevance*.png``): per camera, the last layer beside the explanation.
 
-    A capture that cannot be rolled out (a map that keeps only some rows) gets
-    a line saying why, never an error: the rest of the demo is written.
+    The rollout is read from the capture (``plot`` redraws it); ``relevance``,
+    ``(Explanation, what its target is)``, comes from the demo's second pass
+    with gradients. A capture that cannot be rolled out (a map that keeps only
+    some rows) gets a line saying why, never an error: the rest is written.
     """
-    import matplotlib.pyplot as plt
-
-    from getlocal import explain, plot
-    from getlocal._files import write_atomic
-
-    from .report import random_weights
+    from getlocal import explain
 
     try:
         chain, rows, exclude, what = _explained(maps)
         result = explain.rollout(chain, rows=rows, exclude=exclude)
     except (GetLocalError, LookupError, ValueError) as exc:  # the figures are extra: the demo goes on without them
         return [f"no explanation figure: {exc}"]
+    lines = [_explanation_figure(result, f"attention rollout from {what}", "rollout", images, info, out,
+                                 f"explanation: {result.method} of {result.tower} from {what}, through "
+                                 f"{len(result.layers)} layers, beside the last layer's map")]
+    if relevance is not None:
+        why, target = relevance
+        lines.append(_explanation_figure(why, f"relevance of {target} (Chefer et al. 2021)", "relevance", images,
+                                         info, out, f"explanation: relevance of {target} to {why.tower}'s "
+                                         "[CLS] row ([CLS] key left out), beside the last layer's map"))
+    return lines
+
+
+def _explanation_figure(result, title, name, images, info, out: Path, said: str) -> str:
+    """``explain/NAME[_CAMERA].png`` of one Explanation, titled; the line to print."""
+    import matplotlib.pyplot as plt
+
+    from getlocal import plot
+    from getlocal._files import write_atomic
+
+    from .report import random_weights
+
     pad = info.get("pad_to_square", False)
     cameras = result.keys.cameras
     if not cameras:
-        return [f"no explanation figure: {result.tower}'s keys hold no image tokens to draw the rollout over"]
+        return f"no {name} figure: {result.tower}'s keys hold no image tokens to draw it over"
     written = []
     (out / EXPLAIN_DIR).mkdir(exist_ok=True)
     for camera in cameras:
@@ -201,19 +218,18 @@ def _explain_figures(maps, images, info, out: Path):
         if picture is None:
             picture = images.get("image", next(iter(images.values()), None))
         if picture is None:
-            return [f"no explanation figure: the capture has no picture of {camera or 'the image'}"]
+            return f"no {name} figure: the capture has no picture of {camera or 'the image'}"
         one = camera if len(cameras) > 1 else None
         fig = plot.relevance_figure(result, picture, camera=one, pad_to_square=pad is True)
-        title = f"{result.tower}{' ' + camera if one else ''}: attention rollout from {what}"
+        heading = f"{result.tower}{' ' + camera if one else ''}: {title}"
         if random_weights(info):  # as on every other demo figure: say that nothing here was learned
-            title += "\nRANDOM WEIGHTS: shares near the even share are noise, not a learned pattern"
-        fig.suptitle(title, fontsize=10, y=1.0, va="bottom")
-        name = f"{EXPLAIN_DIR}/rollout{'_' + camera if one else ''}.png"
-        write_atomic(out / name, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+            heading += "\nRANDOM WEIGHTS: shares near the even share are noise, not a learned pattern"
+        fig.suptitle(heading, fontsize=10, y=1.0, va="bottom")
+        file = f"{EXPLAIN_DIR}/{name}{'_' + camera if one else ''}.png"
+        write_atomic(out / file, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
         plt.close(fig)
-        written.append(name)
-    return [f"explanation: {result.method} of {result.tower} from {what}, through {len(result.layers)} layers, "
-            f"beside the last layer's map -> {', '.join(str(out / n) for n in written)}"]
+        written.append(file)
+    return f"{said} -> {', '.join(str(out / n) for n in written)}"
 
 
 def _plot_run(args, run) -> int:

@@ -171,10 +171,17 @@ class _Demo(NamedTuple):
     images: Dict[str, Any]
     info: Dict[str, Any]
     options: Dict[str, Any] = {}  # for the adapter's capture(): cameras, state_tokens
+    # A second pass with gradients: (explain.relevance of a chosen output, what that output is); None: no backward
+    relevance: Optional[Callable[[], Any]] = None
 
 
 def capture(name: str, pretrained: bool, picture, weights: Optional[str] = None, mode: str = "eager"):
-    """``(maps, images, info)``: the demo model ``name`` run once on ``picture`` with every map captured."""
+    """``(maps, images, info, relevance)``: the demo model ``name`` run once on ``picture``, every map captured.
+
+    ``relevance``: ``(Explanation, what its target is)`` from a second pass with
+    gradients (``explain.relevance``) where the model's output has one to
+    explain (the ViT's top class), else None.
+    """
     build = {"openvla-tiny": _openvla_demo, "paligemma-tiny": _pi0_demo,
              "smolvla-tiny": _smolvla_demo}.get(name, _vit_demo)
     demo = build(name, pretrained, picture, weights, mode)
@@ -188,7 +195,7 @@ def capture(name: str, pretrained: bool, picture, weights: Optional[str] = None,
     if not len(maps):
         raise CommandError(f"--model {name}: no attention map was captured; its blocks are not timm Attention "
                            f"modules; give a ViT such as {DEMO_MODEL}")
-    return maps, demo.images, demo.info
+    return maps, demo.images, demo.info, demo.relevance() if demo.relevance else None
 
 
 def _vit_demo(name: str, pretrained: bool, picture, weights: Optional[str], mode: str = "eager") -> _Demo:
@@ -211,7 +218,18 @@ def _vit_demo(name: str, pretrained: bool, picture, weights: Optional[str], mode
             "patch_size": {"vit": vit.patch_size(model)},
             "preprocessing": f"centre square resized to {size}x{size}, normalised with mean {mean.tolist()} "
                              f"std {std.tolist()}"}
-    return _Demo(model, torch.no_grad()(lambda: model(pixels)), vit, {"image": shown}, info)
+
+    def relevance():
+        from getlocal import explain
+
+        with vit.capture(model, convert="raw") as raw:  # eager maps inside the graph, whatever --mode
+            logits = model(pixels)
+        top = int(logits[0].argmax())
+        # the [CLS] key left out: its own relevance (the identity Chefer starts from) is not a place in the image
+        return (explain.relevance(logits[0, top], raw, rows="cls", exclude="cls"),
+                f"the top class's logit (class {top})")
+
+    return _Demo(model, torch.no_grad()(lambda: model(pixels)), vit, {"image": shown}, info, relevance=relevance)
 
 
 def _tiny_pixels(shown):
