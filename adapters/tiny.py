@@ -404,3 +404,23 @@ def smolvla(directory, cameras=("observation.images.top", "observation.images.wr
         output_features={"action": PolicyFeature(FeatureType.ACTION, (3,))})
     torch.manual_seed(0)
     return SmolVLAPolicy(config).eval()
+
+
+def smolvla_inputs(policy, *, frames=None, words: int = 4, seed: int = 0):
+    """A batch as LeRobot's preprocessing hands a ``SmolVLAPolicy``, for ``select_action`` / ``predict_action_chunk``.
+
+    Per camera (the config's image keys, in order) a ``[1, 3, H, W]`` frame in
+    [0, 1]: ``frames[key]`` when given, else random; the state (random);
+    ``words`` language tokens padded to ``tokenizer_max_length``, with their
+    attention mask (False on the padding).
+    """
+    config = policy.config
+    g = torch.Generator().manual_seed(seed)
+    frames = frames or {}
+    batch = {key: frames[key] if key in frames else torch.rand(1, *feature.shape, generator=g)
+             for key, feature in config.image_features.items()}
+    batch["observation.state"] = torch.randn(1, *config.robot_state_feature.shape, generator=g)
+    pad = config.tokenizer_max_length - words
+    batch["observation.language.tokens"] = torch.tensor([[6 + i for i in range(words)] + [0] * pad])
+    batch["observation.language.attention_mask"] = torch.tensor([[True] * words + [False] * pad])
+    return batch

@@ -31,15 +31,6 @@ def policy(tmp_path_factory):
                         chunk=CHUNK, text=TEXT)
 
 
-def _batch(seed=0, words=4):
-    g = torch.Generator().manual_seed(seed)
-    batch = {c: torch.rand(1, 3, 32, 32, generator=g) for c in CAMERAS}
-    batch["observation.state"] = torch.randn(1, 4, generator=g)
-    batch["observation.language.tokens"] = torch.tensor([[6 + i for i in range(words)] + [0] * (TEXT - words)])
-    batch["observation.language.attention_mask"] = torch.tensor([[True] * words + [False] * (TEXT - words)])
-    return batch
-
-
 def _noise(seed=1):
     return torch.randn(1, CHUNK, 8, generator=torch.Generator().manual_seed(seed))
 
@@ -68,9 +59,9 @@ def _prefix(policy, batch):
 
 def test_smolvla_probs_are_taken_once_per_layer_in_the_prefix_pass_and_in_every_denoise_step(policy, probs):
     with torch.no_grad():
-        policy.predict_action_chunk(_batch(), noise=_noise())
+        policy.predict_action_chunk(tiny.smolvla_inputs(policy), noise=_noise())
     maps = probs()
-    pad, _ = _prefix(policy, _batch())
+    pad, _ = _prefix(policy, tiny.smolvla_inputs(policy))
     prefix = pad.shape[1]
     assert len(maps) == LAYERS * (1 + STEPS)
     # The prefix pass: every layer attends over the prefix only.
@@ -84,7 +75,7 @@ def test_smolvla_probs_are_taken_once_per_layer_in_the_prefix_pass_and_in_every_
 
 
 def test_smolvla_prefix_maps_are_zero_exactly_where_lerobots_mask_hides_a_key(policy, probs):
-    batch = _batch(words=3)
+    batch = tiny.smolvla_inputs(policy, words=3)
     with torch.no_grad():
         policy.predict_action_chunk(batch, noise=_noise())
     pad, mask = _prefix(policy, batch)
@@ -101,7 +92,7 @@ def test_smolvla_prefix_maps_are_zero_exactly_where_lerobots_mask_hides_a_key(po
 
 
 def test_smolvla_denoise_maps_never_look_at_padded_language_tokens(policy, probs):
-    batch = _batch(words=3)
+    batch = tiny.smolvla_inputs(policy, words=3)
     with torch.no_grad():
         policy.predict_action_chunk(batch, noise=_noise())
     pad, _ = _prefix(policy, batch)
@@ -113,12 +104,12 @@ def test_smolvla_denoise_maps_never_look_at_padded_language_tokens(policy, probs
 
 def test_smolvla_actions_are_identical_with_and_without_capture(policy):
     with torch.no_grad():
-        plain = policy.predict_action_chunk(_batch(), noise=_noise())
+        plain = policy.predict_action_chunk(tiny.smolvla_inputs(policy), noise=_noise())
     func = expert.SmolVLMWithExpertModel.eager_attention_forward
     get_local("probs")(func)
     try:
         with get_local.capture(), torch.no_grad():
-            captured = policy.predict_action_chunk(_batch(), noise=_noise())
+            captured = policy.predict_action_chunk(tiny.smolvla_inputs(policy), noise=_noise())
             assert len(get_local.cache[get_local.key_of(func)]) == LAYERS * (1 + STEPS)
     finally:
         get_local.remove(func)
@@ -130,7 +121,7 @@ def test_select_action_runs_the_model_only_when_its_action_queue_is_empty(policy
     counts = []
     for t in range(CHUNK + 2):
         with torch.no_grad():
-            policy.select_action(_batch(seed=t), noise=_noise(seed=t))
+            policy.select_action(tiny.smolvla_inputs(policy, seed=t), noise=_noise(seed=t))
         counts.append(len(probs()))
     per_run = LAYERS * (1 + STEPS)
     assert counts == [per_run] * CHUNK + [2 * per_run] * 2

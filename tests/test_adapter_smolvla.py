@@ -44,15 +44,6 @@ def _clean():
     get_local.clear()
 
 
-def _batch(seed=0, words=4):
-    g = torch.Generator().manual_seed(seed)
-    batch = {c: torch.rand(1, 3, 32, 32, generator=g) for c in CAMERAS}
-    batch["observation.state"] = torch.randn(1, 4, generator=g)
-    batch["observation.language.tokens"] = torch.tensor([[6 + i for i in range(words)] + [0] * (TEXT - words)])
-    batch["observation.language.attention_mask"] = torch.tensor([[True] * words + [False] * (TEXT - words)])
-    return batch
-
-
 def _noise(seed=1):
     return torch.randn(1, CHUNK, 8, generator=torch.Generator().manual_seed(seed))
 
@@ -74,7 +65,7 @@ def _capture(policy, batch, mode="eager", **kw):
 
 
 def test_prefix_tokens_are_labelled_in_lerobots_order_with_its_image_keys_and_pad_mask(policy):
-    batch = _batch(words=3)
+    batch = tiny.smolvla_inputs(policy, words=3)
     maps, _ = _capture(policy, batch)
     pad, mask = _lerobot_prefix(policy, batch)
     prefix = maps.select(tower="language")
@@ -98,7 +89,7 @@ def test_prefix_tokens_are_labelled_in_lerobots_order_with_its_image_keys_and_pa
 
 
 def test_every_denoise_step_is_labelled_with_its_index_after_the_prefix(policy):
-    maps, _ = _capture(policy, _batch())
+    maps, _ = _capture(policy, tiny.smolvla_inputs(policy))
     assert [(s, p) for s, p in sorted({(m.step, m.phase) for m in maps})] == \
         [(0, "prefix")] + [(s, "denoise") for s in range(1, STEPS + 1)]
     for step in range(1, STEPS + 1):
@@ -116,7 +107,7 @@ def test_self_and_cross_attention_layers_follow_attention_mode_and_self_attn_eve
     policy = tiny.smolvla(tmp_path, CAMERAS, layers=LAYERS, every=every, steps=1, chunk=CHUNK, text=TEXT)
     if mode != "cross_attn":
         policy = lerobot[0].SmolVLAPolicy(dataclasses.replace(policy.config, attention_mode=mode)).eval()
-    maps, _ = _capture(policy, _batch())
+    maps, _ = _capture(policy, tiny.smolvla_inputs(policy))
     prefix = len(maps.select(tower="language")[0].keys)
     assert len(maps.select(tower="expert")) == LAYERS
     for m in maps.select(tower="expert"):
@@ -129,7 +120,7 @@ def test_self_and_cross_attention_layers_follow_attention_mode_and_self_attn_eve
 
 
 def test_the_action_queries_of_a_cross_attention_layer_stay_actions_in_its_kind_shares(policy):
-    maps, _ = _capture(policy, _batch(words=3))  # padded language tokens sit right before the state token
+    maps, _ = _capture(policy, tiny.smolvla_inputs(policy, words=3))  # padded language tokens sit right before the state token
     for m in maps.select(tower="expert"):
         shares = m.kind_shares()
         assert list(shares.query_kinds) == ["action"], (m.layer, shares.query_kinds)
@@ -137,7 +128,7 @@ def test_the_action_queries_of_a_cross_attention_layer_stay_actions_in_its_kind_
 
 
 def test_fast_mode_leaves_the_actions_bit_identical_and_its_maps_are_lerobots_own_probs(lerobot, policy):
-    batch = _batch(words=3)
+    batch = tiny.smolvla_inputs(policy, words=3)
     func = lerobot[1].SmolVLMWithExpertModel.eager_attention_forward
     get_local("probs")(func)
     try:
@@ -160,7 +151,7 @@ def test_fast_mode_leaves_the_actions_bit_identical_and_its_maps_are_lerobots_ow
 
 
 def test_eager_mode_changes_the_actions_by_rounding_only_and_its_maps_equal_fast_modes(policy):
-    batch = _batch(words=3)
+    batch = tiny.smolvla_inputs(policy, words=3)
     with torch.no_grad():
         plain = policy.predict_action_chunk(batch, noise=_noise())
     eager_maps, eager = _capture(policy, batch, mode="eager")
@@ -176,7 +167,7 @@ def test_eager_mode_changes_the_actions_by_rounding_only_and_its_maps_equal_fast
 def test_activated_before_the_policy_is_built_it_captures_and_labels_the_same(lerobot, tmp_path):
     smolvla.activate()
     policy = tiny.smolvla(tmp_path, CAMERAS, layers=LAYERS, every=2, steps=STEPS, chunk=CHUNK, text=TEXT)
-    policy.predict_action_chunk(_batch(), noise=_noise())
+    policy.predict_action_chunk(tiny.smolvla_inputs(policy), noise=_noise())
     maps = smolvla.collect()
     smolvla.deactivate()
     assert [(m.tower, m.layer, m.step) for m in maps if m.tower != "vision"] == \
@@ -186,12 +177,12 @@ def test_activated_before_the_policy_is_built_it_captures_and_labels_the_same(le
 
 
 def test_selection_keeps_the_chosen_towers_layers_and_action_rows(policy):
-    maps, _ = _capture(policy, _batch(), towers="expert", layers=-1, queries="action")
+    maps, _ = _capture(policy, tiny.smolvla_inputs(policy), towers="expert", layers=-1, queries="action")
     assert [(m.tower, m.layer, m.step) for m in maps] == [("expert", LAYERS - 1, s) for s in range(1, STEPS + 1)]
 
 
 def test_collect_refuses_the_training_forward_it_cannot_place(policy):
-    batch = _batch()
+    batch = tiny.smolvla_inputs(policy)
     batch["action"] = torch.randn(1, CHUNK, 3)
     smolvla.activate(policy)
     with torch.no_grad():
@@ -206,7 +197,7 @@ def test_record_over_select_action_writes_the_model_runs_only_labelled(policy, t
     with getlocal.record(tmp_path / "run", collect=smolvla.collect) as rec:
         for t in range(CHUNK + 2):
             with torch.no_grad():
-                policy.select_action(_batch(seed=t), noise=_noise(seed=t))
+                policy.select_action(tiny.smolvla_inputs(policy, seed=t), noise=_noise(seed=t))
             rec.step(info={"t": t})
     run = getlocal.load(tmp_path / "run")
     counts = [len(step.maps) for step in run]
@@ -256,7 +247,7 @@ def test_the_smolvla_demo_writes_labelled_figures_and_a_capture_of_lerobots_poli
 def test_with_image_special_tokens_each_cameras_image_sits_between_them_as_lerobot_puts_it(lerobot, tmp_path):
     policy = tiny.smolvla(tmp_path, CAMERAS, layers=2, every=2, steps=1, chunk=CHUNK, text=TEXT)
     policy.config.add_image_special_tokens = policy.model.add_image_special_tokens = True
-    batch = _batch(words=3)
+    batch = tiny.smolvla_inputs(policy, words=3)
     maps, _ = _capture(policy, batch)
     pad, _ = _lerobot_prefix(policy, batch)
     keys = maps.select(tower="language")[0].keys
@@ -269,7 +260,7 @@ def test_with_image_special_tokens_each_cameras_image_sits_between_them_as_lerob
 
 def test_activated_after_the_policy_is_built_without_it_labels_the_same(policy):
     smolvla.activate()
-    policy.predict_action_chunk(_batch(), noise=_noise())
+    policy.predict_action_chunk(tiny.smolvla_inputs(policy), noise=_noise())
     maps = smolvla.collect()
     assert [(m.tower, m.layer, m.step) for m in maps if m.tower != "vision"] == \
         [("language", i, 0) for i in range(LAYERS)] + [("expert", i, s) for s in range(1, STEPS + 1)

@@ -308,12 +308,11 @@ def _smolvla_demo(name: str, pretrained: bool, picture, weights: Optional[str], 
     top = square(picture, TINY_IMAGE)
     w, h = picture.size
     wrist = np.asarray(picture.crop((w // 4, h // 2, 3 * w // 4, h)).resize((TINY_IMAGE, TINY_IMAGE), Image.BICUBIC))
+    frames = {key: torch.from_numpy(frame / 255.0).float().permute(2, 0, 1)[None]  # LeRobot's [0, 1] frames
+              for key, frame in zip(_SMOLVLA_CAMERAS, (top, wrist))}
     words = 5
-    batch = {key: torch.from_numpy(frame / 255.0).float().permute(2, 0, 1)[None]  # LeRobot's [0, 1] frames
-             for key, frame in zip(_SMOLVLA_CAMERAS, (top, wrist))}
+    batch = tiny.smolvla_inputs(policy, frames=frames, words=words)
     batch["observation.state"] = torch.zeros(1, 4)
-    batch["observation.language.tokens"] = torch.tensor([[6 + i for i in range(words)] + [0] * (8 - words)])
-    batch["observation.language.attention_mask"] = torch.tensor([[True] * words + [False] * (8 - words)])
     noise = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(0))
     info = {"weights": f"weights from {weights}" if weights else
                        "random init (LeRobot's own SmolVLAPolicy at a tiny size: a SmolVLM with a 1-layer vision "
