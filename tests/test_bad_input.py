@@ -116,6 +116,7 @@ def _baselines(tmp):
         f"{M}.Segment.to_dict": (prompt.segments[0].to_dict, {}),
         f"{M}.AttentionMap.between": (m.between, {"query": "text", "key": "image"}),
         f"{M}.AttentionMap.meta": (m.meta, {}),
+        f"{M}.AttentionMap.compute": (m.compute, {}),
         f"{M}.AttentionMaps.select": (labelled.select, {"tower": "llm", "phase": "prefill"}),
         f"{M}.AttentionMaps.meta": (labelled.meta, {}),
         f"{P}.summarize": (patterns.summarize, {"layers": [layer], "grid": (4, 4), "patch_size": 14}),
