@@ -100,7 +100,15 @@ class _LeRobotAttention:
 
 
 def _vision_functions():
-    from transformers.models.smolvlm import modeling_smolvlm
+    try:
+        from transformers.models.smolvlm import modeling_smolvlm
+    except ImportError:
+        _lerobot_class()  # without lerobot, that is what to install first
+        import transformers
+
+        raise GetLocalError(
+            f"getlocal.adapters.smolvla needs a transformers with SmolVLM (4.50 or later); this is transformers "
+            f"{transformers.__version__}: pip install lerobot, which pins the one its SmolVLA runs on") from None
 
     return [(modeling_smolvlm.eager_attention_forward, "attn_weights")]
 

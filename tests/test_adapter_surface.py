@@ -4,6 +4,7 @@ import inspect
 import pytest
 
 from getlocal.adapters import openvla, paligemma, vit
+from required import attention_interface, skip_unless
 
 ADAPTERS = {"vit": vit, "openvla": openvla, "paligemma": paligemma}
 FUNCTIONS = ("activate", "capture", "collect", "deactivate", "is_active")
@@ -55,6 +56,9 @@ def test_each_spec_declares_its_towers_phases_and_kinds():
 
 def test_the_action_expert_is_the_gemma_beside_a_paligemma_whatever_the_module_names_say():
     import torch
+
+    skip_unless("paligemma", attention_interface(), "tiny.pi0 needs transformers >= 4.48 (PaliGemma, Gemma's "
+                "eager_attention_forward)")
 
     from getlocal.adapters import tiny
 
