@@ -93,8 +93,10 @@ def test_plot_from_the_saved_capture_reproduces_the_demo_figures_pixel_for_pixel
     _, out = vit_demo
     result = run("plot", str(out / "capture"), "--out", str(tmp_path / "again"))
     assert result.returncode == 0, result.stderr
-    assert figures(tmp_path / "again") == figures(out) != []
-    for name in figures(out):
+    # all but the relevance figure, which needs the model (a second forward with gradients), not the capture
+    redrawn = [name for name in figures(out) if name != "explain/relevance.png"]
+    assert figures(tmp_path / "again") == redrawn != [] and len(redrawn) == len(figures(out)) - 1
+    for name in redrawn:
         assert np.array_equal(pixels(out / name), pixels(tmp_path / "again" / name)), name
     again = json.loads((tmp_path / "again" / "summary.json").read_text())
     assert again == json.loads((out / "summary.json").read_text())
