@@ -132,6 +132,15 @@ _HTML = r"""<!DOCTYPE html>
 </html>
 """
 
+#: The figures' 'uniform' colour scale, one piece of script in both pages (inside each page's function, after ``D``):
+#: the same 256 colours as matplotlib writes them, the same fixed log range, grey for what is not seen.
+_UNIFORM_JS = r"""const LUT = D.uniform.colors, RANGE = D.uniform.range, LOG_RANGE = Math.log(RANGE);
+const GREY = [217, 217, 217];  // keys a query cannot see (excluded keys on the episode page), as on the PNGs
+function uniformColor(ratio) {  // matplotlib's LogNorm(1/range, range) then ListedColormap lookup
+  const t = (Math.log(ratio) + LOG_RANGE) / (2 * LOG_RANGE);
+  return LUT[Math.min(LUT.length - 1, Math.max(0, Math.floor(t * LUT.length)))];
+}"""
+
 _JS = r"""
 "use strict";
 (function () {
@@ -141,13 +150,7 @@ const KIND_COLORS = { bos: "#8c8c8c", text: "#ff7f0e", generated: "#d62728", act
                       cls: "#2ca02c", register: "#bcbd22", context: "#c7c7c7" };
 const CAMERA_COLORS = ["#1f77b4", "#17becf", "#9467bd", "#e377c2", "#393b79", "#637939"];
 const LABEL_COLORS = D.label_colors;  // the figures' one table of label colours
-// the figures' 'uniform' scale: the same 256 colours (as matplotlib writes them), the same fixed log range
-const LUT = D.uniform.colors, LOG_RANGE = Math.log(D.uniform.range);
-const GREY = [217, 217, 217];  // keys a query cannot see, as on the PNGs
-function uniformColor(ratio) {  // matplotlib's LogNorm(1/range, range) then ListedColormap lookup
-  const t = (Math.log(ratio) + LOG_RANGE) / (2 * LOG_RANGE);
-  return LUT[Math.min(LUT.length - 1, Math.max(0, Math.floor(t * LUT.length)))];
-}
+__UNIFORM__
 // the colour of value x for a query that sees n keys (0: this key is hidden from it) on the chosen scale
 function paint(x, n, e) {
   if (n === 0) return GREY;
@@ -640,7 +643,8 @@ def data_json(data: Dict[str, Any]) -> str:
 def render(data: Dict[str, Any]) -> str:
     """The whole page for ``data``: the maps, labels and pictures that :func:`getlocal.viewer.view` gathers."""
     # replace the data last: it is the only part that could hold the other placeholders' names
-    page = _HTML.replace("__TITLE__", html.escape(str(data["title"]))).replace("__CSS__", _CSS).replace("__JS__", _JS)
+    page = _HTML.replace("__TITLE__", html.escape(str(data["title"]))).replace("__CSS__", _CSS)
+    page = page.replace("__JS__", _JS.replace("__UNIFORM__", _UNIFORM_JS))
     return page.replace("__DATA__", data_json(data))
 
 
@@ -690,11 +694,7 @@ _EPISODE_JS = r"""
 (function () {
 const D = JSON.parse(document.getElementById("data").textContent);
 const $ = (id) => document.getElementById(id);
-const LUT = D.uniform.colors, RANGE = D.uniform.range, LOG_RANGE = Math.log(RANGE), GREY = [217, 217, 217];
-function uniformColor(ratio) {  // the figures' LogNorm(1/range, range), then their colour table
-  const t = (Math.log(ratio) + LOG_RANGE) / (2 * LOG_RANGE);
-  return LUT[Math.min(LUT.length - 1, Math.max(0, Math.floor(t * LUT.length)))];
-}
+__UNIFORM__
 const css = (c) => `rgb(${c[0] | 0},${c[1] | 0},${c[2] | 0})`;
 const pct = (x) => `${(100 * x).toFixed(0)}%`;
 const names = [...new Set(D.steps.flatMap((s) => Object.keys(s.explained)))];
@@ -819,4 +819,5 @@ window.getlocalView = {
 def render_episode(data: Dict[str, Any]) -> str:
     """The page of a recorded episode's explanations: the steps, their pictures, what :func:`getlocal.viewer.view` gathers."""
     page = _EPISODE_HTML.replace("__TITLE__", html.escape(str(data["title"]))).replace("__CSS__", _CSS)
-    return page.replace("__JS__", _EPISODE_JS).replace("__DATA__", data_json(data))
+    page = page.replace("__JS__", _EPISODE_JS.replace("__UNIFORM__", _UNIFORM_JS))
+    return page.replace("__DATA__", data_json(data))
