@@ -267,7 +267,7 @@ def _plot_explanations(run, out: Path):
     lines = []
     for part, meta in run.parts.items():
         steps = run.select(part=part)
-        found = next((s.explanation for s in steps if s.explanation is not None), None)
+        found = next((e for e in (s.explanation for s in steps) if e is not None), None)  # each read once
         if found is None:
             continue
         pad = (meta.get("info") or {}).get("pad_to_square", False)

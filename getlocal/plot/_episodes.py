@@ -130,7 +130,8 @@ def _stored_explanation(step, name):
 
 
 def _explained_steps(run, name, max_steps):
-    """``([{"step", "rank", "source", "explanation", "heats": {camera: grid x even}}], top of the log scale)``."""
+    """``([{"step", "rank", "source", "explanation", "heats": {camera: grid x even}}], top of the log scale,
+    how many steps hold one)``: each step's explanation is read once."""
     if not issubclass(type(run), Recording):
         raise _check.ArgumentTypeError(f"run must be a Recording (getlocal.load of a recorded run); got {_check.show(run)}")
     if name is not True and not isinstance(name, str):
@@ -143,6 +144,7 @@ def _explained_steps(run, name, max_steps):
         why = f"; its first failure: {errors[0]}" if errors else ""
         raise _check.ArgumentError(f"this run holds no explanation ({len(run)} steps): record with "
                                    f"getlocal.record(path, explain=...){why}")
+    explained = len(found)
     if max_steps is not None:
         picks = sorted(set(np.linspace(0, len(found) - 1, min(max_steps, len(found))).round().astype(int)))
         found = [found[i] for i in picks]
@@ -154,15 +156,14 @@ def _explained_steps(run, name, max_steps):
         heats = {c: e.grid(c if len(e.keys.cameras) > 1 else None, relative=True) for c in e.keys.cameras}
         data.append({"step": step.step, "rank": step.rank, "source": step, "explanation": e, "heats": heats})
     finite = np.concatenate([h[np.isfinite(h) & (h > 0)] for d in data for h in d["heats"].values()] + [np.ones(1)])
-    return data, max(2.0, float(finite.max()), 1.0 / float(finite.min()))
+    return data, max(2.0, float(finite.max()), 1.0 / float(finite.min())), explained
 
 
 def _explanation_grid(run, name, pad_to_square, max_steps, alpha, panel_size, kwargs):
-    data, top = _explained_steps(run, name, max_steps)
+    data, top, explained = _explained_steps(run, name, max_steps)
     shown = [(d["source"], d["explanation"]) for d in data]
     heats = [d["heats"] for d in data]
     cameras = list(dict.fromkeys(c for d in heats for c in d))
-    explained = sum(1 for s in run if s.explanation is not None)
     kwargs.setdefault("vmax", top)
     kwargs.setdefault("vmin", 1.0 / top)
     first = _episode_picture(shown[0][0].images, cameras[0])
@@ -264,7 +265,7 @@ def episode_gif(run, path, *, layers=None, pad_to_square=False, height: int = 19
     if not isinstance(cmap, str) or cmap not in plt.colormaps():
         raise _check.ArgumentError(f"cmap={_check.show(cmap)} is not a matplotlib colour map; try 'jet' or 'viridis'")
     if explanation is not False:
-        data, top = _explained_steps(run, explanation, None)
+        data, top, _ = _explained_steps(run, explanation, None)
         e = data[0]["explanation"]
         what, unit, vmax = f"{e.method} of {e.tower} -> image", "x even (white: 1)", top
     else:
