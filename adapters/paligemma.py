@@ -87,8 +87,7 @@ def _calls(entries, names, options) -> dict:
     told = {}
     # Pi0 projects the state into one suffix token (``state_proj``); Pi0.5 writes it into the prompt and has
     # none (openpi's Pi0.5 keeps ``pi05`` set)
-    if around and any(isinstance(getattr(h, "state_proj", None), _module_type()) and not getattr(h, "pi05", False)
-                      for h in around):
+    if any(getattr(h, "state_proj", None) is not None and not getattr(h, "pi05", False) for h in around):
         told["state_tokens"] = 1
     config = next((h.config for h in around if isinstance(getattr(getattr(h, "config", None), "image_features",
                                                                    None), dict)), None)
@@ -133,11 +132,6 @@ def _refuse_training_forward(entries, config) -> None:
 def _is_gemma(module) -> bool:
     return str(getattr(getattr(module, "config", None), "model_type", "")).startswith("gemma")
 
-
-def _module_type():
-    import torch
-
-    return torch.nn.Module
 
 
 def _prompt_layout(length, vision, batch, options) -> TokenLayout:
